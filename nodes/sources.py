@@ -1,0 +1,380 @@
+"""Sources: video files, RTSP cameras, local cameras, image folders and a synthetic pattern."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from posegraph.node import NodeError, Source, register
+from posegraph.packet import Frame
+
+log = logging.getLogger(__name__)
+
+
+def resolve_path(ctx, path: str) -> Path:
+    """A relative path is taken from the working directory, else from the pipeline's folder."""
+    p = Path(os.path.expanduser(path))
+    if p.is_absolute() or p.exists():
+        return p
+    base = ctx.extra.get("base_dir")
+    if base and (Path(base) / p).exists():
+        return Path(base) / p
+    return p
+
+
+class _Pacer:
+    """Holds frames back to their media time when ``realtime`` is on."""
+
+    def __init__(self, ctx, enabled: bool):
+        self.ctx = ctx
+        self.enabled = enabled
+        self.t0: float | None = None
+        self.pts0 = 0.0
+
+    def wait(self, pts: float) -> bool:
+        """True when the pipeline is stopping."""
+        if not self.enabled:
+            return self.ctx.stopping
+        now = time.monotonic()
+        if self.t0 is None or pts < self.pts0:
+            self.t0, self.pts0 = now, pts
+            return self.ctx.stopping
+        return self.ctx.sleep(self.t0 + (pts - self.pts0) - now)
+
+
+@register("source.video")
+class VideoSource(Source):
+    """A video file (any container and codec ffmpeg reads), decoded with PyAV.
+
+    ``realtime`` paces frames at the file's own rate, ``loop`` starts again at the end
+    (indices go on, pts go on by the clip's length), ``start`` and ``end`` are seconds.
+    """
+
+    def __init__(self, uri: str, loop: bool = False, realtime: bool = False, start: float = 0.0,
+                 end: float | None = None, stream: str | None = None, threads: int = 0):
+        super().__init__(stream)
+        self.uri = uri
+        self.loop = loop
+        self.realtime = realtime
+        self.start = start
+        self.end = end
+        self.threads = threads
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        import av
+
+        self.path = resolve_path(ctx, self.uri)
+        if not self.path.is_file():
+            raise NodeError(f"video file not found: {self.uri} (looked in {os.getcwd()}"
+                            f"{' and ' + ctx.extra['base_dir'] if ctx.extra.get('base_dir') else ''}"
+                            "): give the path of an existing file")
+        if self.end is not None and self.end <= self.start:
+            raise NodeError(f"end ({self.end} s) must come after start ({self.start} s)")
+        try:
+            with av.open(str(self.path)) as container:
+                if not container.streams.video:
+                    raise NodeError(f"{self.uri} has no video stream: give a video file")
+                vs = container.streams.video[0]
+                self.duration = float(container.duration / 1e6) if container.duration else None
+                self.rate = float(vs.average_rate) if vs.average_rate else 25.0
+                next(container.decode(vs))
+        except NodeError:
+            raise
+        except (av.error.FFmpegError, StopIteration, OSError) as exc:
+            raise NodeError(f"cannot decode {self.uri}: {exc}; the file is corrupt, truncated "
+                            "or not a video (check it with ffprobe)") from None
+
+    def frames(self) -> Iterator[Frame]:
+        import av
+
+        pacer = _Pacer(self.ctx, self.realtime)
+        offset = 0.0
+        skip = self.next_index  # after a restart, go on where the last process stopped
+        corrupt = 0
+        while True:
+            last_pts = None
+            with av.open(str(self.path)) as container:
+                vs = container.streams.video[0]
+                vs.thread_type = "AUTO"
+                if self.threads:
+                    vs.thread_count = self.threads
+                if self.start > 0:
+                    container.seek(int(self.start / vs.time_base), stream=vs)
+                demux = container.demux(vs)
+                while True:
+                    try:
+                        packet = next(demux)
+                        decoded = packet.decode()
+                    except StopIteration:
+                        break
+                    except av.error.FFmpegError as exc:
+                        corrupt += 1
+                        if corrupt == 1:
+                            log.warning("source %s: skipping unreadable data in %s: %s",
+                                        self.ctx.name, self.uri, exc)
+                        continue
+                    for vf in decoded:
+                        t = float(vf.time) if vf.time is not None else (
+                            (last_pts or 0.0) + 1.0 / self.rate)
+                        if t < self.start - 1e-6:
+                            continue
+                        if self.end is not None and t >= self.end:
+                            break
+                        last_pts = t
+                        if skip > 0:
+                            skip -= 1
+                            continue
+                        pts = t + offset
+                        if pacer.wait(pts):
+                            return
+                        yield self.frame(vf.to_ndarray(format="bgr24"), pts)
+                    else:
+                        continue
+                    break
+            if not self.loop or last_pts is None:
+                if corrupt:
+                    log.warning("source %s: %d unreadable packets in %s", self.ctx.name,
+                                corrupt, self.uri)
+                return
+            offset += (last_pts - self.start) + 1.0 / self.rate
+
+
+@register("source.rtsp")
+class RtspSource(Source):
+    """An RTSP camera through PyAV (TCP by default), reconnecting with exponential backoff.
+
+    A camera that stops sending for ``stall_timeout`` seconds is taken as down: the source
+    emits ``source_down``, retries every ``backoff`` seconds (doubling up to
+    ``backoff_max``), and emits ``source_up`` when frames flow again. The pipeline keeps
+    running meanwhile.
+    """
+
+    live = True
+
+    def __init__(self, uri: str, transport: str = "tcp", stall_timeout: float = 5.0,
+                 open_timeout: float = 5.0, backoff: float = 0.5, backoff_max: float = 10.0,
+                 stream: str | None = None):
+        super().__init__(stream)
+        self.uri = uri
+        self.transport = transport
+        self.stall_timeout = stall_timeout
+        self.open_timeout = open_timeout
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        if not self.uri.startswith(("rtsp://", "rtsps://")):
+            raise NodeError(f"{self.uri!r} is not an RTSP URL: write rtsp://host:port/path")
+        if self.transport not in ("tcp", "udp"):
+            raise NodeError(f"transport must be tcp or udp, got {self.transport!r}")
+
+    def frames(self) -> Iterator[Frame]:
+        import av
+
+        delay = self.backoff
+        down = False
+        attempts = 0
+        t0 = time.monotonic()
+        while not self.ctx.stopping:
+            reason = ""
+            got_frame = False
+            try:
+                options = {"rtsp_transport": self.transport}
+                with av.open(self.uri, options=options,
+                             timeout=(self.open_timeout, self.stall_timeout)) as container:
+                    vs = container.streams.video[0]
+                    vs.thread_type = "AUTO"
+                    for vf in container.decode(vs):
+                        if not got_frame:
+                            got_frame = True
+                            delay = self.backoff
+                            attempts = 0
+                            if down:
+                                down = False
+                                log.warning("source %s: %s is back", self.ctx.name, self.uri)
+                                yield self.event("source_up", uri=self.uri)
+                        if self.ctx.stopping:
+                            return
+                        pts = float(vf.time) if vf.time is not None else time.monotonic() - t0
+                        yield self.frame(vf.to_ndarray(format="bgr24"), pts)
+                reason = "the stream ended"
+            except (av.error.FFmpegError, OSError, IndexError) as exc:
+                reason = str(exc) or type(exc).__name__
+            attempts += 1
+            if not down:
+                down = True
+                yield self.event("source_down", uri=self.uri, reason=reason)
+            log.warning("source %s: cannot read %s (%s); retrying in %.1f s (attempt %d)",
+                        self.ctx.name, self.uri, reason, delay, attempts)
+            if self.ctx.sleep(delay):
+                return
+            delay = min(self.backoff_max, delay * 2)
+
+
+@register("source.camera")
+class CameraSource(Source):
+    """A local camera through OpenCV: a device index (0) or a device path (/dev/video0)."""
+
+    live = True
+
+    def __init__(self, device: int | str = 0, width: int | None = None,
+                 height: int | None = None, fps: float | None = None,
+                 stream: str | None = None):
+        super().__init__(stream)
+        self.device = device
+        self.width, self.height, self.fps = width, height, fps
+
+    def _open(self) -> cv2.VideoCapture:
+        cap = cv2.VideoCapture(self.device)
+        for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, self.width),
+                            (cv2.CAP_PROP_FRAME_HEIGHT, self.height),
+                            (cv2.CAP_PROP_FPS, self.fps)):
+            if value:
+                cap.set(prop, value)
+        return cap
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        cap = self._open()
+        ok = cap.isOpened() and cap.read()[0]
+        cap.release()
+        if not ok:
+            devices = sorted(glob.glob("/dev/video*"))
+            raise NodeError(f"camera {self.device!r} does not exist or cannot be read; "
+                            f"cameras here: {', '.join(devices) or 'none'}")
+
+    def frames(self) -> Iterator[Frame]:
+        t0 = time.monotonic()
+        while not self.ctx.stopping:
+            cap = self._open()
+            while not self.ctx.stopping:
+                ok, image = cap.read()
+                if not ok:
+                    break
+                yield self.frame(image, time.monotonic() - t0)
+            cap.release()
+            if self.ctx.stopping:
+                return
+            yield self.event("source_down", reason="camera read failed")
+            log.warning("source %s: camera %r stopped; reopening in 1 s", self.ctx.name,
+                        self.device)
+            if self.ctx.sleep(1.0):
+                return
+            yield self.event("source_up")
+
+
+@register("source.images")
+class ImageSource(Source):
+    """Images from a folder or a glob pattern, in name order, at ``fps`` media rate."""
+
+    EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+    def __init__(self, path: str, fps: float = 10.0, loop: bool = False, realtime: bool = False,
+                 stream: str | None = None):
+        super().__init__(stream)
+        self.path = path
+        self.fps = fps
+        self.loop = loop
+        self.realtime = realtime
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        p = resolve_path(ctx, self.path)
+        if p.is_dir():
+            files = [str(f) for f in sorted(p.iterdir()) if f.suffix.lower() in self.EXTENSIONS]
+        else:
+            files = sorted(f for f in glob.glob(str(p)) if f.lower().endswith(self.EXTENSIONS))
+        if not files:
+            raise NodeError(f"no images found at {self.path!r}: give a folder of images or a "
+                            "glob such as 'frames/*.jpg'")
+        if self.fps <= 0:
+            raise NodeError(f"fps must be positive, got {self.fps}")
+        self.files = files
+
+    def frames(self) -> Iterator[Frame]:
+        pacer = _Pacer(self.ctx, self.realtime)
+        n = 0
+        while True:
+            for f in self.files:
+                if n < self.next_index:
+                    n += 1
+                    continue
+                image = cv2.imread(f, cv2.IMREAD_COLOR)
+                pts = n / self.fps
+                n += 1
+                if image is None:
+                    log.warning("source %s: cannot read image %s; skipped", self.ctx.name, f)
+                    self.skip(1)
+                    continue
+                if pacer.wait(pts):
+                    return
+                yield self.frame(image, pts, file=os.path.basename(f))
+            if not self.loop:
+                return
+
+
+@register("source.synthetic")
+class SyntheticSource(Source):
+    """A test pattern of moving shapes at any size and rate, for tests and benchmarks.
+
+    ``frames`` limits the length (None: endless); ``realtime`` paces at ``fps``.
+    """
+
+    def __init__(self, width: int = 640, height: int = 480, fps: float = 25.0,
+                 frames: int | None = None, realtime: bool = False, shapes: int = 4,
+                 seed: int = 0, stream: str | None = None):
+        super().__init__(stream)
+        self.width, self.height, self.fps = width, height, fps
+        self.count = frames
+        self.realtime = realtime
+        self.shapes = shapes
+        self.seed = seed
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        if self.width < 16 or self.height < 16 or self.fps <= 0:
+            raise NodeError("width and height must be at least 16 and fps positive")
+        rng = np.random.default_rng(self.seed)
+        h, w = self.height, self.width
+        yy, xx = np.mgrid[0:h, 0:w]
+        self.background = np.stack([
+            (xx * 255 // max(1, w - 1)), (yy * 255 // max(1, h - 1)),
+            np.full((h, w), 64)], axis=-1).astype(np.uint8)
+        self.motion = rng.uniform(0.2, 1.0, (self.shapes, 4))
+        self.colours = rng.integers(0, 256, (self.shapes, 3))
+
+    def render(self, n: int) -> np.ndarray:
+        image = self.background.copy()
+        h, w = self.height, self.width
+        t = n / self.fps
+        for k, (fx, fy, px, py) in enumerate(self.motion):
+            cx = int((0.5 + 0.4 * np.sin(fx * t + 6 * px)) * w)
+            cy = int((0.5 + 0.4 * np.cos(fy * t + 6 * py)) * h)
+            r = max(4, min(h, w) // (8 + k))
+            colour = tuple(int(c) for c in self.colours[k])
+            if k % 2:
+                cv2.rectangle(image, (cx - r, cy - r), (cx + r, cy + r), colour, -1)
+            else:
+                cv2.circle(image, (cx, cy), r, colour, -1)
+        cv2.putText(image, f"{self.stream} {n}", (8, min(h - 8, 32)), cv2.FONT_HERSHEY_SIMPLEX,
+                    max(0.4, h / 720), (255, 255, 255), 2)
+        return image
+
+    def frames(self) -> Iterator[Frame]:
+        pacer = _Pacer(self.ctx, self.realtime)
+        n = self.next_index
+        while self.count is None or n < self.count:
+            pts = n / self.fps
+            if pacer.wait(pts):
+                return
+            yield self.frame(self.render(n), pts)
+            n += 1

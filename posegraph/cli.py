@@ -1,0 +1,194 @@
+"""The ``posegraph`` command: run | validate | graph | models | bench | synth | train | eval | export."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("posegraph")
+
+# Command families that live in their own modules; each module has main(argv) -> int.
+DELEGATED = {
+    "models": ("posegraph.models.cli", "list the model zoo"),
+    "synth": ("training.synth.cli", "generate synthetic people: images, videos, previews"),
+    "train": ("training.cli", "train a model from a config"),
+    "eval": ("training.evaluate", "evaluate a model on COCO-format annotations"),
+    "export": ("training.export", "export a model to ONNX and safetensors"),
+}
+
+
+def _err(message: str) -> int:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", markup=True)
+    return 2
+
+
+def _load(args) -> object:
+    from posegraph.config import load
+
+    return load(args.file, overrides=args.set)
+
+
+def cmd_validate(args) -> int:
+    from posegraph.graph import GraphError
+
+    try:
+        graph = _load(args)
+    except GraphError as exc:
+        for p in exc.problems:
+            _err(str(p))
+        return 2
+    n = len(graph.nodes)
+    print(f"{args.file}: OK, pipeline {graph.name!r}, {n} nodes, "
+          f"{sum(len(s.inputs) for s in graph.nodes.values())} edges")
+    return 0
+
+
+def cmd_graph(args) -> int:
+    from posegraph.graph import GraphError
+
+    try:
+        graph = _load(args)
+    except GraphError as exc:
+        for p in exc.problems:
+            _err(str(p))
+        return 2
+    for name in graph.order():
+        s = graph.nodes[name]
+        src = f" <- {', '.join(s.inputs)}" if s.inputs else ""
+        extra = f" x{s.replicas}" if s.replicas > 1 else ""
+        queue = f"  [{graph.policy(name)}/{s.queue.capacity}]" if s.inputs else ""
+        print(f"{name} ({s.type}{extra}){src}{queue}")
+    dot = args.dot or str(Path(args.file).with_suffix(".dot").name)
+    Path(dot).write_text(graph.to_dot())
+    print(f"Graphviz DOT written to {dot} (render: dot -Tpng {dot} -o graph.png)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from posegraph.graph import GraphError
+    from posegraph.runtime import PipelineError, run
+
+    try:
+        graph = _load(args)
+    except GraphError as exc:
+        for p in exc.problems:
+            _err(str(p))
+        return 2
+    if args.metrics_port is not None:
+        graph.runtime.metrics_port = args.metrics_port
+    live = None
+    on_tick = None
+    if sys.stdout.isatty() and not args.quiet:
+        from rich.live import Live
+
+        live = Live(refresh_per_second=4, transient=False)
+        live.start()
+        on_tick = lambda m: live.update(m.table())  # noqa: E731
+    metrics_holder = {}
+
+    def tick(m) -> None:
+        metrics_holder["m"] = m
+        if on_tick is not None:
+            on_tick(m)
+
+    try:
+        summary = run(graph, executor="inproc" if args.inproc else "procs",
+                      max_frames=args.max_frames, duration=args.duration, on_tick=tick)
+    except PipelineError as exc:
+        if live is not None:
+            live.stop()
+        return _err(str(exc))
+    finally:
+        if live is not None and "m" in metrics_holder:
+            live.update(metrics_holder["m"].table())
+            live.stop()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        from posegraph.metrics import Metrics
+
+        print(Metrics.line_from(summary))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from posegraph import benchmarks
+
+    return benchmarks.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="posegraph", description=__doc__)
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def pipeline_args(sp) -> None:
+        sp.add_argument("file", help="pipeline YAML file")
+        sp.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
+                        help="override a node parameter (repeatable)")
+
+    r = sub.add_parser("run", help="run a pipeline")
+    pipeline_args(r)
+    r.add_argument("--inproc", action="store_true", help="run every node in this process")
+    r.add_argument("--max-frames", type=int, help="stop each source after N frames")
+    r.add_argument("--duration", type=float, help="stop after SECONDS")
+    r.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    r.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    r.add_argument("-q", "--quiet", action="store_true", help="no live table")
+    r.set_defaults(fn=cmd_run)
+
+    v = sub.add_parser("validate", help="check a pipeline without running it")
+    pipeline_args(v)
+    v.set_defaults(fn=cmd_validate)
+
+    g = sub.add_parser("graph", help="print a pipeline's graph and write Graphviz DOT")
+    pipeline_args(g)
+    g.add_argument("--dot", help="where to write the DOT file (default: FILE.dot here)")
+    g.set_defaults(fn=cmd_graph)
+
+    b = sub.add_parser("bench", help="benchmarks; each prints ratios against a baseline")
+    bsub = b.add_subparsers(dest="bench", metavar="NAME", required=True)
+    t = bsub.add_parser("transport", help="frames through 4 pass-through processes: shm vs inline")
+    t.add_argument("--frames", type=int, default=300)
+    t.add_argument("--width", type=int, default=1920)
+    t.add_argument("--height", type=int, default=1080)
+    t.add_argument("--clip", help="a video clip to use instead of a generated one")
+    t.add_argument("--json", action="store_true")
+    b.set_defaults(fn=cmd_bench)
+
+    for name, (_module, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        module_name = DELEGATED[argv[0]][0]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            return _err(f"`posegraph {argv[0]}` is not available in this installation ({exc})")
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+        return int(module.main(argv[1:]) or 0)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.fn(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""YAML -> Graph: the pipeline schema, ``${ENV}`` interpolation and errors with file and line."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from posegraph.graph import (
+    POLICIES,
+    Graph,
+    GraphError,
+    NodeSpec,
+    Problem,
+    QueueSpec,
+    RuntimeOptions,
+    Where,
+)
+
+TOP_KEYS = ("pipeline", "latency_budget_ms", "runtime", "nodes")
+NODE_KEYS = ("name", "type", "from", "with", "process", "replicas", "queue")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Map(dict):
+    """A mapping that remembers the line of itself and of each key (1-based)."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
+    loader.flatten_mapping(node)
+    out = _Map()
+    out.line = node.start_mark.line + 1
+    out.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in out:
+            raise yaml.MarkedYAMLError("while reading a mapping", node.start_mark,
+                                       f"duplicate key {key!r}", key_node.start_mark)
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.key_lines[key] = key_node.start_mark.line + 1
+    return out
+
+
+class EnvError(ValueError):
+    pass
+
+
+def interpolate(text: str, env: dict[str, str] | None = None) -> Any:
+    """Replace ``${NAME}`` and ``${NAME:-default}``; a whole-value reference is re-typed."""
+    env = os.environ if env is None else env
+
+    def sub(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise EnvError(f"environment variable {name} is not set: export it, or write "
+                       f"${{{name}:-default}} in the file")
+
+    value = _ENV.sub(sub, text)
+    if _ENV.fullmatch(text.strip()):
+        return yaml.safe_load(value) if value.strip() else ""
+    return value
+
+
+def _construct_str(loader: _Loader, node: yaml.ScalarNode) -> Any:
+    value = loader.construct_scalar(node)
+    if "${" not in value:
+        return value
+    try:
+        return interpolate(value)
+    except EnvError as exc:
+        raise yaml.MarkedYAMLError(None, None, str(exc), node.start_mark) from None
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
+_Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
+
+
+def _line(m: Any, key: str) -> int | None:
+    return getattr(m, "key_lines", {}).get(key) or getattr(m, "line", None)
+
+
+def load(path: str | os.PathLike, overrides: list[str] | None = None) -> Graph:
+    """Read a pipeline file into a validated Graph; raise GraphError listing every problem."""
+    path = Path(path)
+    file = str(path)
+    if not path.is_file():
+        raise GraphError([Problem(f"pipeline file not found: {file} (give the path of a "
+                                  "YAML pipeline, e.g. pipelines/passthrough.yaml)")])
+    try:
+        doc = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark else None
+        raise GraphError([Problem(f"{exc.problem}", Where(file, line))]) from None
+    except yaml.YAMLError as exc:
+        raise GraphError([Problem(f"not valid YAML: {exc}", Where(file))]) from None
+    graph = from_dict(doc, file=file, base_dir=path.parent)
+    for item in overrides or []:
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise GraphError([Problem(f"--set {item}: write it as node.param=value")])
+        graph.set_param(key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return graph.validate()
+
+
+def from_dict(doc: Any, file: str | None = None, base_dir: Path | None = None) -> Graph:
+    """Build a Graph from the parsed YAML document (not yet validated)."""
+    problems: list[Problem] = []
+    where = Where(file, 1)
+    if not isinstance(doc, dict):
+        raise GraphError([Problem("a pipeline file is a mapping with 'pipeline' and 'nodes'",
+                                  where)])
+    for key in doc:
+        if key not in TOP_KEYS:
+            near = difflib.get_close_matches(str(key), TOP_KEYS, 1)
+            hint = f"; did you mean {near[0]!r}?" if near else f" (known: {', '.join(TOP_KEYS)})"
+            problems.append(Problem(f"unknown top-level key {key!r}{hint}",
+                                    Where(file, _line(doc, key))))
+    runtime = RuntimeOptions()
+    rt = doc.get("runtime") or {}
+    if not isinstance(rt, dict):
+        problems.append(Problem("'runtime' must be a mapping", Where(file, _line(doc, "runtime"))))
+        rt = {}
+    for key, value in rt.items():
+        if not hasattr(runtime, key):
+            near = difflib.get_close_matches(str(key), vars(runtime), 1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            problems.append(Problem(f"unknown runtime option {key!r}{hint}",
+                                    Where(file, _line(rt, key))))
+        else:
+            setattr(runtime, key, value)
+    budget = doc.get("latency_budget_ms")
+    if budget is not None and (not isinstance(budget, int | float) or budget <= 0):
+        problems.append(Problem(f"latency_budget_ms must be a positive number, got {budget!r}",
+                                Where(file, _line(doc, "latency_budget_ms"))))
+        budget = None
+    graph = Graph(str(doc.get("pipeline") or Path(file or "pipeline").stem),
+                  latency_budget_ms=budget, runtime=runtime, file=file)
+    graph.base_dir = base_dir
+    nodes = doc.get("nodes")
+    if not isinstance(nodes, list) or not nodes:
+        problems.append(Problem("'nodes' must be a non-empty list of nodes",
+                                Where(file, _line(doc, "nodes") or 1)))
+        nodes = []
+    for i, item in enumerate(nodes):
+        spec = _node_spec(item, i, file, problems)
+        if spec is not None:
+            graph.add_spec(spec)
+    graph.problems += problems
+    return graph
+
+
+def _node_spec(item: Any, i: int, file: str | None, problems: list[Problem]) -> NodeSpec | None:
+    where = Where(file, getattr(item, "line", None))
+    if not isinstance(item, dict):
+        problems.append(Problem(f"node #{i + 1} must be a mapping with name and type", where))
+        return None
+    bad = False
+    for key in item:
+        if key not in NODE_KEYS:
+            near = difflib.get_close_matches(str(key), NODE_KEYS, 1)
+            hint = f"; did you mean {near[0]!r}?" if near else f" (known: {', '.join(NODE_KEYS)})"
+            problems.append(Problem(f"node #{i + 1}: unknown key {key!r}{hint}",
+                                    Where(file, _line(item, key))))
+    for key in ("name", "type"):
+        if not isinstance(item.get(key), str) or not item.get(key):
+            problems.append(Problem(f"node #{i + 1}: '{key}' is required and must be a string",
+                                    where))
+            bad = True
+    if bad:
+        return None
+    inputs = item.get("from") or []
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not all(isinstance(x, str) for x in inputs):
+        problems.append(Problem(f"node {item['name']!r}: 'from' is a node name or a list of names",
+                                Where(file, _line(item, "from"))))
+        inputs = []
+    params = item.get("with") or {}
+    if not isinstance(params, dict):
+        problems.append(Problem(f"node {item['name']!r}: 'with' must be a mapping of parameters",
+                                Where(file, _line(item, "with"))))
+        params = {}
+    queue = item.get("queue") or {}
+    qspec = QueueSpec()
+    if not isinstance(queue, dict):
+        problems.append(Problem(f"node {item['name']!r}: 'queue' must be a mapping like "
+                                f"{{capacity: 4, policy: {'|'.join(POLICIES)}}}",
+                                Where(file, _line(item, "queue"))))
+    else:
+        for key, value in queue.items():
+            if key not in ("capacity", "policy"):
+                problems.append(Problem(f"node {item['name']!r}: unknown queue key {key!r} "
+                                        "(capacity, policy)", Where(file, _line(queue, key))))
+            else:
+                setattr(qspec, key, value)
+    process = item.get("process")
+    return NodeSpec(
+        name=item["name"], type=item["type"], params=dict(params), inputs=list(inputs),
+        process=None if process is None else str(process), replicas=item.get("replicas", 1),
+        queue=qspec, where=where,
+        param_lines={**{k: v for k, v in getattr(params, "key_lines", {}).items()},
+                     "type": _line(item, "type"), "queue": _line(item, "queue"),
+                     "replicas": _line(item, "replicas")},
+        input_line=_line(item, "from"),
+    )

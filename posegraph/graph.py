@@ -1,0 +1,324 @@
+"""Graph: the nodes of a pipeline and their edges; validation and topological order.
+
+Built from YAML by :mod:`posegraph.config` or in Python::
+
+    g = Graph("demo")
+    cam = g.add("cam", "source.video", uri="clip.mp4")
+    g.add("out", "sink.jsonl", cam, path="out.jsonl")
+    g.run(executor="procs", max_frames=100)
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from posegraph.node import (
+    NodeError,
+    Sink,
+    Source,
+    UnknownNodeType,
+    check_value,
+    describe_type,
+    parameters,
+    resolve,
+)
+
+POLICIES = ("block", "drop_oldest", "latest")
+DEFAULT_CAPACITY = 4
+
+
+@dataclass
+class Where:
+    """A place in a YAML file, for error messages."""
+
+    file: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        if self.file is None:
+            return ""
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+
+@dataclass
+class Problem:
+    message: str
+    where: Where = field(default_factory=Where)
+
+    def __str__(self) -> str:
+        w = str(self.where)
+        return f"{w}: {self.message}" if w else self.message
+
+
+class GraphError(Exception):
+    """The pipeline is not valid; ``problems`` lists every finding with its place."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass
+class QueueSpec:
+    capacity: int = DEFAULT_CAPACITY
+    policy: str | None = None  # None: decided from the upstream sources (live -> latest)
+
+
+@dataclass
+class NodeSpec:
+    name: str
+    type: str
+    params: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    process: str | None = None
+    replicas: int = 1
+    queue: QueueSpec = field(default_factory=QueueSpec)
+    where: Where = field(default_factory=Where)
+    param_lines: dict[str, int] = field(default_factory=dict)
+    input_line: int | None = None
+    cls: type | None = None
+
+    def at(self, key: str | None = None) -> Where:
+        line = self.param_lines.get(key) if key else None
+        if key == "from" and self.input_line:
+            line = self.input_line
+        return Where(self.where.file, line or self.where.line)
+
+
+@dataclass
+class RuntimeOptions:
+    """Pipeline-wide runtime settings (the YAML ``runtime:`` mapping)."""
+
+    shm: bool = True              # images through the shared-memory frame plane on one host
+    shm_slots: int = 32           # slots per pool
+    transport: str = "ipc"        # ipc (one host) or tcp (bytes inline)
+    host: str = "127.0.0.1"       # tcp bind address
+    max_restarts: int = 3         # node process failures before the pipeline stops
+    drain_timeout_s: float = 30.0
+    metrics_port: int | None = None  # Prometheus endpoint on 127.0.0.1, off when None
+    reorder_timeout_s: float = 2.0
+
+
+class Graph:
+    def __init__(self, name: str = "pipeline", latency_budget_ms: float | None = None,
+                 runtime: RuntimeOptions | None = None, file: str | None = None):
+        self.name = name
+        self.latency_budget_ms = latency_budget_ms
+        self.runtime = runtime or RuntimeOptions()
+        self.file = file
+        self.nodes: dict[str, NodeSpec] = {}
+        self.problems: list[Problem] = []
+
+    # ------------------------------------------------------------ building
+
+    def add(self, name: str, type: str, *inputs: str, process: str | None = None,
+            replicas: int = 1, queue: dict[str, Any] | None = None, **params: Any) -> str:
+        """Add a node reading from ``inputs``; returns its name, to use as another's input."""
+        spec = NodeSpec(name=name, type=type, params=params, inputs=list(inputs),
+                        process=process, replicas=replicas,
+                        queue=QueueSpec(**(queue or {})))
+        self.add_spec(spec)
+        return name
+
+    def add_spec(self, spec: NodeSpec) -> None:
+        if spec.name in self.nodes:
+            first = self.nodes[spec.name].where
+            self.problems.append(Problem(
+                f"duplicate node name {spec.name!r} (first defined at {first or 'above'}): "
+                "give each node its own name", spec.where))
+            return
+        self.nodes[spec.name] = spec
+
+    @property
+    def latency_budget(self) -> float:
+        return math.inf if self.latency_budget_ms is None else self.latency_budget_ms / 1000.0
+
+    # ---------------------------------------------------------- validation
+
+    def validate(self) -> Graph:
+        """Check everything that can be checked before any process starts; raise GraphError."""
+        problems = list(self.problems)
+        for spec in self.nodes.values():
+            problems += self._check_node(spec)
+        problems += self._check_cycles()
+        if problems:
+            raise GraphError(problems)
+        return self
+
+    def _check_node(self, spec: NodeSpec) -> list[Problem]:
+        out: list[Problem] = []
+        if not spec.name or not spec.name.replace("_", "").replace("-", "").isalnum():
+            out.append(Problem(f"node name {spec.name!r}: use letters, digits, '_' and '-'",
+                               spec.where))
+        try:
+            spec.cls = resolve(spec.type)
+        except UnknownNodeType as exc:
+            out.append(Problem(f"node {spec.name!r}: {exc}", spec.at("type")))
+            return out
+        except (ImportError, TypeError) as exc:
+            out.append(Problem(f"node {spec.name!r}: cannot load type {spec.type!r}: {exc}",
+                               spec.at("type")))
+            return out
+        params = parameters(spec.cls)
+        for key, value in spec.params.items():
+            p = params.get(key)
+            if p is None:
+                near = difflib.get_close_matches(key, params, 2)
+                hint = (f"did you mean {' or '.join(near)}?" if near else
+                        f"known parameters: {', '.join(params) or 'none'}")
+                out.append(Problem(f"node {spec.name!r} ({spec.type}): unknown parameter "
+                                   f"{key!r}; {hint}", spec.at(key)))
+                continue
+            ok, conv = check_value(value, p.annotation)
+            if not ok:
+                out.append(Problem(
+                    f"node {spec.name!r} ({spec.type}): parameter {key!r} must be "
+                    f"{describe_type(p.annotation)}, got {type(value).__name__} {value!r}",
+                    spec.at(key)))
+            else:
+                spec.params[key] = conv
+        for p in params.values():
+            if p.required and p.name not in spec.params:
+                out.append(Problem(f"node {spec.name!r} ({spec.type}): missing parameter "
+                                   f"{p.name!r} ({describe_type(p.annotation)})", spec.where))
+        is_source = issubclass(spec.cls, Source)
+        if is_source and spec.inputs:
+            out.append(Problem(f"node {spec.name!r} is a source ({spec.type}) and takes no "
+                               "input: remove its 'from'", spec.at("from")))
+        if not is_source and not spec.inputs:
+            out.append(Problem(f"node {spec.name!r} ({spec.type}) has no input: add "
+                               "'from: <node name>'", spec.where))
+        for src in spec.inputs:
+            if src not in self.nodes:
+                near = difflib.get_close_matches(src, self.nodes, 2)
+                hint = f"; did you mean {' or '.join(near)}?" if near else ""
+                out.append(Problem(f"node {spec.name!r} reads from unknown node {src!r}{hint}",
+                                   spec.at("from")))
+            elif self.nodes[src].cls is not None and issubclass(self.nodes[src].cls, Sink):
+                out.append(Problem(f"node {spec.name!r} reads from {src!r}, a sink, which has "
+                                   "no output", spec.at("from")))
+        if len(set(spec.inputs)) != len(spec.inputs):
+            out.append(Problem(f"node {spec.name!r} names the same input twice", spec.at("from")))
+        if spec.queue.policy is not None and spec.queue.policy not in POLICIES:
+            out.append(Problem(f"node {spec.name!r}: queue policy {spec.queue.policy!r} is not "
+                               f"one of {', '.join(POLICIES)}", spec.at("queue")))
+        if not isinstance(spec.queue.capacity, int) or spec.queue.capacity < 1:
+            out.append(Problem(f"node {spec.name!r}: queue capacity must be a whole number "
+                               f">= 1, got {spec.queue.capacity!r}", spec.at("queue")))
+        if not isinstance(spec.replicas, int) or spec.replicas < 1:
+            out.append(Problem(f"node {spec.name!r}: replicas must be a whole number >= 1, got "
+                               f"{spec.replicas!r}", spec.at("replicas")))
+        elif spec.replicas > 1 and (is_source or spec.process is not None):
+            what = "a source" if is_source else "a node grouped with 'process:'"
+            out.append(Problem(f"node {spec.name!r}: {what} cannot have replicas",
+                               spec.at("replicas")))
+        return out
+
+    def _check_cycles(self) -> list[Problem]:
+        state: dict[str, int] = {}
+        stack: list[str] = []
+
+        def visit(n: str) -> list[str] | None:
+            state[n] = 1
+            stack.append(n)
+            for m in self.nodes[n].inputs:
+                if m not in self.nodes:
+                    continue
+                if state.get(m) == 1:
+                    return stack[stack.index(m):] + [m]
+                if m not in state:
+                    cyc = visit(m)
+                    if cyc:
+                        return cyc
+            stack.pop()
+            state[n] = 2
+            return None
+
+        for n in self.nodes:
+            if n not in state:
+                cyc = visit(n)
+                if cyc:
+                    path = " <- ".join(cyc)
+                    return [Problem(f"the graph has a cycle: {path}; a pipeline must be a "
+                                    "DAG", self.nodes[cyc[0]].at("from"))]
+        return []
+
+    # --------------------------------------------------------------- queries
+
+    def order(self) -> list[str]:
+        """Node names in topological order (sources first), stable with respect to the file."""
+        indeg = {n: len(s.inputs) for n, s in self.nodes.items()}
+        ready = [n for n, d in indeg.items() if d == 0]
+        out: list[str] = []
+        while ready:
+            n = ready.pop(0)
+            out.append(n)
+            for m in self.consumers(n):
+                indeg[m] -= 1
+                if indeg[m] == 0:
+                    ready.append(m)
+        return out
+
+    def consumers(self, name: str) -> list[str]:
+        return [n for n, s in self.nodes.items() if name in s.inputs]
+
+    def sources(self) -> list[str]:
+        return [n for n, s in self.nodes.items() if not s.inputs]
+
+    def upstream_sources(self, name: str) -> set[str]:
+        spec = self.nodes[name]
+        if not spec.inputs:
+            return {name}
+        out: set[str] = set()
+        for src in spec.inputs:
+            out |= self.upstream_sources(src)
+        return out
+
+    def policy(self, name: str) -> str:
+        """The input queue policy of a node: as set, else ``latest`` behind a live source."""
+        spec = self.nodes[name]
+        if spec.queue.policy:
+            return spec.queue.policy
+        live = any(getattr(self.nodes[s].cls, "live", False) for s in self.upstream_sources(name))
+        return "latest" if live else "block"
+
+    def set_param(self, dotted: str, value: Any) -> None:
+        """Apply a ``--set node.param=value`` override."""
+        node, _, param = dotted.partition(".")
+        if not param:
+            raise GraphError([Problem(f"--set {dotted}: write it as node.param=value")])
+        if node not in self.nodes:
+            near = difflib.get_close_matches(node, self.nodes, 2)
+            hint = f"; did you mean {' or '.join(near)}?" if near else ""
+            raise GraphError([Problem(f"--set {dotted}: there is no node {node!r}{hint}")])
+        self.nodes[node].params[param] = value
+        self.nodes[node].param_lines.pop(param, None)
+
+    def to_dot(self) -> str:
+        """The graph in Graphviz DOT."""
+        lines = [f'digraph "{self.name}" {{', "  rankdir=LR;", "  node [shape=box, style=rounded];"]
+        for n, s in self.nodes.items():
+            label = f"{n}\\n{s.type}" + (f" x{s.replicas}" if s.replicas > 1 else "")
+            shape = ", shape=ellipse" if not s.inputs else ""
+            lines.append(f'  "{n}" [label="{label}"{shape}];')
+        for n, s in self.nodes.items():
+            for src in s.inputs:
+                lines.append(f'  "{src}" -> "{n}" [label="{self.policy(n)}"];')
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    # ----------------------------------------------------------------- run
+
+    def run(self, executor: str = "procs", max_frames: int | None = None,
+            duration: float | None = None, **kwargs: Any):
+        """Validate and run the graph until the sources end or a limit is reached."""
+        from posegraph.runtime import run
+
+        return run(self, executor=executor, max_frames=max_frames, duration=duration, **kwargs)
+
+
+__all__ = ["Graph", "GraphError", "NodeError", "NodeSpec", "Problem", "QueueSpec",
+           "RuntimeOptions", "Where"]

@@ -1,0 +1,210 @@
+"""Pipeline metrics: per node fps, processing latency, queue depth, drops; end-to-end latency.
+
+Workers send a snapshot of each node instance every half second; :class:`Metrics` folds
+them together (also across restarts of a process), serves them on a Prometheus endpoint
+and renders the live table and the summary line of ``posegraph run``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+WINDOW = 20000
+COUNTERS = ("in", "out", "dropped", "lost", "errors", "gaps")
+
+
+def percentiles(samples, qs=(50, 90, 99)) -> dict[str, float]:
+    if len(samples) == 0:
+        return {f"p{q}": float("nan") for q in qs}
+    arr = np.fromiter(samples, float, len(samples))
+    return {f"p{q}": float(np.percentile(arr, q)) for q in qs}
+
+
+@dataclass
+class NodeMetrics:
+    name: str
+    base: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    last: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    queue: int = 0
+    proc_ms: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+    queue_ms: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+    rate: deque = field(default_factory=lambda: deque(maxlen=20))  # (time, frames out)
+    last_index: dict[str, int] = field(default_factory=dict)
+    restarts: int = 0
+
+    def total(self, key: str) -> int:
+        return self.base[key] + self.last[key]
+
+    def fps(self) -> float:
+        if len(self.rate) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self.rate[0], self.rate[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+class Metrics:
+    def __init__(self, pipeline: str):
+        self.pipeline = pipeline
+        self.nodes: dict[str, NodeMetrics] = {}
+        self.e2e_ms: deque = deque(maxlen=WINDOW)
+        self.hop_ms: deque = deque(maxlen=WINDOW)
+        self.e2e_count = 0
+        self.plane: dict[str, dict[str, int]] = {}
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+
+    def update(self, snapshot: dict[str, Any], group: str = "main") -> None:
+        now = time.monotonic()
+        with self._lock:
+            for name, snap in snapshot.items():
+                if name == "_plane":
+                    self.plane[group] = snap
+                    continue
+                m = self.nodes.setdefault(name, NodeMetrics(name))
+                for key in COUNTERS:
+                    m.last[key] = snap[key]
+                m.queue = snap["queue"]
+                m.proc_ms.extend(snap["proc_ms"])
+                m.queue_ms.extend(snap["queue_ms"])
+                m.rate.append((now, m.total("out") + (m.total("in") if not m.total("out") else 0)))
+                m.last_index.update(snap["last_index"])
+                self.e2e_ms.extend(snap["e2e_ms"])
+                self.e2e_count += len(snap["e2e_ms"])
+                self.hop_ms.extend(snap["hop_ms"])
+
+    def restarted(self, names: list[str]) -> None:
+        """A process restarted: its counters start again from zero."""
+        with self._lock:
+            for name in names:
+                m = self.nodes.get(name)
+                if m is None:
+                    continue
+                for key in COUNTERS:
+                    m.base[key] += m.last[key]
+                    m.last[key] = 0
+                m.restarts += 1
+
+    # ---------------------------------------------------------------- views
+
+    def rows(self) -> list[dict[str, Any]]:
+        with self._lock:
+            out = []
+            for m in self.nodes.values():
+                row = {"node": m.name, "fps": m.fps(), "queue": m.queue,
+                       **{k: m.total(k) for k in COUNTERS}, "restarts": m.restarts}
+                row.update({f"proc_{k}": v for k, v in percentiles(m.proc_ms).items()})
+                out.append(row)
+            return out
+
+    def e2e(self) -> dict[str, float]:
+        with self._lock:
+            return percentiles(self.e2e_ms)
+
+    def summary(self) -> dict[str, Any]:
+        rows = self.rows()
+        e2e = self.e2e()
+        return {
+            "pipeline": self.pipeline,
+            "seconds": round(time.monotonic() - self.started, 3),
+            "frames": max((r["in"] for r in rows), default=0) if rows else 0,
+            "delivered": self.e2e_count,
+            "dropped": sum(r["dropped"] for r in rows),
+            "lost": sum(r["lost"] for r in rows),
+            "errors": sum(r["errors"] for r in rows),
+            "restarts": sum(r["restarts"] for r in rows),
+            "e2e_ms": e2e,
+            "nodes": rows,
+        }
+
+    @staticmethod
+    def line_from(s: dict[str, Any]) -> str:
+        """The one-line summary printed when a run ends."""
+        e = s["e2e_ms"]
+
+        def ms(v: float) -> str:
+            return "-" if v != v else f"{v:.1f}"
+
+        return (f"{s['pipeline']}: {s['delivered']} frames delivered in {s['seconds']:.1f} s, "
+                f"end-to-end p50 {ms(e['p50'])} ms p90 {ms(e['p90'])} ms p99 {ms(e['p99'])} ms, "
+                f"dropped {s['dropped']}, lost {s['lost']}, errors {s['errors']}, "
+                f"restarts {s['restarts']}")
+
+    def table(self):
+        from rich.table import Table
+
+        t = Table(title=f"posegraph · {self.pipeline}", title_justify="left")
+        for col in ("node", "fps", "proc p50 ms", "proc p99 ms", "queue", "in", "out",
+                    "dropped", "lost", "errors", "restarts"):
+            t.add_column(col, justify="left" if col == "node" else "right")
+        for r in self.rows():
+            t.add_row(r["node"], f"{r['fps']:.1f}", _ms(r["proc_p50"]), _ms(r["proc_p99"]),
+                      str(r["queue"]), str(r["in"]), str(r["out"]), str(r["dropped"]),
+                      str(r["lost"]), str(r["errors"]), str(r["restarts"]))
+        e = self.e2e()
+        t.caption = (f"end-to-end latency p50 {_ms(e['p50'])} ms · p90 {_ms(e['p90'])} ms · "
+                     f"p99 {_ms(e['p99'])} ms")
+        return t
+
+    # ----------------------------------------------------------- prometheus
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        rows = self.rows()
+        fams = {
+            "frames_in": CounterMetricFamily("posegraph_node_frames_in", "Frames taken in",
+                                             labels=["pipeline", "node"]),
+            "frames_out": CounterMetricFamily("posegraph_node_frames_out", "Frames passed on",
+                                              labels=["pipeline", "node"]),
+            "dropped": CounterMetricFamily("posegraph_node_dropped",
+                                           "Frames dropped by the queue policy or the node",
+                                           labels=["pipeline", "node"]),
+            "lost": CounterMetricFamily("posegraph_node_lost", "Frames lost in transit",
+                                        labels=["pipeline", "node"]),
+            "errors": CounterMetricFamily("posegraph_node_errors", "Frames the node failed on",
+                                          labels=["pipeline", "node"]),
+            "restarts": CounterMetricFamily("posegraph_node_restarts", "Process restarts",
+                                            labels=["pipeline", "node"]),
+        }
+        fps = GaugeMetricFamily("posegraph_node_fps", "Frames per second",
+                                labels=["pipeline", "node"])
+        queue = GaugeMetricFamily("posegraph_node_queue_depth", "Frames waiting in the input queue",
+                                  labels=["pipeline", "node"])
+        proc = GaugeMetricFamily("posegraph_node_latency_ms", "Processing latency quantiles",
+                                 labels=["pipeline", "node", "quantile"])
+        for r in rows:
+            lab = [self.pipeline, r["node"]]
+            fams["frames_in"].add_metric(lab, r["in"])
+            fams["frames_out"].add_metric(lab, r["out"])
+            for k in ("dropped", "lost", "errors", "restarts"):
+                fams[k].add_metric(lab, r[k])
+            fps.add_metric(lab, r["fps"])
+            queue.add_metric(lab, r["queue"])
+            for q in (50, 90, 99):
+                proc.add_metric([*lab, f"0.{q}"], r[f"proc_p{q}"])
+        e2e = GaugeMetricFamily("posegraph_e2e_latency_ms",
+                                "End-to-end latency, capture to sink, quantiles",
+                                labels=["pipeline", "quantile"])
+        for k, v in self.e2e().items():
+            e2e.add_metric([self.pipeline, f"0.{k[1:]}"], v)
+        yield from fams.values()
+        yield from (fps, queue, proc, e2e)
+
+    def serve(self, port: int, addr: str = "127.0.0.1"):
+        """Serve the metrics on http://addr:port/metrics; returns the server."""
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        registry = CollectorRegistry()
+        registry.register(self)
+        server, _thread = start_http_server(port, addr=addr, registry=registry)
+        return server
+
+
+def _ms(v: float) -> str:
+    return "-" if v != v else f"{v:.2f}"

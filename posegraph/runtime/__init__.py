@@ -1,0 +1,122 @@
+"""Executors: ``inproc`` (every node on a thread of this process) and ``procs`` (supervised
+processes linked by ZeroMQ, frames through shared memory)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from posegraph.graph import Graph
+from posegraph.metrics import Metrics
+from posegraph.runtime.plan import Plan, build_plan
+from posegraph.runtime.supervisor import PipelineError, Supervisor
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = ("inproc", "procs")
+
+__all__ = ["EXECUTORS", "PipelineError", "run"]
+
+
+@contextlib.contextmanager
+def _signals(on_signal: Callable[[], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM ask the pipeline to drain (only from the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda *_: on_signal())
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def run(graph: Graph, executor: str = "procs", max_frames: int | None = None,
+        duration: float | None = None, on_tick: Callable[[Metrics], None] | None = None,
+        log_level: int | None = None) -> dict[str, Any]:
+    """Run a graph until its sources end, ``max_frames`` per source, or ``duration`` seconds.
+
+    Returns the metrics summary; raises PipelineError when a node stops the pipeline.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+    graph.validate()
+    plan = build_plan(graph, executor, max_frames)
+    metrics = Metrics(graph.name)
+    server = None
+    if graph.runtime.metrics_port is not None:
+        server = metrics.serve(graph.runtime.metrics_port)
+    tick = (lambda: on_tick(metrics)) if on_tick is not None else None
+    level = log_level if log_level is not None else logging.getLogger().getEffectiveLevel()
+    try:
+        if executor == "procs":
+            sup = Supervisor(plan, metrics, level)
+            with _signals(sup.request_stop):
+                sup.run(duration, tick)
+        else:
+            _run_inproc(plan, metrics, duration, tick)
+    finally:
+        if server is not None:
+            server.shutdown()
+    return metrics.summary()
+
+
+def _run_inproc(plan: Plan, metrics: Metrics, duration: float | None,
+                tick: Callable[[], None] | None) -> None:
+    from posegraph.runtime.worker import FatalNodeError, Worker
+
+    worker = Worker(plan, "main")
+    stop_requests = []
+
+    def on_signal() -> None:
+        stop_requests.append(time.monotonic())
+        worker.stop.set()
+        if len(stop_requests) > 1:
+            worker.abort.set()
+
+    try:
+        with _signals(on_signal):
+            try:
+                worker.build()
+            except FatalNodeError as exc:
+                raise PipelineError(str(exc)) from None
+            worker.connect()
+            worker.start()
+            started = time.monotonic()
+            metrics.started = started
+            next_tick = started
+            while not worker.done:
+                time.sleep(0.05)
+                now = time.monotonic()
+                if worker.failed.is_set():
+                    errors = "; ".join(r.error for r in worker.runners if r.error)
+                    metrics.update(worker.metrics())
+                    raise PipelineError(errors)
+                if duration is not None and now - started >= duration:
+                    worker.stop.set()
+                if worker.stop.is_set() and stop_requests is not None:
+                    stop_at = stop_requests[0] if stop_requests else now
+                    if now - stop_at > plan.options.drain_timeout_s:
+                        log.warning("pipeline did not drain within %.0f s; stopping",
+                                    plan.options.drain_timeout_s)
+                        break
+                if now >= next_tick:
+                    metrics.update(worker.metrics())
+                    if tick is not None:
+                        tick()
+                    next_tick = now + 0.25
+            metrics.update(worker.metrics())
+    finally:
+        worker.abort.set()
+        worker.join(2.0)
+        worker.close()
+        shutil.rmtree(plan.rundir, ignore_errors=True)

@@ -1,0 +1,139 @@
+"""The execution plan: which node instances run in which process and how they connect."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from posegraph.graph import Graph, RuntimeOptions
+from posegraph.node import Sink, Source
+
+
+@dataclass
+class OutputSpec:
+    consumer: str
+    block: bool
+    targets: list[tuple[str, str]]  # (process group, PULL address) per consumer replica
+
+
+@dataclass
+class InstanceSpec:
+    node: str
+    replica: int
+    replicas: int
+    type: str
+    params: dict[str, Any]
+    group: str
+    policy: str
+    capacity: int
+    address: str
+    is_source: bool
+    is_sink: bool
+    streams: list[str]                # streams that pass through this node
+    eos_expected: dict[str, int]      # stream -> upstream nodes that carry it
+    replicated_inputs: dict[str, int]  # upstream node -> its replica count
+    remote_inputs: bool = False
+    outputs: list[OutputSpec] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.node if self.replicas == 1 else f"{self.node}.{self.replica}"
+
+
+@dataclass
+class Plan:
+    run_id: str
+    pipeline: str
+    rundir: str
+    groups: dict[str, list[InstanceSpec]]
+    rows: dict[str, int]  # process group -> frame-plane accounting row
+    options: RuntimeOptions
+    latency_budget: float
+    max_frames: int | None
+    base_dir: str | None
+    control: str = ""
+    shm: bool = True
+
+    def instances(self) -> list[InstanceSpec]:
+        return [i for g in self.groups.values() for i in g]
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def stream_of(graph: Graph, source: str) -> str:
+    return str(graph.nodes[source].params.get("stream") or source)
+
+
+def build_plan(graph: Graph, executor: str, max_frames: int | None = None) -> Plan:
+    """Place every node instance: one process group per node (or per ``process:`` value)
+    with ``procs``, a single group with ``inproc``."""
+    opts = graph.runtime
+    run_id = uuid.uuid4().hex[:10]
+    rundir = os.path.join("/tmp", f"posegraph-{run_id}")
+    tcp = opts.transport == "tcp"
+
+    def address(node: str, replica: int) -> str:
+        if tcp:
+            return f"tcp://{opts.host}:{_free_port(opts.host)}"
+        return f"ipc://{rundir}/{node}.{replica}"
+
+    streams: dict[str, set[str]] = {}
+    for name in graph.order():
+        spec = graph.nodes[name]
+        if not spec.inputs:
+            streams[name] = {stream_of(graph, name)}
+        else:
+            streams[name] = set().union(*(streams[s] for s in spec.inputs))
+
+    instances: dict[str, list[InstanceSpec]] = {}
+    for name in graph.order():
+        spec = graph.nodes[name]
+        group_of = (lambda r, s=spec: "main") if executor == "inproc" else (
+            lambda r, s=spec: s.process or (s.name if s.replicas == 1 else f"{s.name}.{r}"))
+        eos_expected: dict[str, int] = {}
+        for src in spec.inputs:
+            for st in streams[src]:
+                eos_expected[st] = eos_expected.get(st, 0) + 1
+        instances[name] = [
+            InstanceSpec(
+                node=name, replica=r, replicas=spec.replicas, type=spec.type,
+                params=dict(spec.params), group=group_of(r), policy=graph.policy(name),
+                capacity=spec.queue.capacity, address=address(name, r),
+                is_source=issubclass(spec.cls, Source), is_sink=issubclass(spec.cls, Sink),
+                streams=sorted(streams[name]), eos_expected=eos_expected,
+                replicated_inputs={s: graph.nodes[s].replicas for s in spec.inputs
+                                   if graph.nodes[s].replicas > 1},
+            )
+            for r in range(spec.replicas)
+        ]
+    for name, insts in instances.items():
+        for inst in insts:
+            for consumer in graph.consumers(name):
+                targets = [(c.group, c.address) for c in instances[consumer]]
+                inst.outputs.append(OutputSpec(consumer, graph.policy(consumer) == "block",
+                                               targets))
+                for c in instances[consumer]:
+                    if c.group != inst.group:
+                        c.remote_inputs = True
+    groups: dict[str, list[InstanceSpec]] = {}
+    for insts in instances.values():
+        for inst in insts:
+            groups.setdefault(inst.group, []).append(inst)
+    base_dir = getattr(graph, "base_dir", None)
+    plan = Plan(
+        run_id=run_id, pipeline=graph.name, rundir=rundir, groups=groups,
+        rows={g: i for i, g in enumerate(groups)}, options=opts,
+        latency_budget=graph.latency_budget, max_frames=max_frames,
+        base_dir=str(base_dir) if base_dir else None,
+        shm=opts.shm and not tcp and executor != "inproc",
+    )
+    plan.control = (f"tcp://127.0.0.1:{_free_port('127.0.0.1')}" if tcp
+                    else f"ipc://{rundir}/control")
+    return plan

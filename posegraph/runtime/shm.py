@@ -1,0 +1,234 @@
+"""The shared-memory frame plane: images written once, passed between processes by reference.
+
+A pool is one POSIX shared-memory segment owned by the process that writes images into it
+(usually a source). It holds ``slots`` image slots and an accounting header::
+
+    generation[slots]            uint64, written by the owner when a slot is (re)used
+    acquired[rows, slots]        uint64, references created by each process (monotonic)
+    released[rows, slots]        uint64, references dropped by each process (monotonic)
+
+Every process of a pipeline has one row, and only that process writes it, so no lock or
+atomic instruction is needed. A frame travelling on an edge carries one reference; a
+process that fans a frame out to m edges adds m - 1, one that drops or consumes it
+releases 1. A slot is free when, reading every ``released`` cell first and every
+``acquired`` cell after, the sums are equal: a release is always preceded by the acquire
+it pairs with, so a stale read can only make a slot look busy, never free. A slot is
+therefore never reused while a reader may still hold it.
+
+References held by a process that is killed are never released. When no slot is free,
+the owner reclaims a slot that has been held for longer than ``reclaim_after`` seconds
+(bumping its generation, so that a late holder's release is ignored); if none qualifies
+it sends the image inline instead of waiting. Either way nothing blocks for long and the
+event is counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from multiprocessing import resource_tracker, shared_memory
+
+import numpy as np
+
+from posegraph.packet import ShmRef
+
+log = logging.getLogger(__name__)
+
+_ALIGN = 64
+SHM_DIR = "/dev/shm"
+
+
+def _untrack(shm: shared_memory.SharedMemory) -> None:
+    # The pipeline supervisor owns cleanup of every segment; Python's resource tracker
+    # would otherwise unlink a segment when the first process that touched it exits.
+    try:
+        resource_tracker.unregister(shm._name, "shared_memory")  # noqa: SLF001
+    except Exception:  # noqa: BLE001 - tracker not running in this process
+        pass
+
+
+def _layout(slots: int, rows: int) -> tuple[int, int, int, int]:
+    gen = _ALIGN
+    acq = gen + 8 * slots
+    rel = acq + 8 * slots * rows
+    data = rel + 8 * slots * rows
+    data = (data + _ALIGN - 1) // _ALIGN * _ALIGN
+    return gen, acq, rel, data
+
+
+class _Segment:
+    """A mapped pool segment: the accounting arrays and the slot bytes."""
+
+    def __init__(self, shm: shared_memory.SharedMemory):
+        self.shm = shm
+        header = np.ndarray((4,), np.uint64, shm.buf, 0)
+        self.slots, self.rows, self.slot_bytes = int(header[0]), int(header[1]), int(header[2])
+        gen, acq, rel, data = _layout(self.slots, self.rows)
+        self.generation = np.ndarray((self.slots,), np.uint64, shm.buf, gen)
+        self.acquired = np.ndarray((self.rows, self.slots), np.uint64, shm.buf, acq)
+        self.released = np.ndarray((self.rows, self.slots), np.uint64, shm.buf, rel)
+        self.data_offset = data
+
+    def view(self, ref: ShmRef) -> np.ndarray:
+        offset = self.data_offset + ref.slot * self.slot_bytes
+        arr = np.ndarray(ref.shape, np.dtype(ref.dtype), self.shm.buf, offset)
+        arr.flags.writeable = False
+        return arr
+
+    def close(self) -> None:
+        self.generation = self.acquired = self.released = None  # drop buffer exports
+        try:
+            self.shm.close()
+        except BufferError:
+            # a node still holds a view of a slot; the mapping goes with the process
+            pass
+
+
+class FramePlane:
+    """One process's side of the frame plane: the pools it owns and the pools it reads.
+
+    ``row`` is this process's accounting row, ``rows`` the number of processes.
+    """
+
+    def __init__(self, run_id: str, owner: str, row: int, rows: int, slots: int = 32,
+                 reclaim_after: float = 10.0):
+        self.run_id = run_id
+        self.owner = owner
+        self.row = row
+        self.rows = rows
+        self.slots = slots
+        self.reclaim_after = reclaim_after
+        self._lock = threading.Lock()
+        self._own: list[tuple[_Segment, np.ndarray]] = []  # segment, time each slot was written
+        self._mapped: dict[str, _Segment] = {}
+        self.fallbacks = 0
+        self.reclaimed = 0
+        self._serial = 0
+
+    # ------------------------------------------------------------------ writer
+
+    def put(self, image: np.ndarray) -> tuple[ShmRef, np.ndarray] | None:
+        """Copy ``image`` into a free slot of an own pool; None when none is free (send inline)."""
+        nbytes = image.nbytes
+        with self._lock:
+            pool = next((p for p in self._own if p[0].slot_bytes >= nbytes), None)
+            if pool is None:
+                pool = self._create(nbytes)
+            seg, written_at = pool
+            slot = self._free_slot(seg, written_at)
+            if slot is None:
+                self.fallbacks += 1
+                return None
+            seg.generation[slot] += 1
+            written_at[slot] = time.monotonic()
+            ref = ShmRef(seg.shm.name, slot, int(seg.generation[slot]), tuple(image.shape),
+                         image.dtype.str)
+            dst = np.ndarray(image.shape, image.dtype, seg.shm.buf,
+                             seg.data_offset + slot * seg.slot_bytes)
+            np.copyto(dst, image)
+            seg.acquired[self.row, slot] += 1
+            return ref, seg.view(ref)
+
+    def _create(self, nbytes: int) -> tuple[_Segment, np.ndarray]:
+        self._serial += 1
+        name = f"pg-{self.run_id}-{self.owner}-{self._serial}"
+        slot_bytes = (nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
+        total = _layout(self.slots, self.rows)[3] + slot_bytes * self.slots
+        shm = shared_memory.SharedMemory(name=name, create=True, size=total)
+        _untrack(shm)
+        header = np.ndarray((4,), np.uint64, shm.buf, 0)
+        header[:] = (self.slots, self.rows, slot_bytes, 0)
+        del header
+        seg = _Segment(shm)
+        seg.generation[:] = 0
+        seg.acquired[:] = 0
+        seg.released[:] = 0
+        self._mapped[name] = seg
+        entry = (seg, np.zeros(self.slots))
+        self._own.append(entry)
+        log.debug("frame plane: pool %s, %d slots of %d bytes", name, self.slots, slot_bytes)
+        return entry
+
+    def _free_slot(self, seg: _Segment, written_at: np.ndarray) -> int | None:
+        deadline = time.monotonic() + 0.02
+        while True:
+            released = seg.released.sum(axis=0)  # read releases before acquires: see module doc
+            acquired = seg.acquired.sum(axis=0)
+            free = np.flatnonzero(acquired == released)
+            if len(free):
+                # the least recently written free slot, so that references stay valid longest
+                return int(free[np.argmin(written_at[free])])
+            now = time.monotonic()
+            oldest = int(np.argmin(written_at))
+            if now - written_at[oldest] > self.reclaim_after:
+                seg.released[self.row, oldest] += int(acquired[oldest] - released[oldest])
+                self.reclaimed += 1
+                log.warning("frame plane: reclaimed slot %d of %s, held for %.0f s (a reader "
+                            "died holding it)", oldest, seg.shm.name, now - written_at[oldest])
+                return oldest
+            if now > deadline:
+                return None
+            time.sleep(0.0005)
+
+    # ------------------------------------------------------------------ readers
+
+    def _segment(self, pool: str) -> _Segment:
+        seg = self._mapped.get(pool)
+        if seg is None:
+            shm = shared_memory.SharedMemory(name=pool)
+            _untrack(shm)
+            seg = _Segment(shm)
+            self._mapped[pool] = seg
+        return seg
+
+    def view(self, ref: ShmRef) -> np.ndarray | None:
+        """Map a reference; None if its pool is gone or the slot was reclaimed."""
+        try:
+            seg = self._segment(ref.pool)
+        except FileNotFoundError:
+            return None
+        if int(seg.generation[ref.slot]) != ref.generation:
+            return None
+        return seg.view(ref)
+
+    def acquire(self, ref: ShmRef, n: int) -> None:
+        """Add ``n`` references (a frame fanned out to n + 1 edges)."""
+        if n > 0:
+            with self._lock:
+                self._segment(ref.pool).acquired[self.row, ref.slot] += n
+
+    def release(self, ref: ShmRef) -> None:
+        with self._lock:
+            try:
+                seg = self._segment(ref.pool)
+            except FileNotFoundError:
+                return
+            if int(seg.generation[ref.slot]) == ref.generation:
+                seg.released[self.row, ref.slot] += 1
+
+    def close(self) -> None:
+        with self._lock:
+            for seg in self._mapped.values():
+                seg.close()
+            self._mapped.clear()
+            self._own.clear()
+
+
+def unlink_run(run_id: str) -> int:
+    """Remove every segment of a run from /dev/shm; returns how many were left."""
+    prefix = f"pg-{run_id}-"
+    n = 0
+    try:
+        names = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+                n += 1
+            except FileNotFoundError:
+                pass
+    return n

@@ -1,0 +1,295 @@
+"""The ``procs`` executor: one supervised OS process per process group, linked by ZeroMQ.
+
+The supervisor starts every worker, waits until each has set up its nodes, then lets the
+sources go. A worker that dies is restarted with backoff (its sources resume after the
+last frame they sent; the loss is announced downstream as a gap); after
+``max_restarts`` failures the pipeline stops with the node's error. A worker that fails to
+set up (a missing file, a bad parameter) stops the pipeline at once with that error.
+SIGINT and SIGTERM drain: sources stop, the last frames flow to the sinks, every process
+ends; a second signal, or a drain longer than ``drain_timeout_s``, ends them at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgpack
+import zmq
+
+from posegraph.metrics import Metrics
+from posegraph.runtime.plan import Plan
+from posegraph.runtime.shm import unlink_run
+
+log = logging.getLogger(__name__)
+
+REPORT_EVERY = 0.5
+PR_SET_PDEATHSIG = 1
+
+
+class PipelineError(RuntimeError):
+    """The pipeline stopped because of an error; the message says which node and why."""
+
+
+# ------------------------------------------------------------------ worker side
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def worker_main(plan: Plan, group: str, resume: dict[str, int], log_level: int) -> None:
+    """Entry point of a worker process."""
+    from posegraph.runtime.worker import FatalNodeError, Worker
+
+    _die_with_parent()
+    logging.basicConfig(level=log_level, format=f"%(levelname)s [{group}] %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
+    zctx = zmq.Context.instance()
+    control = zctx.socket(zmq.DEALER)
+    control.setsockopt(zmq.IDENTITY, group.encode())
+    control.setsockopt(zmq.LINGER, 2000)
+    control.connect(plan.control)
+
+    def send(kind: str, **body) -> None:
+        control.send(msgpack.packb({"t": kind, **body}, use_bin_type=True))
+
+    worker = Worker(plan, group, resume)
+    signal.signal(signal.SIGTERM, lambda *_: worker.abort.set())
+    code = 0
+    try:
+        try:
+            worker.build()
+            worker.connect()
+        except FatalNodeError as exc:
+            send("fatal", error=str(exc), node=exc.node)
+            code = 3
+            return
+        send("ready")
+        while not worker.abort.is_set():
+            if control.poll(100):
+                msg = msgpack.unpackb(control.recv())
+                if msg["t"] == "go":
+                    break
+                if msg["t"] == "stop":
+                    worker.stop.set()
+        worker.start()
+        next_report = time.monotonic() + REPORT_EVERY
+        while True:
+            if control.poll(50):
+                msg = msgpack.unpackb(control.recv())
+                if msg["t"] == "stop":
+                    worker.stop.set()
+            if worker.failed.is_set():
+                errors = [r.error for r in worker.runners if r.error]
+                send("metrics", nodes=worker.metrics())
+                send("failed", error="; ".join(errors))
+                code = 1
+                break
+            if worker.done or worker.abort.is_set():
+                send("metrics", nodes=worker.metrics())
+                send("done")
+                break
+            if time.monotonic() >= next_report:
+                send("metrics", nodes=worker.metrics())
+                next_report += REPORT_EVERY
+    finally:
+        worker.close()
+        control.close()
+        zctx.term()
+        logging.shutdown()
+        os._exit(code)  # noqa: SLF001 - node threads may still be blocked in I/O
+
+
+# -------------------------------------------------------------- supervisor side
+
+
+@dataclass
+class _Proc:
+    group: str
+    nodes: list[str]
+    sources: list[str]
+    process: mp.Process | None = None
+    state: str = "starting"  # starting, ready, running, done, failed
+    failures: int = 0
+    restart_at: float | None = None
+    last_error: str = ""
+    started: list[float] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, plan: Plan, metrics: Metrics, log_level: int = logging.WARNING):
+        self.plan = plan
+        self.metrics = metrics
+        self.log_level = log_level
+        self.ctx = mp.get_context("spawn")
+        self.procs = {
+            g: _Proc(g, [i.id for i in insts], [i.node for i in insts if i.is_source])
+            for g, insts in plan.groups.items()
+        }
+        self.stop_requested = threading.Event()
+        self.abort_requested = threading.Event()
+        self.error: str | None = None
+
+    def request_stop(self) -> None:
+        if self.stop_requested.is_set():
+            self.abort_requested.set()
+        self.stop_requested.set()
+
+    def _spawn(self, p: _Proc) -> None:
+        resume = {}
+        for src in p.sources:
+            m = self.metrics.nodes.get(src)
+            if m is not None and m.last_index:
+                resume[src] = max(m.last_index.values()) + 1
+        p.process = self.ctx.Process(target=worker_main, name=f"posegraph:{p.group}",
+                                     args=(self.plan, p.group, resume, self.log_level),
+                                     daemon=False)
+        p.process.start()
+        p.state = "starting"
+        p.started.append(time.monotonic())
+
+    def run(self, duration: float | None = None,
+            on_tick: Callable[[], None] | None = None) -> None:
+        plan = self.plan
+        os.makedirs(plan.rundir, exist_ok=True)
+        zctx = zmq.Context.instance()
+        control = zctx.socket(zmq.ROUTER)
+        control.setsockopt(zmq.LINGER, 0)
+        control.bind(plan.control)
+        try:
+            for p in self.procs.values():
+                self._spawn(p)
+            self._loop(control, duration, on_tick)
+        finally:
+            self._terminate_all()
+            control.close(0)
+            unlink_run(plan.run_id)
+            shutil.rmtree(plan.rundir, ignore_errors=True)
+        if self.error:
+            raise PipelineError(self.error)
+
+    def _send(self, control: zmq.Socket, group: str, kind: str) -> None:
+        control.send_multipart([group.encode(), msgpack.packb({"t": kind})])
+
+    def _loop(self, control: zmq.Socket, duration: float | None,
+              on_tick: Callable[[], None] | None) -> None:
+        opts = self.plan.options
+        running = False
+        started_at: float | None = None
+        stop_sent_at: float | None = None
+        next_tick = time.monotonic()
+        while True:
+            now = time.monotonic()
+            while control.poll(0 if not running else 50):
+                group_raw, body = control.recv_multipart()
+                self._on_message(control, group_raw.decode(), msgpack.unpackb(body), running)
+            if self.error:
+                return
+            if not running and all(p.state == "ready" for p in self.procs.values()):
+                for g in self.procs:
+                    self._send(control, g, "go")
+                    self.procs[g].state = "running"
+                running = True
+                started_at = now
+                self.metrics.started = now
+            if not running:
+                time.sleep(0.02)
+            for p in self.procs.values():
+                self._check(p, control, now)
+            if self.error:
+                return
+            if all(p.state == "done" for p in self.procs.values()):
+                return
+            if running and duration is not None and now - started_at >= duration:
+                self.stop_requested.set()
+            if self.stop_requested.is_set() and stop_sent_at is None:
+                stop_sent_at = now
+                for g, p in self.procs.items():
+                    if p.state != "done":
+                        self._send(control, g, "stop")
+            if self.abort_requested.is_set() or (
+                    stop_sent_at is not None and now - stop_sent_at > opts.drain_timeout_s):
+                if not self.abort_requested.is_set():
+                    log.warning("pipeline did not drain within %.0f s; stopping every process",
+                                opts.drain_timeout_s)
+                return
+            if on_tick is not None and now >= next_tick:
+                on_tick()
+                next_tick = now + 0.25
+
+    def _on_message(self, control, group: str, msg: dict, running: bool) -> None:
+        p = self.procs.get(group)
+        if p is None:
+            return
+        kind = msg["t"]
+        if kind == "ready":
+            if running:
+                self._send(control, group, "go")
+                if self.stop_requested.is_set():
+                    self._send(control, group, "stop")
+                p.state = "running"
+            else:
+                p.state = "ready"
+        elif kind == "metrics":
+            self.metrics.update(msg["nodes"], group)
+        elif kind == "done":
+            p.state = "done"
+        elif kind == "fatal":
+            self.error = msg["error"]
+        elif kind == "failed":
+            p.last_error = msg["error"]
+
+    def _check(self, p: _Proc, control, now: float) -> None:
+        proc = p.process
+        if p.state in ("done", "failed") or proc is None:
+            if p.state == "failed" and p.restart_at is not None and now >= p.restart_at:
+                p.restart_at = None
+                self.metrics.restarted(p.nodes)
+                log.warning("restarting %s (failure %d of %d)", p.group, p.failures,
+                            self.plan.options.max_restarts)
+                self._spawn(p)
+            return
+        if proc.is_alive() or proc.exitcode is None:
+            return
+        if p.state == "done":
+            return
+        if proc.exitcode == 3:
+            return  # set-up failed: the fatal message carries the error
+        code = proc.exitcode
+        why = p.last_error or (f"killed by signal {-code}" if code < 0 else f"exit status {code}")
+        p.failures += 1
+        p.state = "failed"
+        if p.failures > self.plan.options.max_restarts:
+            self.error = (f"process {p.group!r} (nodes {', '.join(p.nodes)}) failed "
+                          f"{p.failures} times; last: {why}")
+            return
+        delay = min(10.0, 0.25 * 2 ** (p.failures - 1))
+        log.warning("process %s (nodes %s) died: %s; restarting in %.2f s", p.group,
+                    ", ".join(p.nodes), why, delay)
+        p.last_error = ""
+        p.restart_at = now + delay
+
+    def _terminate_all(self) -> None:
+        procs = [p.process for p in self.procs.values() if p.process is not None]
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        deadline = time.monotonic() + 3.0
+        for proc in procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)

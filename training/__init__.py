@@ -1,0 +1,1 @@
+"""posegraph training: datasets, synthetic people, transforms, losses, trainer, evaluation, export."""
