@@ -12,10 +12,12 @@ from posegraph.codecs import (
     ERPoseCodec,
     HPRNetCodec,
     MSRAHeatmap,
+    RegressionLabel,
     SimCCLabel,
     UDPHeatmap,
     keypoints_to_raw,
     oks,
+    raw_to_keypoints,
 )
 
 COCO = skeletons.coco17
@@ -175,14 +177,21 @@ def test_oks_matches_the_coco_definition() -> None:
 
 
 def erpose_predictions(codec, people, anchor_ids, logits):
-    """A dense output in which anchor ``anchor_ids[i]`` predicts ``people[i]`` exactly."""
+    """A dense output in which anchor ``anchor_ids[i]`` predicts ``people[i]`` exactly.
+
+    In the codec's ``outputs`` form: logits and raw offsets, or probabilities and pixels.
+    """
     anchors, strides = codec.anchors
     k = codec.num_keypoints
-    predictions = np.full((anchors.shape[0], 1 + 3 * k), -8.0, np.float32)
+    raw = codec.outputs == "raw"
+    background, visible = (-8.0, 4.0) if raw else (1 / (1 + np.exp(8.0)), 1 / (1 + np.exp(-4.0)))
+    predictions = np.full((anchors.shape[0], 1 + 3 * k), background, np.float32)
     for person, anchor, logit in zip(people, anchor_ids, logits, strict=True):
-        raw = keypoints_to_raw(person[None], anchors[anchor][None], strides[anchor][None])[0]
-        predictions[anchor, 0] = logit
-        predictions[anchor, 1:] = np.concatenate([raw, np.full((k, 1), 4.0)], -1).ravel()
+        xy = person
+        if raw:
+            xy = keypoints_to_raw(person[None], anchors[anchor][None], strides[anchor][None])[0]
+        predictions[anchor, 0] = logit if raw else 1 / (1 + np.exp(-logit))
+        predictions[anchor, 1:] = np.concatenate([xy, np.full((k, 1), visible)], -1).ravel()
     return predictions
 
 
@@ -194,8 +203,9 @@ def test_anchor_grid_order_and_size() -> None:
     assert strides[0] == 8 and strides[-1] == 32
 
 
-def test_erpose_decode_is_nms_free() -> None:
-    codec = ERPoseCodec(input_size=(320, 320))
+@pytest.mark.parametrize("outputs", ["pixels", "raw"])
+def test_erpose_decode_is_nms_free(outputs) -> None:
+    codec = ERPoseCodec(input_size=(320, 320), outputs=outputs)
     people = random_keypoints((320, 320), n=3, seed=4)
     predictions = erpose_predictions(codec, people, [100, 1700, 2050], [3.0, 2.0, 1.0])
     poses = codec.decode(predictions)
@@ -204,7 +214,17 @@ def test_erpose_decode_is_nms_free() -> None:
     assert (np.diff(poses.scores) < 0).all()
     assert poses.keypoint_scores.min() > 0.98
     np.testing.assert_allclose(poses.boxes[:, :2], people.min(axis=1), atol=1e-3)
-    assert len(ERPoseCodec(input_size=(320, 320), max_people=2).decode(predictions)) == 2
+    fewer = ERPoseCodec(input_size=(320, 320), outputs=outputs, max_people=2)
+    assert len(fewer.decode(predictions[None])) == 2  # a batch axis of 1 is fine
+
+
+def test_erpose_raw_parametrisation() -> None:
+    anchors, strides = codecs.anchor_grid((64, 64))
+    raw = np.zeros((anchors.shape[0], 1, 3), np.float32)
+    # raw 0 is the top-left corner of the anchor's cell; one raw unit is two cells.
+    np.testing.assert_allclose(raw_to_keypoints(raw, anchors, strides)[9, 0], [8.0, 8.0])
+    raw[9, 0, :2] = 0.5
+    np.testing.assert_allclose(raw_to_keypoints(raw, anchors, strides)[9, 0], [16.0, 16.0])
 
 
 def test_erpose_oks_nms_removes_duplicates_only() -> None:
@@ -235,6 +255,16 @@ def test_erpose_encode_and_shape_errors() -> None:
     assert targets["areas"][0] == pytest.approx((box[2] - box[0]) * (box[3] - box[1]))
     with pytest.raises(ValueError, match="channels last"):
         codec.decode(np.zeros((52, 2100), np.float32))
+
+
+def test_regression_label_round_trip() -> None:
+    codec = codecs.build("regression_label", input_size=(192, 256), normalized=True)
+    keypoints = random_keypoints((192, 256), n=2, margin=0)
+    targets = codec.encode(keypoints)
+    assert 0 <= targets["keypoint_labels"].min() and targets["keypoint_labels"].max() <= 1
+    decoded, scores = codec.decode(targets["keypoint_labels"])
+    np.testing.assert_allclose(decoded, keypoints, rtol=1e-6)
+    assert isinstance(codec, RegressionLabel) and (scores == 1).all()
 
 
 # --- HPRNet ----------------------------------------------------------------------------------

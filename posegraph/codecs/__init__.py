@@ -19,6 +19,7 @@ from posegraph.codecs.hprnet import HEADS as HPRNET_HEADS
 from posegraph.codecs.hprnet import HPRNetCodec
 from posegraph.codecs.msra_heatmap import MSRAHeatmap
 from posegraph.codecs.oks import oks, oks_nms
+from posegraph.codecs.regression import RegressionLabel
 from posegraph.codecs.simcc import SimCCLabel
 from posegraph.codecs.udp_heatmap import UDPHeatmap
 
@@ -27,6 +28,7 @@ CODECS: dict[str, type] = {
     "msra_heatmap": MSRAHeatmap,
     "udp_heatmap": UDPHeatmap,
     "simcc": SimCCLabel,
+    "regression_label": RegressionLabel,
     "hprnet": HPRNetCodec,
     "erpose": ERPoseCodec,
 }
@@ -54,6 +56,7 @@ __all__ = [
     "HPRNetCodec",
     "MSRAHeatmap",
     "PoseInstances",
+    "RegressionLabel",
     "SimCCLabel",
     "UDPHeatmap",
     "anchor_grid",

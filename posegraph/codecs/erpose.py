@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -95,10 +95,13 @@ class ERPoseCodec:
     """Targets and decoding for ER-Pose's dense one-stage head.
 
     Shapes: N people, K keypoints, A anchors over all levels (:func:`anchor_grid`). For one
-    image the model outputs ``predictions`` (A, 1 + 3K), channels last:
-    ``[score_logit, x_0, y_0, v_0, ..., x_{K-1}, y_{K-1}, v_{K-1}]`` where x, y are raw
-    offsets (:func:`raw_to_keypoints`) and v a visibility logit. There is no box branch:
-    boxes are the keypoints' extent.
+    image the model gives (A, 1 + 3K), channels last, one row per anchor:
+    ``[score, x_0, y_0, v_0, ..., x_{K-1}, y_{K-1}, v_{K-1}]``. With ``outputs="pixels"``
+    (the model's eval-mode and exported output) the score and visibilities are
+    probabilities and x, y input pixels; with ``outputs="raw"`` (the training-mode head maps,
+    flattened level by level, row-major) they are logits and raw offsets, which this turns
+    into pixels with :func:`raw_to_keypoints`. There is no box branch: boxes are the extent
+    of the confident keypoints.
 
     Trained with one-to-one assignment (one anchor per person), the model predicts each
     person once, so decoding is a score threshold and a top-k; ``use_oks_nms=True`` adds
@@ -110,7 +113,8 @@ class ERPoseCodec:
         input_size: (w, h) network input in pixels (a multiple of the largest stride).
         skeleton: keypoint set name; its K and sigmas are used.
         strides: strides of the output levels, in output order.
-        score_threshold: minimum instance score (after sigmoid).
+        outputs: ``"pixels"`` or ``"raw"``, see above.
+        score_threshold: minimum instance score (probability).
         max_people: at most this many poses per image.
         use_oks_nms: suppress duplicates by OKS.
         oks_threshold: OKS above which a lower-scored pose is a duplicate.
@@ -121,6 +125,7 @@ class ERPoseCodec:
     input_size: tuple[int, int] = (640, 640)
     skeleton: str = "coco17"
     strides: tuple[int, ...] = (8, 16, 32)
+    outputs: Literal["pixels", "raw"] = "pixels"
     score_threshold: float = 0.25
     max_people: int = 100
     use_oks_nms: bool = False
@@ -128,6 +133,8 @@ class ERPoseCodec:
     keypoint_threshold: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.outputs not in ("pixels", "raw"):
+            raise ValueError(f"ERPoseCodec: outputs={self.outputs!r}; use 'pixels' or 'raw'")
         self.input_size = tuple(int(v) for v in self.input_size)
         self.strides = tuple(int(s) for s in self.strides)
         self._skeleton = skeletons.get(self.skeleton)
@@ -184,12 +191,15 @@ class ERPoseCodec:
         """Poses from one image's output.
 
         Args:
-            predictions: (A, 1 + 3K) as in the class docstring.
+            predictions: (A, 1 + 3K) as in the class docstring (a leading batch axis of 1 is
+                accepted).
 
         Returns:
             :class:`PoseInstances`, best first; keypoint scores are visibility probabilities.
         """
         predictions = np.asarray(predictions, dtype=np.float32)
+        if predictions.ndim == 3 and predictions.shape[0] == 1:
+            predictions = predictions[0]
         a, k = self._anchors.shape[0], self.num_keypoints
         if predictions.shape != (a, 1 + 3 * k):
             raise ValueError(
@@ -197,15 +207,19 @@ class ERPoseCodec:
                 f"({a}, {1 + 3 * k}) for input_size={self.input_size}, strides={self.strides} "
                 f"and {k} keypoints (one image, channels last)"
             )
-        scores = sigmoid(predictions[:, 0])
+        raw = self.outputs == "raw"
+        scores = sigmoid(predictions[:, 0]) if raw else predictions[:, 0]
         candidates = np.nonzero(scores > self.score_threshold)[0]
         # With use_oks_nms, duplicates must not crowd people out of the top-k before NMS.
         budget = candidates.size if self.use_oks_nms else self.max_people
         best, _ = topk(scores[candidates], budget)
         chosen = candidates[best]
-        raw = predictions[chosen, 1:].reshape(-1, k, 3)
-        keypoints = raw_to_keypoints(raw, self._anchors[chosen], self._anchor_strides[chosen])
-        keypoint_scores = sigmoid(raw[..., 2])
+        rows = predictions[chosen, 1:].reshape(-1, k, 3)
+        if raw:
+            keypoints = raw_to_keypoints(rows, self._anchors[chosen], self._anchor_strides[chosen])
+            keypoint_scores = sigmoid(rows[..., 2])
+        else:
+            keypoints, keypoint_scores = rows[..., :2], rows[..., 2]
         boxes = keypoint_boxes(keypoints, keypoint_scores > self.keypoint_threshold)
         if self.use_oks_nms and chosen.size:
             areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
