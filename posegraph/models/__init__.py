@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from posegraph.models import de_hrnet, hrnet, regression, simplebaseline
+from posegraph.models import de_hrnet, erpose, hprnet, hrnet, regression, simplebaseline
 from posegraph.models.checkpoint import load_checkpoint, save_checkpoint
 from posegraph.models.flops import count_params, profile
 from posegraph.models.spec import ModelSpec
@@ -46,7 +46,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_FAMILIES: tuple[ModuleType, ...] = (hrnet, de_hrnet, simplebaseline, regression)
+_FAMILIES: tuple[ModuleType, ...] = (hrnet, de_hrnet, simplebaseline, regression, hprnet, erpose)
 
 
 @functools.cache

@@ -90,6 +90,9 @@ def load_checkpoint(
             keys are missing or unexpected.
     """
     state = _read(path_or_state_dict)
+    # Some releases carry tensors no pose model uses (e.g. the DLA ImageNet classifier).
+    ignored = tuple(getattr(model, "checkpoint_ignore_prefixes", ()))
+    state = {k: v for k, v in state.items() if not (ignored and k.startswith(ignored))}
     own = model.state_dict()
     needed = [k for k in own if not k.endswith("num_batches_tracked")]
     missing = [k for k in needed if k not in state]

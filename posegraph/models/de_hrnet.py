@@ -28,7 +28,7 @@ Detail Enhancement Module (DEM)
     - ``D`` is dropout (p = 0.1) after the SE block; it regularises the new
       path only, the residual connection keeps HRNet's features intact.
 DySample
-    Liu et al., ICCV 2023, reference tiny-smart/dysample, "lp" style,
+    (Liu et al., ICCV 2023; reference tiny-smart/dysample, "lp" style,
     static scope) replaces the nearest up-sampling of every fuse layer
     (``fuse_layers.i.j.2`` for ``j > i``, scale ``2**(j-i)``, 4 groups). Its
     ``offset`` conv and ``init_pos`` buffer have the reference's names and
