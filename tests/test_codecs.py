@@ -392,3 +392,14 @@ def test_hprnet_logits_and_shape_errors() -> None:
     np.testing.assert_allclose(poses.keypoints[0], people[0][0], atol=1e-3)
     with pytest.raises(ValueError, match="'hand_lms' is missing"):
         codec.decode({k: v for k, v in outputs.items() if k != "hand_lms"})
+
+
+def test_images_without_people_decode_to_nothing() -> None:
+    hprnet = HPRNetCodec(logits=False)
+    empty = {name: np.zeros((c, 128, 128), np.float32) for name, c in HPRNET_HEADS.items()}
+    poses = hprnet.decode(empty)
+    assert len(poses) == 0 and poses.keypoints.shape == (0, 133, 2)
+    for use_oks_nms in (False, True):
+        erpose = ERPoseCodec(input_size=(320, 320), use_oks_nms=use_oks_nms)
+        poses = erpose.decode(np.zeros((2100, 52), np.float32))
+        assert len(poses) == 0 and poses.keypoints.shape == (0, 17, 2)

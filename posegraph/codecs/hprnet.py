@@ -9,6 +9,7 @@ points to.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from posegraph.codecs.common import PoseInstances, draw_gaussian, peak_nms, sigmoid, topk
+
+logger = logging.getLogger(__name__)
 
 #: Rows of the ``hps``/``hm_hp`` points: COCO-WholeBody body 0-16 and feet 17-22, then the
 #: centres of the face, left hand and right hand boxes.
@@ -171,6 +174,8 @@ class HPRNetCodec:
         w, h = self.heatmap_size
         m = self.max_people
         t = self._empty_targets()
+        if n > m:
+            logger.debug("HPRNetCodec.encode: %d people, encoding the first max_people=%d", n, m)
         for k in range(min(n, m)):
             box = np.clip(boxes[k] / scale4, 0, [w - 1, h - 1, w - 1, h - 1])
             bw, bh = box[2] - box[0], box[3] - box[1]
@@ -314,7 +319,7 @@ class HPRNetCodec:
         keypoint_scores[:, :23] = point_scores[:, :23]
         for row, span, (head, channels) in _PARTS:
             px, py = point_cells[:, row, 0], point_cells[:, row, 1]
-            offsets = maps[head][channels][:, py, px].T.reshape(p, -1, 2)
+            offsets = maps[head][channels][:, py, px].T.reshape(p, span.stop - span.start, 2)
             keypoints[:, span] = point_cells[:, row, None].astype(np.float32) + offsets
             keypoint_scores[:, span] = point_scores[:, row, None]
 
