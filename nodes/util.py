@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 from posegraph.node import Node, register
@@ -10,12 +11,17 @@ from posegraph.packet import Frame
 
 @register("util.passthrough")
 class Passthrough(Node):
-    """Passes frames on unchanged; ``delay_ms`` makes it a slow node (for tests and benchmarks)."""
+    """Passes frames on unchanged.
 
-    def __init__(self, delay_ms: float = 0.0):
+    ``delay_ms`` (plus a random ``jitter_ms``) makes it a slow node, for tests and benchmarks.
+    """
+
+    def __init__(self, delay_ms: float = 0.0, jitter_ms: float = 0.0):
         self.delay_ms = delay_ms
+        self.jitter_ms = jitter_ms
 
     def process(self, frame: Frame) -> Frame:
-        if self.delay_ms > 0:
-            time.sleep(self.delay_ms / 1000.0)
+        delay = self.delay_ms + (random.uniform(0, self.jitter_ms) if self.jitter_ms else 0.0)
+        if delay > 0:
+            time.sleep(delay / 1000.0)
         return frame

@@ -117,7 +117,7 @@ class Inbox:
 @dataclass
 class _StreamOrder:
     stream: str
-    expected: int | None = None
+    expected: int = 0  # streams start at index 0
     heap: list = field(default_factory=list)
     eos_seen: int = 0
     waiting_since: float | None = None
@@ -146,8 +146,6 @@ class Reorder:
 
     def push(self, item: Frame) -> list[Frame]:
         st = self._streams.setdefault(item.stream, _StreamOrder(item.stream))
-        if st.expected is None:
-            st.expected = item.index
         heapq.heappush(st.heap, (item.index, 1 if item.event is None else 0, next(self._seq), item))
         return self._release(st, time.monotonic())
 

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 REPORT_EVERY = 0.5
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 
 
 class PipelineError(RuntimeError):
@@ -42,10 +43,12 @@ class PipelineError(RuntimeError):
 # ------------------------------------------------------------------ worker side
 
 
-def _die_with_parent() -> None:
+def _set_up_process(group: str) -> None:
+    """End with the supervisor, and carry the group's name (``pg:NAME`` in ps and top)."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(PR_SET_NAME, f"pg:{group}"[:15].encode())
     except OSError:
         pass
 
@@ -54,7 +57,7 @@ def worker_main(plan: Plan, group: str, resume: dict[str, int], log_level: int) 
     """Entry point of a worker process."""
     from posegraph.runtime.worker import FatalNodeError, Worker
 
-    _die_with_parent()
+    _set_up_process(group)
     logging.basicConfig(level=log_level, format=f"%(levelname)s [{group}] %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
     zctx = zmq.Context.instance()

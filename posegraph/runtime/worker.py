@@ -197,7 +197,7 @@ class Runner:
             return cache[0]
 
         for outlet in self.outlets:
-            sent = outlet.send(self.name, frame, payload, self.abort)
+            sent = outlet.send(self.spec.node, frame, payload, self.abort)
             missing = outlet.targets(frame) - sent
             if missing and frame.event is None:
                 self.stats.lost += missing

@@ -1,0 +1,135 @@
+"""Shared fixtures: real videos written with PyAV, the posegraph command in a subprocess,
+and checks that a run left no process and no shared-memory segment behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def write_video(path: Path, frames: int = 40, size: tuple[int, int] = (160, 120),
+                fps: int = 25) -> Path:
+    """An H.264 MP4 whose frame n shows a bar at a position that encodes n."""
+    import av
+
+    w, h = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        for n in range(frames):
+            img = np.full((h, w, 3), 40, np.uint8)
+            x = (n * 7) % (w - 8)
+            img[:, x:x + 8] = (0, 200, 255)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="session")
+def video(tmp_path_factory) -> Path:
+    return write_video(tmp_path_factory.mktemp("media") / "clip.mp4", frames=40)
+
+
+def write_pipeline(path: Path, nodes: list[dict], **top) -> Path:
+    doc = {"pipeline": top.pop("pipeline", "test"), **top, "nodes": nodes}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Run:
+    """``posegraph ...`` in a subprocess, marked so its processes can be found afterwards."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict | None = None):
+        self.mark = uuid.uuid4().hex
+        environ = {**os.environ, "POSEGRAPH_TEST_MARK": self.mark, **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "posegraph.cli", *args], cwd=cwd, env=environ,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def wait(self, timeout: float = 60) -> tuple[int, str, str]:
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            out, err = self.proc.communicate()
+            raise AssertionError(f"posegraph did not finish in {timeout} s\n{out}\n{err}") from None
+        return self.proc.returncode, out, err
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def processes(self) -> list[psutil.Process]:
+        """Every live process that carries this run's mark."""
+        out = []
+        for p in psutil.process_iter(["pid"]):
+            try:
+                if p.environ().get("POSEGRAPH_TEST_MARK") == self.mark and p.status() != "zombie":
+                    out.append(p)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return out
+
+    def workers(self) -> dict[str, psutil.Process]:
+        return {p.name(): p for p in self.processes() if p.name().startswith("pg:")}
+
+
+def shm_segments() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("pg-")}
+
+
+@pytest.fixture
+def posegraph(tmp_path):
+    """Start ``posegraph ARGS`` in tmp_path; checks afterwards that nothing was left behind."""
+    runs: list[Run] = []
+    before = shm_segments()
+
+    def start(*args: str, env: dict | None = None) -> Run:
+        run = Run(list(args), tmp_path, env)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        if run.proc.poll() is None:
+            os.killpg(run.proc.pid, signal.SIGKILL)
+            run.proc.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(r.processes() for r in runs):
+        time.sleep(0.1)
+    left = [p.pid for r in runs for p in r.processes()]
+    assert not left, f"processes left behind: {left}"
+    assert shm_segments() - before == set(), "shared-memory segments left in /dev/shm"
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -1,0 +1,108 @@
+"""The wire form, the shared-memory frame plane and the published message."""
+
+from __future__ import annotations
+
+import uuid
+
+import msgpack
+import numpy as np
+import pytest
+
+from posegraph.packet import (
+    Detections,
+    Frame,
+    Poses,
+    ShmRef,
+    WireError,
+    decode,
+    encode,
+    to_message,
+)
+from posegraph.runtime.shm import FramePlane, unlink_run
+
+
+def sample_frame() -> Frame:
+    rng = np.random.default_rng(0)
+    return Frame(
+        stream="cam1", index=1234, pts=41.13, captured_at=1763700000.12, deadline=1763700000.27,
+        image=rng.integers(0, 255, (48, 64, 3), dtype=np.uint8),
+        detections=Detections(rng.random((2, 4)) * 60, [0.9, 0.8], [0, 0]),
+        poses=Poses(rng.random((2, 17, 2)) * 60, rng.random((2, 17)), rng.random((2, 4)) * 60,
+                    [0.93, 0.7], [7, -1], "coco17", [False, True]),
+        meta={"file": "a.jpg"}, trace=[("cam", 1.0, 2.0)],
+    )
+
+
+def test_round_trip_inline():
+    f = sample_frame()
+    g, ref = decode(encode(f))
+    assert ref is None
+    assert (g.stream, g.index, g.pts, g.captured_at, g.deadline) == \
+        (f.stream, f.index, f.pts, f.captured_at, f.deadline)
+    np.testing.assert_array_equal(g.image, f.image)
+    np.testing.assert_array_equal(g.detections.xyxy, f.detections.xyxy)
+    np.testing.assert_array_equal(g.poses.keypoints, f.poses.keypoints)
+    np.testing.assert_array_equal(g.poses.track_ids, [7, -1])
+    np.testing.assert_array_equal(g.poses.predicted, [False, True])
+    assert g.poses.skeleton == "coco17" and g.meta == f.meta and g.trace == [("cam", 1.0, 2.0)]
+
+
+def test_events_round_trip():
+    ev = Frame.make_event("cam1", "gap", 10, count=12)
+    g, _ = decode(encode(ev))
+    assert g.event == "gap" and g.meta == {"count": 12} and g.image is None
+
+
+def test_schema_version_and_garbage_are_rejected():
+    body = msgpack.unpackb(encode(Frame("s", 0)))
+    body["v"] = 99
+    with pytest.raises(WireError, match="schema version 99"):
+        decode(msgpack.packb(body))
+    with pytest.raises(WireError, match="malformed"):
+        decode(b"\x01\x02garbage")
+
+
+def test_published_message_matches_the_schema():
+    msg = to_message(sample_frame(), now=1763700000.1831)
+    assert set(msg) == {"v", "stream", "index", "pts", "captured_at", "latency_ms", "skeleton",
+                        "people"}
+    assert msg["v"] == 1 and msg["latency_ms"] == pytest.approx(63.1)
+    person = msg["people"][0]
+    assert set(person) == {"track_id", "box", "score", "keypoints", "predicted"}
+    assert person["track_id"] == 7 and len(person["keypoints"]) == 17
+    assert len(person["keypoints"][0]) == 3
+    assert to_message(Frame.make_event("cam1", "gap", 3, count=12), 0) == \
+        {"v": 1, "stream": "cam1", "event": "gap", "count": 12}
+    assert to_message(Frame.make_event("cam1", "eos", 3), 0) == \
+        {"v": 1, "stream": "cam1", "event": "eos"}
+
+
+def test_frame_plane_reference_counting():
+    run = uuid.uuid4().hex[:8]
+    owner = FramePlane(run, "src", row=0, rows=2, slots=2, reclaim_after=60)
+    reader = FramePlane(run, "sink", row=1, rows=2, slots=2)
+    try:
+        img = np.arange(48 * 64 * 3, dtype=np.uint8).reshape(48, 64, 3)
+        ref, view = owner.put(img)
+        assert isinstance(ref, ShmRef)
+        g, r = decode(encode(Frame("s", 0), ref))
+        assert r == ref and g.image is None
+        seen = reader.view(r)
+        np.testing.assert_array_equal(seen, img)
+        assert not seen.flags.writeable
+        owner.acquire(ref, 1)  # fanned out to two consumers
+        ref2, _ = owner.put(img)
+        assert ref2.slot != ref.slot
+        # both slots are held: a third image cannot be written, it goes inline
+        assert owner.put(img) is None and owner.fallbacks == 1
+        reader.release(ref)
+        assert owner.put(img) is None  # one holder of the first slot is left
+        reader.release(ref)
+        ref3, _ = owner.put(img)
+        assert ref3.slot == ref.slot and ref3.generation == ref.generation + 1
+        # a late reader of the old generation no longer maps it
+        assert reader.view(ref) is None
+    finally:
+        reader.close()
+        owner.close()
+        assert unlink_run(run) == 1
