@@ -216,6 +216,11 @@ def test_erpose_decode_is_nms_free(outputs) -> None:
     np.testing.assert_allclose(poses.boxes[:, :2], people.min(axis=1), atol=1e-3)
     fewer = ERPoseCodec(input_size=(320, 320), outputs=outputs, max_people=2)
     assert len(fewer.decode(predictions[None])) == 2  # a batch axis of 1 is fine
+    # The same outputs from a codec set up for another input size: raw outputs need the
+    # image's anchors, pixel outputs need nothing.
+    other = ERPoseCodec(input_size=(640, 640), outputs=outputs)
+    poses = other.decode(predictions, input_size=(320, 320))
+    np.testing.assert_allclose(poses.keypoints, people, atol=1e-3)
 
 
 def test_erpose_raw_parametrisation() -> None:
@@ -392,6 +397,19 @@ def test_hprnet_logits_and_shape_errors() -> None:
     np.testing.assert_allclose(poses.keypoints[0], people[0][0], atol=1e-3)
     with pytest.raises(ValueError, match="'hand_lms' is missing"):
         codec.decode({k: v for k, v in outputs.items() if k != "hand_lms"})
+    with pytest.raises(ValueError, match="'reg' has shape"):
+        codec.decode({**outputs, "reg": outputs["reg"][:, :64]})
+    with pytest.raises(ValueError, match="differ from the layout"):
+        HPRNetCodec(heads={**HPRNET_HEADS, "hand_lms": 42})
+
+
+def test_hprnet_decodes_any_image_size() -> None:
+    # Trained at 512x512, run on a 640x384 image: maps of 160x96.
+    codec = HPRNetCodec(input_size=(640, 384), logits=False)
+    people = [whole_body_person(420, 60, seed=8)]
+    outputs = perfect_outputs(codec, encode_people(codec, people), [0.9], [0.9])
+    poses = HPRNetCodec(logits=False).decode(outputs)
+    np.testing.assert_allclose(poses.keypoints[0], people[0][0], atol=1e-3)
 
 
 def test_images_without_people_decode_to_nothing() -> None:

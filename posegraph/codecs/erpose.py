@@ -187,12 +187,16 @@ class ERPoseCodec:
             "areas": areas.astype(np.float32),
         }
 
-    def decode(self, predictions: np.ndarray) -> PoseInstances:
+    def decode(
+        self, predictions: np.ndarray, input_size: tuple[int, int] | None = None
+    ) -> PoseInstances:
         """Poses from one image's output.
 
         Args:
             predictions: (A, 1 + 3K) as in the class docstring (a leading batch axis of 1 is
                 accepted).
+            input_size: (w, h) of this image's network input when it differs from the
+                codec's; only ``outputs="raw"`` needs it (for the anchors).
 
         Returns:
             :class:`PoseInstances`, best first; keypoint scores are visibility probabilities.
@@ -200,14 +204,19 @@ class ERPoseCodec:
         predictions = np.asarray(predictions, dtype=np.float32)
         if predictions.ndim == 3 and predictions.shape[0] == 1:
             predictions = predictions[0]
-        a, k = self._anchors.shape[0], self.num_keypoints
-        if predictions.shape != (a, 1 + 3 * k):
+        k = self.num_keypoints
+        raw = self.outputs == "raw"
+        anchors, anchor_strides = self._anchors, self._anchor_strides
+        if raw and input_size is not None:
+            anchors, anchor_strides = anchor_grid(input_size, self.strides)
+        expected = anchors.shape[0] if raw else predictions.shape[0]
+        if predictions.shape != (expected, 1 + 3 * k):
+            where = f", A = {expected} anchors for input_size={input_size or self.input_size}"
             raise ValueError(
                 f"ERPoseCodec.decode: predictions have shape {predictions.shape}; expected "
-                f"({a}, {1 + 3 * k}) for input_size={self.input_size}, strides={self.strides} "
-                f"and {k} keypoints (one image, channels last)"
+                f"(A, {1 + 3 * k}) for one image, channels last, {k} keypoints"
+                + (where if raw else "")
             )
-        raw = self.outputs == "raw"
         scores = sigmoid(predictions[:, 0]) if raw else predictions[:, 0]
         candidates = np.nonzero(scores > self.score_threshold)[0]
         # With use_oks_nms, duplicates must not crowd people out of the top-k before NMS.
@@ -216,7 +225,7 @@ class ERPoseCodec:
         chosen = candidates[best]
         rows = predictions[chosen, 1:].reshape(-1, k, 3)
         if raw:
-            keypoints = raw_to_keypoints(rows, self._anchors[chosen], self._anchor_strides[chosen])
+            keypoints = raw_to_keypoints(rows, anchors[chosen], anchor_strides[chosen])
             keypoint_scores = sigmoid(rows[..., 2])
         else:
             keypoints, keypoint_scores = rows[..., :2], rows[..., 2]

@@ -74,8 +74,9 @@ class HPRNetCodec:
     """Targets and decoding for HPRNet's heads (:data:`HEADS`).
 
     Shapes: N people, M = ``max_people`` target rows, K = 133 keypoints in wholebody133 order;
-    maps are (C, H, W) with ``heatmap_size`` = (W, H); ``input_size`` = (w, h) of the input.
-    Everything is measured in heatmap pixels inside, and in input pixels outside.
+    maps are (C, H, W), ``output_stride`` input pixels per map pixel. Everything is measured
+    in map pixels inside, and in input pixels outside. Training targets are made at
+    ``input_size`` (w, h); decoding takes maps of any size (whole images of any shape).
 
     Encoding follows the reference: Gaussians with CenterNet's box-dependent radius at the
     integer centres, offsets relative to integer cells, and ``ind`` (row-major cell index)
@@ -92,8 +93,10 @@ class HPRNetCodec:
     landmarks take the score of their part centre.
 
     Args:
-        input_size: (w, h) network input in pixels.
-        heatmap_size: (W, H) of the output maps (input / 4 for DLA-34 and Hourglass-104).
+        input_size: (w, h) network input for training, in pixels (multiples of the stride).
+        output_stride: input pixels per map pixel (4 for DLA-34 and Hourglass-104).
+        heads: the model's head name -> channels, checked against :data:`HEADS` (the layout
+            this codec reads); None skips the check.
         max_people: M, target rows per image (people beyond are not encoded).
         top_k: centre peaks considered when decoding, and peaks per joint heatmap.
         center_threshold: minimum person score.
@@ -104,7 +107,8 @@ class HPRNetCodec:
     """
 
     input_size: tuple[int, int] = (512, 512)
-    heatmap_size: tuple[int, int] = (128, 128)
+    output_stride: int = 4
+    heads: Mapping[str, int] | None = None
     max_people: int = 32
     top_k: int = 100
     center_threshold: float = 0.1
@@ -115,12 +119,21 @@ class HPRNetCodec:
 
     def __post_init__(self) -> None:
         self.input_size = tuple(int(v) for v in self.input_size)
-        self.heatmap_size = tuple(int(v) for v in self.heatmap_size)
+        if any(v % self.output_stride for v in self.input_size):
+            raise ValueError(
+                f"HPRNetCodec: input_size={self.input_size} is not a multiple of "
+                f"output_stride={self.output_stride}"
+            )
+        if self.heads is not None and dict(self.heads) != dict(HEADS):
+            raise ValueError(
+                f"HPRNetCodec: the model's heads {dict(self.heads)} differ from the layout "
+                f"this codec reads, {dict(HEADS)}"
+            )
 
     @property
-    def stride(self) -> np.ndarray:
-        """(2,) input pixels per heatmap pixel along x and y."""
-        return np.array(self.input_size, np.float32) / np.array(self.heatmap_size, np.float32)
+    def heatmap_size(self) -> tuple[int, int]:
+        """(W, H) of the training targets."""
+        return (self.input_size[0] // self.output_stride, self.input_size[1] // self.output_stride)
 
     def encode(
         self,
@@ -169,15 +182,14 @@ class HPRNetCodec:
         part_boxes = np.asarray(part_boxes, dtype=np.float32)
         part_valid = np.asarray(part_valid) > 0
 
-        stride = self.stride
-        scale4 = np.tile(stride, 2)
+        stride = float(self.output_stride)
         w, h = self.heatmap_size
         m = self.max_people
         t = self._empty_targets()
         if n > m:
             logger.debug("HPRNetCodec.encode: %d people, encoding the first max_people=%d", n, m)
         for k in range(min(n, m)):
-            box = np.clip(boxes[k] / scale4, 0, [w - 1, h - 1, w - 1, h - 1])
+            box = np.clip(boxes[k] / stride, 0, [w - 1, h - 1, w - 1, h - 1])
             bw, bh = box[2] - box[0], box[3] - box[1]
             if bw <= 0 or bh <= 0:
                 continue
@@ -212,7 +224,7 @@ class HPRNetCodec:
                 t["hp_mask"][row] = 1
                 draw_gaussian(t["hm_hp"][j], pt_cell, sigma, radius)
                 if j == FACE_CENTER:
-                    fb = part_boxes[k, 0] / scale4
+                    fb = part_boxes[k, 0] / stride
                     t["wh_face"][k] = fb[2] - fb[0], fb[3] - fb[1]
                     t["face_ind"][k], t["face_mask"][k] = pt_ind, 1
                 elif j in (LEFT_HAND_CENTER, RIGHT_HAND_CENTER):
@@ -289,13 +301,13 @@ class HPRNetCodec:
 
         Args:
             outputs: head name -> (C, H, W) map (a leading batch axis of 1 is accepted), for
-                every head of :data:`HEADS` but ``wh_face``.
+                every head of :data:`HEADS` but ``wh_face``; any H and W, the same for all.
 
         Returns:
             :class:`PoseInstances` with K = 133 (wholebody133), best first.
         """
         maps = self._check_outputs(outputs)
-        w, h = self.heatmap_size
+        w = maps["hm"].shape[2]
         hm, hm_hp = maps["hm"][0], maps["hm_hp"]
         if self.logits:
             hm, hm_hp = sigmoid(hm), sigmoid(hm_hp)
@@ -323,9 +335,9 @@ class HPRNetCodec:
             keypoints[:, span] = point_cells[:, row, None].astype(np.float32) + offsets
             keypoint_scores[:, span] = point_scores[:, row, None]
 
-        stride = self.stride
+        stride = np.float32(self.output_stride)
         return PoseInstances(
-            boxes=(boxes * np.tile(stride, 2)).astype(np.float32),
+            boxes=(boxes * stride).astype(np.float32),
             scores=scores.astype(np.float32),
             keypoints=keypoints * stride,
             keypoint_scores=keypoint_scores,
@@ -352,7 +364,7 @@ class HPRNetCodec:
             the map); scores (P, 26).
         """
         p = regressed.shape[0]
-        w, h = self.heatmap_size
+        h, w = hm_hp.shape[1:]
         points = regressed.copy()
         cells = np.stack(
             [
@@ -394,8 +406,8 @@ class HPRNetCodec:
         return points, cells, scores
 
     def _check_outputs(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Every decoded head present, (C, H, W) at ``heatmap_size``, float32."""
-        w, h = self.heatmap_size
+        """Every decoded head present, (C, H, W) with one H, W for all, float32."""
+        size = None
         maps = {}
         for name, channels in HEADS.items():
             if name == "wh_face":
@@ -408,10 +420,11 @@ class HPRNetCodec:
             out = np.asarray(outputs[name], dtype=np.float32)
             if out.ndim == 4 and out.shape[0] == 1:
                 out = out[0]
-            if out.shape != (channels, h, w):
+            size = size or out.shape[1:]
+            if out.shape != (channels, *size):
                 raise ValueError(
                     f"HPRNetCodec.decode: output {name!r} has shape {out.shape}; expected "
-                    f"({channels}, {h}, {w}) for one image at heatmap_size=({w}, {h})"
+                    f"({channels}, H, W) for one image, with the H, W of 'hm' {tuple(size)}"
                 )
             maps[name] = out
         return maps
