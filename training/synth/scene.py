@@ -182,7 +182,7 @@ def compose(camera: Camera, background: np.ndarray, actors: list[Actor], light: 
         pix = np.round(kp[:, :2]).astype(int)
         inside = (pix[:, 0] >= 0) & (pix[:, 0] < w) & (pix[:, 1] >= 0) & (pix[:, 1] < h)
         labelled = kp[:, 2] > 0
-        kp[labelled & ~inside] = 0.0
+        kp[~labelled | ~inside] = 0.0
         idx = np.flatnonzero(labelled & inside)
         owner = inst[pix[idx, 1], pix[idx, 0]]
         kp[idx[(owner != n) & (owner != 0)], 2] = 1.0
