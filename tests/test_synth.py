@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from xtcocotools.coco import COCO as XtCOCO
 
 from training.synth import (
     Actor,
@@ -126,8 +127,6 @@ def test_coco_files_load_and_ground_truth_scores_ap_1(tmp_path):
     ev.accumulate()
     ev.summarize()
     assert ev.stats[0] == pytest.approx(1.0)
-
-    from xtcocotools.coco import COCO as XtCOCO
 
     whole = XtCOCO(str(out / "annotations" / "coco_wholebody.json"))
     ann = whole.loadAnns(whole.getAnnIds())[0]
