@@ -89,7 +89,8 @@ class VideoSource(Source):
         except NodeError:
             raise
         except (av.error.FFmpegError, StopIteration, OSError) as exc:
-            raise NodeError(f"cannot decode {self.uri}: {exc}; the file is corrupt, truncated "
+            why = str(exc) or "no frame could be decoded"
+            raise NodeError(f"cannot decode {self.uri}: {why}; the file is corrupt, truncated "
                             "or not a video (check it with ffprobe)") from None
 
     def frames(self) -> Iterator[Frame]:

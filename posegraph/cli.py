@@ -22,9 +22,8 @@ DELEGATED = {
 
 
 def _err(message: str) -> int:
-    from rich.console import Console
-
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", markup=True)
+    """One line on stderr per error, never wrapped, so that it can be grepped."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
     return 2
 
 

@@ -1,0 +1,273 @@
+"""Sources and sinks against real servers and peers: an RTSP server that goes away and
+comes back, a ZeroMQ subscriber in its own process, MP4 output, image folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from posegraph import Graph
+from tests.conftest import ROOT, read_jsonl, wait_for, write_pipeline
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gst_available() -> bool:
+    if not os.path.exists(SYSTEM_PYTHON):
+        return False
+    probe = ("import gi; gi.require_version('GstRtspServer', '1.0'); "
+             "from gi.repository import GstRtspServer")
+    return subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True).returncode == 0
+
+
+class RtspServer:
+    def __init__(self, port: int):
+        self.port = port
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [SYSTEM_PYTHON, str(ROOT / "tests" / "helpers" / "rtsp_server.py"), str(self.port)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.strip() == "ready", self.proc.stderr.read()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def rtsp_server():
+    if not _gst_available():
+        pytest.skip("GStreamer's RTSP server (python3-gi, gir1.2-gst-rtsp-server-1.0) is not "
+                    "installed; .ci/run installs it")
+    server = RtspServer(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_rtsp_reconnects_after_the_server_comes_back(tmp_path, posegraph, rtsp_server):
+    out = tmp_path / "out.jsonl"
+    uri = f"rtsp://127.0.0.1:{rtsp_server.port}/test"
+    write_pipeline(tmp_path / "p.yaml", [
+        {"name": "cam", "type": "source.rtsp",
+         "with": {"uri": uri, "stall_timeout": 2.0, "open_timeout": 2.0, "backoff": 0.5,
+                  "backoff_max": 1.0}},
+        {"name": "out", "type": "sink.jsonl", "from": "cam", "with": {"path": str(out)}},
+    ])
+    run = posegraph("run", "p.yaml", "--json")
+    wait_for(lambda: len(read_jsonl(out)) > 10, 30, "frames from the RTSP server")
+    rtsp_server.stop()
+    wait_for(lambda: any(m.get("event") == "source_down" for m in read_jsonl(out)), 20,
+             "source_down")
+    time.sleep(2)
+    assert run.proc.poll() is None, "the pipeline must keep running while the camera is away"
+    rtsp_server.start()
+
+    def frames_after_up():
+        msgs = read_jsonl(out)
+        ups = [i for i, m in enumerate(msgs) if m.get("event") == "source_up"]
+        return ups and sum("event" not in m for m in msgs[ups[0]:]) > 5
+
+    wait_for(frames_after_up, 40, "frames after source_up")
+    run.signal(signal.SIGINT)
+    code, _, stderr = run.wait(30)
+    assert code == 0, stderr
+    msgs = read_jsonl(out)
+    kinds = [m.get("event") for m in msgs if "event" in m]
+    assert kinds.index("source_down") < kinds.index("source_up")
+    assert kinds[-1] == "eos"
+    indices = [m["index"] for m in msgs if "event" not in m]
+    assert indices == sorted(indices) and len(set(indices)) == len(indices)
+    assert "retrying" in stderr
+
+
+def test_unreachable_rtsp_keeps_retrying_and_says_so(tmp_path, posegraph):
+    out = tmp_path / "out.jsonl"
+    write_pipeline(tmp_path / "p.yaml", [
+        {"name": "cam", "type": "source.rtsp",
+         "with": {"uri": f"rtsp://127.0.0.1:{free_port()}/none", "open_timeout": 1.0,
+                  "backoff": 0.3, "backoff_max": 0.5}},
+        {"name": "out", "type": "sink.jsonl", "from": "cam", "with": {"path": str(out)}},
+    ])
+    code, _, stderr = posegraph("run", "p.yaml", "--duration", "3").wait()
+    assert code == 0, stderr
+    assert "source cam: cannot read rtsp://127.0.0.1" in stderr and "retrying in" in stderr
+    assert stderr.count("retrying in") >= 2
+    events = [m["event"] for m in read_jsonl(out)]
+    assert events == ["source_down", "eos"]
+
+
+SUBSCRIBER = textwrap.dedent("""
+    import json, sys, msgpack, zmq
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB if sys.argv[2] == "pub" else zmq.PULL)
+    if sys.argv[2] == "pub":
+        sock.setsockopt(zmq.SUBSCRIBE, b"cam")
+    sock.connect(sys.argv[1])
+    print("ready", flush=True)
+    got = []
+    while True:
+        if not sock.poll(20000):
+            break
+        msg = msgpack.unpackb(sock.recv_multipart()[-1])
+        got.append(msg)
+        if msg.get("event") == "eos":
+            break
+    print(json.dumps(got))
+""")
+
+
+@pytest.mark.parametrize("kind", ["pub", "push"])
+def test_zmq_sink_reaches_an_independent_subscriber(tmp_path, posegraph, kind):
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    sub = subprocess.Popen([sys.executable, "-c", SUBSCRIBER, address, kind],
+                           stdout=subprocess.PIPE, text=True)
+    assert sub.stdout.readline().strip() == "ready"
+    write_pipeline(tmp_path / "p.yaml", [
+        {"name": "cam", "type": "source.synthetic",
+         "with": {"width": 64, "height": 48, "fps": 50, "frames": 60, "realtime": True}},
+        {"name": "pub", "type": "sink.zmq", "from": "cam",
+         "with": {"address": address, "socket": kind}},
+    ])
+    code, _, stderr = posegraph("run", "p.yaml").wait()
+    assert code == 0, stderr
+    got = json.loads(sub.communicate(timeout=30)[0])
+    frames = [m for m in got if "event" not in m]
+    assert got[-1] == {"v": 1, "stream": "cam", "event": "eos"}
+    # what is sent before the peer's connection lands is lost: PUB drops it silently
+    # (ZeroMQ's contract), PUSH counts and reports it
+    assert len(frames) >= 50
+    if kind == "push" and len(frames) < 60:
+        assert "messages dropped: no peer" in stderr
+    assert [m["index"] for m in frames] == sorted(m["index"] for m in frames)
+    assert set(frames[0]) >= {"v", "stream", "index", "pts", "captured_at", "latency_ms",
+                              "people"}
+
+
+def test_video_sink_writes_a_playable_mp4(tmp_path, video):
+    import av
+
+    g = Graph("mp4")
+    cam = g.add("cam", "source.video", uri=str(video))
+    g.add("mp4", "sink.video", cam, path=str(tmp_path / "out.mp4"), fps=25.0)
+    g.run(executor="inproc")
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        frames = list(c.decode(video=0))
+    assert len(frames) == 40 and (frames[0].width, frames[0].height) == (160, 120)
+
+
+def test_image_folder_source_and_video_options(tmp_path, video):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for n in range(5):
+        cv2.imwrite(str(folder / f"{n:03d}.png"), np.full((20, 30, 3), n * 40, np.uint8))
+    (folder / "notes.txt").write_text("not an image")
+    g = Graph("imgs")
+    src = g.add("imgs", "source.images", path=str(folder), fps=5.0)
+    g.add("out", "sink.jsonl", src, path=str(tmp_path / "imgs.jsonl"))
+    cam = g.add("cam", "source.video", uri=str(video), start=0.4, end=1.0, loop=True)
+    g.add("out2", "sink.jsonl", cam, path=str(tmp_path / "vid.jsonl"))
+    g.run(executor="inproc", max_frames=30)
+    imgs = [m for m in read_jsonl(tmp_path / "imgs.jsonl") if "event" not in m]
+    assert [m["pts"] for m in imgs] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8])
+    vid = [m for m in read_jsonl(tmp_path / "vid.jsonl") if "event" not in m]
+    # 0.4 s to 1.0 s at 25 fps is 15 frames; looping goes on with growing pts
+    assert len(vid) == 30 and vid[0]["pts"] == pytest.approx(0.4, abs=1e-3)
+    assert vid[15]["pts"] == pytest.approx(1.0, abs=1e-3)
+    assert all(b["pts"] > a["pts"] for a, b in zip(vid, vid[1:], strict=False))
+
+
+def test_realtime_pacing_follows_the_file_rate(tmp_path, video):
+    g = Graph("rt")
+    cam = g.add("cam", "source.video", uri=str(video), realtime=True)
+    g.add("out", "sink.null", cam)
+    t0 = time.monotonic()
+    g.run(executor="inproc")
+    assert 39 / 25 - 0.05 < time.monotonic() - t0 < 39 / 25 + 2.0
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_missing_file(tmp_path, posegraph):
+    write_pipeline(tmp_path / "p.yaml", [
+        {"name": "cam", "type": "source.video", "with": {"uri": "nowhere/clip.mp4"}},
+        {"name": "out", "type": "sink.null", "from": "cam"},
+    ])
+    code, _, stderr = posegraph("run", "p.yaml").wait()
+    line = _one_error_line(stderr)
+    assert code == 2 and "node 'cam'" in line and "video file not found: nowhere/clip.mp4" in line
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_video(tmp_path, posegraph, video, damage):
+    bad = tmp_path / "bad.mp4"
+    data = video.read_bytes()
+    bad.write_bytes(data[: len(data) // 3] if damage == "truncated" else os.urandom(4000))
+    write_pipeline(tmp_path / "p.yaml", [
+        {"name": "cam", "type": "source.video", "with": {"uri": str(bad)}},
+        {"name": "out", "type": "sink.null", "from": "cam"},
+    ])
+    code, _, stderr = posegraph("run", "p.yaml").wait()
+    line = _one_error_line(stderr)
+    assert code == 2 and "node 'cam'" in line and "cannot decode" in line and "ffprobe" in line
+
+
+def test_camera_that_does_not_exist(tmp_path, posegraph):
+    write_pipeline(tmp_path / "p.yaml", [
+        {"name": "cam", "type": "source.camera", "with": {"device": "/dev/video97"}},
+        {"name": "out", "type": "sink.null", "from": "cam"},
+    ])
+    code, _, stderr = posegraph("run", "p.yaml").wait()
+    line = _one_error_line(stderr)
+    assert code == 2 and "node 'cam'" in line and "'/dev/video97' does not exist" in line
+
+
+def test_yaml_typo(tmp_path, posegraph):
+    write_pipeline(tmp_path / "p.yaml", [
+        {"name": "cam", "type": "source.synthetic"},
+        {"name": "out", "type": "sink.nul", "from": "cam"},
+    ])
+    code, _, stderr = posegraph("run", "p.yaml").wait()
+    line = _one_error_line(stderr)
+    assert code == 2 and "p.yaml:6:" in line and "did you mean sink.null" in line
+
+
+def test_validate_and_graph_commands(tmp_path, posegraph):
+    shutil.copy(ROOT / "pipelines" / "passthrough.yaml", tmp_path / "p.yaml")
+    code, stdout, stderr = posegraph("validate", "p.yaml").wait()
+    assert code == 0 and "OK" in stdout, stderr
+    code, stdout, stderr = posegraph("graph", "p.yaml", "--dot", "g.dot").wait()
+    assert code == 0, stderr
+    assert "jsonl (sink.jsonl) <- cam" in stdout
+    assert '"cam" -> "jsonl"' in Path(tmp_path / "g.dot").read_text()
