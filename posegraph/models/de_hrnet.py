@@ -133,6 +133,20 @@ class DySample(nn.Module):
         return sampled.view(n, c, h * s, w * s)
 
 
+def pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Adaptive average pooling of ``(N, C, H, W)`` to ``size`` = (h, w).
+
+    When h and w divide H and W (every HRNet branch of a crop whose sides are
+    multiples of 32) this is a plain average pool, which exports to ONNX
+    with sizes fixed at export time; adaptive pooling is the fallback.
+    """
+    height, width = int(x.shape[-2]), int(x.shape[-1])
+    if height % size[0] == 0 and width % size[1] == 0:
+        kernel = (height // size[0], width // size[1])
+        return F.avg_pool2d(x, kernel, kernel)
+    return F.adaptive_avg_pool2d(x, size)
+
+
 class SqueezeExcitation(nn.Module):
     """Channel weights in (0, 1): GAP -> 1x1 (C/r) -> ReLU -> 1x1 (C) -> sigmoid.
 
@@ -179,8 +193,8 @@ class BranchEnhancement(nn.Module):
         own = xs[self.index]
         features = own
         if self.fuse is not None:
-            size = own.shape[-2:]
-            higher = [F.adaptive_avg_pool2d(xs[j], size) for j in range(self.index)]
+            size = (int(own.shape[-2]), int(own.shape[-1]))
+            higher = [pool_to(xs[j], size) for j in range(self.index)]
             features = self.fuse(torch.cat([*higher, own], dim=1))
         return own + self.dropout(features * self.se(features))
 
