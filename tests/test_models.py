@@ -181,6 +181,18 @@ def test_load_official_style_checkpoint(hrnet_w32, tmp_path) -> None:
     models.load_checkpoint(model, ours)
 
 
+def test_load_centernet_style_checkpoint() -> None:
+    # HPRNet/CenterNet files wrap the weights and keep DLA's ImageNet classifier.
+    model, _ = _meta_build("hprnet_dla34")
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    state["module.base.fc.weight"] = torch.zeros(1000, 512, 1, 1, device="meta")
+    report = models.load_checkpoint(model, {"epoch": 140, "state_dict": state})
+    assert report.missing == [] and report.unexpected == []
+    # CenterNet's DCNv2 layout: offsets and mask from one 27-channel conv.
+    offset_mask = model.state_dict()["dla_up.ida_0.proj_1.conv.conv_offset_mask.weight"]
+    assert offset_mask.shape == (27, 512, 3, 3)
+
+
 def test_checkpoint_of_another_architecture_is_rejected(hrnet_w32) -> None:
     other, _ = _meta_build("simplebaseline_res50")
     with pytest.raises(

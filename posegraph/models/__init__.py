@@ -7,8 +7,8 @@
 Every architecture lives in its own module with its variants as rows of a
 ``VARIANTS`` table (name -> config dataclass) and two functions,
 ``make_model(name, config)`` and ``make_spec(name, config)``; this module only
-maps names to them. Keyword overrides replace
-fields of the variant's config, e.g. ``build("hrnet_w32", num_keypoints=133)``.
+maps names to them. Keyword overrides replace fields of the variant's config,
+e.g. ``build("hrnet_w32", num_keypoints=133)``.
 """
 
 from __future__ import annotations

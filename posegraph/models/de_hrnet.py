@@ -27,6 +27,7 @@ Detail Enhancement Module (DEM)
       the reduction 16 is theirs).
     - ``D`` is dropout (p = 0.1) after the SE block; it regularises the new
       path only, the residual connection keeps HRNet's features intact.
+
 DySample
     (Liu et al., ICCV 2023; reference tiny-smart/dysample, "lp" style,
     static scope) replaces the nearest up-sampling of every fuse layer

@@ -71,6 +71,16 @@ def _module_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
     return 0
 
 
+#: Uncounted layers whose output has their input's shape. On the meta device
+#: their shape inference runs through slow Python reference kernels, and it
+#: tells us nothing, so a meta-device count passes their input through.
+_SHAPE_KEEPING = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.SiLU, nn.Sigmoid, nn.Dropout)
+
+
+def _passthrough(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 def profile(model: nn.Module, input_shape: tuple[int, int, int, int]) -> Profile:
     """Count parameters and per-image MACs of ``model`` for ``input_shape``.
 
@@ -89,6 +99,11 @@ def profile(model: nn.Module, input_shape: tuple[int, int, int, int]) -> Profile
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
+    skipped = []
+    if device.type == "meta":
+        skipped = [m for m in model.modules() if isinstance(m, _SHAPE_KEEPING)]
+    for module in skipped:
+        module.forward = _passthrough
     was_training = model.training
     model.eval()
     try:
@@ -97,5 +112,7 @@ def profile(model: nn.Module, input_shape: tuple[int, int, int, int]) -> Profile
     finally:
         for handle in handles:
             handle.remove()
+        for module in skipped:
+            del module.forward
         model.train(was_training)
     return Profile(params=count_params(model), macs=total)
