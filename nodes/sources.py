@@ -29,6 +29,23 @@ def resolve_path(ctx, path: str) -> Path:
     return p
 
 
+def to_bgr(vf, out: np.ndarray | None = None) -> np.ndarray:
+    """A decoded PyAV frame as BGR pixels, written into ``out`` when given.
+
+    The common yuv420p case converts with OpenCV straight into ``out`` (a frame-plane slot,
+    usually), which is faster than converting in swscale and copying afterwards.
+    """
+    h, w = vf.height, vf.width
+    if vf.format.name == "yuv420p" and h % 2 == 0 and w % 2 == 0:
+        yuv = vf.to_ndarray()
+        return cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420, dst=out)
+    bgr = vf.to_ndarray(format="bgr24")
+    if out is None:
+        return bgr
+    np.copyto(out, bgr)
+    return out
+
+
 class _Pacer:
     """Holds frames back to their media time when ``realtime`` is on."""
 
@@ -136,7 +153,8 @@ class VideoSource(Source):
                         pts = t + offset
                         if pacer.wait(pts):
                             return
-                        yield self.frame(vf.to_ndarray(format="bgr24"), pts)
+                        image = to_bgr(vf, self.image_buffer((vf.height, vf.width, 3)))
+                        yield self.frame(image, pts)
                     else:
                         continue
                     break
@@ -206,7 +224,8 @@ class RtspSource(Source):
                         if self.ctx.stopping:
                             return
                         pts = float(vf.time) if vf.time is not None else time.monotonic() - t0
-                        yield self.frame(vf.to_ndarray(format="bgr24"), pts)
+                        image = to_bgr(vf, self.image_buffer((vf.height, vf.width, 3)))
+                        yield self.frame(image, pts)
                 reason = "the stream ended"
             except (av.error.FFmpegError, OSError, IndexError) as exc:
                 reason = str(exc) or type(exc).__name__

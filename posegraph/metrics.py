@@ -55,6 +55,7 @@ class Metrics:
         self.e2e_ms: deque = deque(maxlen=WINDOW)
         self.hop_ms: deque = deque(maxlen=WINDOW)
         self.e2e_count = 0
+        self.window = (float("inf"), 0.0)  # first capture, last delivery, over all sinks
         self.plane: dict[str, dict[str, int]] = {}
         self.started = time.monotonic()
         self._lock = threading.Lock()
@@ -77,6 +78,8 @@ class Metrics:
                 self.e2e_ms.extend(snap["e2e_ms"])
                 self.e2e_count += len(snap["e2e_ms"])
                 self.hop_ms.extend(snap["hop_ms"])
+                first, last = snap["window"]
+                self.window = (min(self.window[0], first), max(self.window[1], last))
 
     def restarted(self, names: list[str]) -> None:
         """A process restarted: its counters start again from zero."""
@@ -106,6 +109,11 @@ class Metrics:
         with self._lock:
             return percentiles(self.e2e_ms)
 
+    def hops(self) -> dict[str, float]:
+        """Transport time per hop, from a node's output to the next node's input."""
+        with self._lock:
+            return percentiles(self.hop_ms)
+
     def summary(self) -> dict[str, Any]:
         rows = self.rows()
         e2e = self.e2e()
@@ -114,11 +122,14 @@ class Metrics:
             "seconds": round(time.monotonic() - self.started, 3),
             "frames": max((r["in"] for r in rows), default=0) if rows else 0,
             "delivered": self.e2e_count,
+            # from the first frame's capture to the last frame's arrival at a sink
+            "delivery_s": max(0.0, self.window[1] - self.window[0]),
             "dropped": sum(r["dropped"] for r in rows),
             "lost": sum(r["lost"] for r in rows),
             "errors": sum(r["errors"] for r in rows),
             "restarts": sum(r["restarts"] for r in rows),
             "e2e_ms": e2e,
+            "hop_ms": self.hops(),
             "nodes": rows,
         }
 

@@ -22,10 +22,12 @@ import threading
 import time
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
+
+import numpy as np
 
 from posegraph.packet import Frame
 
@@ -214,6 +216,9 @@ class Context:
     resume_index: int = 0
     stop_event: threading.Event = field(default_factory=threading.Event)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Where a source writes its pixels: a shared-memory slot when the frame will leave
+    # the process, so the image is written once and never copied again.
+    alloc: Callable[[tuple[int, ...]], np.ndarray] | None = None
 
     @property
     def stopping(self) -> bool:
@@ -279,6 +284,12 @@ class Source(Node):
                   deadline=now + self.ctx.latency_budget, image=image, meta=meta)
         self._next_index += 1
         return f
+
+    def image_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A uint8 array to decode the next image into (pass it to :meth:`frame`)."""
+        if self.ctx.alloc is not None:
+            return self.ctx.alloc(shape)
+        return np.empty(shape, np.uint8)
 
     def event(self, kind: str, **meta: Any) -> Frame:
         return Frame.make_event(self.stream, kind, self._next_index, **meta)

@@ -60,6 +60,15 @@ class Detections:
     def __len__(self) -> int:
         return len(self.xyxy)
 
+    @classmethod
+    def empty(cls) -> Detections:
+        """No boxes; built without the checks, as every frame starts with one."""
+        d = object.__new__(cls)
+        d.xyxy = np.zeros((0, 4), np.float32)
+        d.scores = np.zeros((0,), np.float32)
+        d.labels = np.zeros((0,), np.int64)
+        return d
+
 
 @dataclass
 class Poses:
@@ -100,6 +109,19 @@ class Poses:
     def __len__(self) -> int:
         return len(self.keypoints)
 
+    @classmethod
+    def empty(cls) -> Poses:
+        """No people; built without the checks, as every frame starts with one."""
+        p = object.__new__(cls)
+        p.keypoints = np.zeros((0, 0, 2), np.float32)
+        p.scores = np.zeros((0, 0), np.float32)
+        p.boxes = np.zeros((0, 4), np.float32)
+        p.instance_scores = np.zeros((0,), np.float32)
+        p.track_ids = np.zeros((0,), np.int64)
+        p.skeleton = ""
+        p.predicted = np.zeros((0,), bool)
+        return p
+
 
 @dataclass(frozen=True)
 class ShmRef:
@@ -122,8 +144,8 @@ class Frame:
     captured_at: float = 0.0
     deadline: float = math.inf
     image: np.ndarray | None = None
-    detections: Detections = field(default_factory=Detections)
-    poses: Poses = field(default_factory=Poses)
+    detections: Detections = field(default_factory=Detections.empty)
+    poses: Poses = field(default_factory=Poses.empty)
     meta: dict[str, Any] = field(default_factory=dict)
     trace: list[tuple[str, float, float]] = field(default_factory=list)
     event: str | None = None

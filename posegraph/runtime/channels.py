@@ -25,6 +25,8 @@ from posegraph.packet import Frame
 
 log = logging.getLogger(__name__)
 
+ZERO_COPY_MIN = 1 << 16
+
 
 def event_id(frame: Frame) -> str | None:
     return frame.meta.get("_eid")
@@ -253,7 +255,7 @@ class Endpoint:
              stop: threading.Event) -> bool:
         raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
         pass
 
 
@@ -295,20 +297,23 @@ class RemoteEndpoint(Endpoint):
 
     def send(self, src, frame, payload, block, stop) -> bool:
         parts = [envelope(src), payload()]
-        if not block:
-            try:
-                self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-                return True
-            except zmq.Again:
+        # zero-copy pays off only for large bodies (pixels sent inline)
+        copy = len(parts[1]) < ZERO_COPY_MIN
+        try:
+            self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=copy)
+            return True
+        except zmq.Again:
+            if not block:
                 return False
         while not stop.is_set():
             if self.sock.poll(100, zmq.POLLOUT):
-                self.sock.send_multipart(parts, copy=False)
+                self.sock.send_multipart(parts, copy=copy)
                 return True
         return False
 
-    def close(self) -> None:
-        self.sock.close(0)
+    def close(self, linger_ms: int = 0) -> None:
+        """Close; messages still queued are delivered for up to ``linger_ms``."""
+        self.sock.close(linger_ms)
 
 
 class Outlet:
@@ -349,6 +354,6 @@ class Outlet:
             self.dropped += 1
         return int(ok)
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
         for ep in self.endpoints:
-            ep.close()
+            ep.close(linger_ms)

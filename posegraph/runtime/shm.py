@@ -71,10 +71,10 @@ class _Segment:
         self.released = np.ndarray((self.rows, self.slots), np.uint64, shm.buf, rel)
         self.data_offset = data
 
-    def view(self, ref: ShmRef) -> np.ndarray:
+    def view(self, ref: ShmRef, writeable: bool = False) -> np.ndarray:
         offset = self.data_offset + ref.slot * self.slot_bytes
         arr = np.ndarray(ref.shape, np.dtype(ref.dtype), self.shm.buf, offset)
-        arr.flags.writeable = False
+        arr.flags.writeable = writeable
         return arr
 
     def close(self) -> None:
@@ -109,9 +109,15 @@ class FramePlane:
 
     # ------------------------------------------------------------------ writer
 
-    def put(self, image: np.ndarray) -> tuple[ShmRef, np.ndarray] | None:
-        """Copy ``image`` into a free slot of an own pool; None when none is free (send inline)."""
-        nbytes = image.nbytes
+    def alloc(self, shape: tuple[int, ...], dtype: np.dtype | str = np.uint8
+              ) -> tuple[ShmRef, np.ndarray] | None:
+        """A free slot of an own pool for an image to be written into, holding one reference.
+
+        Returns the reference and a writeable view; None when no slot is free (the image
+        then travels inline).
+        """
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
         with self._lock:
             pool = next((p for p in self._own if p[0].slot_bytes >= nbytes), None)
             if pool is None:
@@ -123,13 +129,19 @@ class FramePlane:
                 return None
             seg.generation[slot] += 1
             written_at[slot] = time.monotonic()
-            ref = ShmRef(seg.shm.name, slot, int(seg.generation[slot]), tuple(image.shape),
-                         image.dtype.str)
-            dst = np.ndarray(image.shape, image.dtype, seg.shm.buf,
-                             seg.data_offset + slot * seg.slot_bytes)
-            np.copyto(dst, image)
+            ref = ShmRef(seg.shm.name, slot, int(seg.generation[slot]), tuple(shape), dtype.str)
             seg.acquired[self.row, slot] += 1
-            return ref, seg.view(ref)
+            return ref, seg.view(ref, writeable=True)
+
+    def put(self, image: np.ndarray) -> tuple[ShmRef, np.ndarray] | None:
+        """Copy ``image`` into a free slot; returns the reference and a read-only view."""
+        got = self.alloc(image.shape, image.dtype)
+        if got is None:
+            return None
+        ref, view = got
+        np.copyto(view, image)
+        view.flags.writeable = False
+        return ref, view
 
     def _create(self, nbytes: int) -> tuple[_Segment, np.ndarray]:
         self._serial += 1

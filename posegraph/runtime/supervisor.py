@@ -12,6 +12,7 @@ ends; a second signal, or a drain longer than ``drain_timeout_s``, ends them at 
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import multiprocessing as mp
 import os
@@ -70,6 +71,9 @@ def worker_main(plan: Plan, group: str, resume: dict[str, int], log_level: int) 
         control.send(msgpack.packb({"t": kind, **body}, use_bin_type=True))
 
     worker = Worker(plan, group, resume)
+    nice = int(os.environ.get("PG_SOURCE_NICE", "0"))
+    if nice and all(r.spec.is_source for r in worker.runners):
+        os.nice(nice)
     signal.signal(signal.SIGTERM, lambda *_: worker.abort.set())
     code = 0
     try:
@@ -81,6 +85,7 @@ def worker_main(plan: Plan, group: str, resume: dict[str, int], log_level: int) 
             code = 3
             return
         send("ready")
+        gc.freeze()  # what set-up allocated stays out of every later collection
         while not worker.abort.is_set():
             if control.poll(100):
                 msg = msgpack.unpackb(control.recv())

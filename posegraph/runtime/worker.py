@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import numpy as np
 import zmq
 
 from posegraph.node import Context, Node, NodeError, Source, resolve
@@ -63,6 +64,9 @@ class Stats:
     hop_ms: deque = field(default_factory=lambda: deque(maxlen=SAMPLES_PER_REPORT))
     last_index: dict[str, int] = field(default_factory=dict)
     done: bool = False
+    # at sinks: the capture time of the first frame and the time the last one arrived
+    first_capture: float = float("inf")
+    last_delivery: float = 0.0
 
     def snapshot(self, queue: int) -> dict[str, Any]:
         snap = {
@@ -71,6 +75,7 @@ class Stats:
             "proc_ms": list(self.proc_ms), "queue_ms": list(self.queue_ms),
             "e2e_ms": list(self.e2e_ms), "hop_ms": list(self.hop_ms),
             "last_index": dict(self.last_index), "done": self.done,
+            "window": (self.first_capture, self.last_delivery),
         }
         for d in (self.proc_ms, self.queue_ms, self.e2e_ms, self.hop_ms):
             d.clear()
@@ -93,8 +98,10 @@ class Runner:
         self.outlets: list[Outlet] = []
         self.node: Node | None = None
         self.thread: threading.Thread | None = None
+        self.socket: zmq.Socket | None = None  # read directly instead of through the inbox
         self._eid = itertools.count()
         self._dropped_marks: list[tuple[str, int]] = []
+        self._allocated: dict[int, tuple[ShmRef, np.ndarray]] = {}
         self._marks_lock = threading.Lock()
         self._last_in: dict[str, int] = {}
         self._last_out: dict[str, int] = {}
@@ -115,6 +122,7 @@ class Runner:
                 max_frames=self.worker.plan.max_frames,
                 resume_index=self.worker.resume.get(spec.node, 0), stop_event=self.stop,
                 extra={"base_dir": self.worker.plan.base_dir},
+                alloc=self._alloc if spec.is_source else None,
             )
             self.node.setup(ctx)
         except NodeError as exc:
@@ -144,6 +152,25 @@ class Runner:
 
     def _gap(self, stream: str, index: int, count: int) -> Frame:
         return self._event(stream, "gap", index, count=count)
+
+    def _alloc(self, shape: tuple[int, ...]) -> np.ndarray:
+        plane = self.worker.plane
+        if plane is not None and any(o.remote for o in self.outlets):
+            got = plane.alloc(shape)
+            if got is not None:
+                self._allocated[id(got[1])] = got
+                return got[1]
+        return np.empty(shape, np.uint8)
+
+    def _adopt(self, frame: Frame) -> None:
+        """Attach the slot a source wrote its image into; release slots it left unused."""
+        held = self._allocated.pop(id(frame.image), None)
+        if held is not None and held[1] is frame.image:
+            frame.image.flags.writeable = False
+            frame.shm = held
+        for ref, _ in self._allocated.values():
+            self.worker.plane.release(ref)
+        self._allocated.clear()
 
     def _on_drop(self, frame: Frame) -> None:
         self.stats.dropped += 1
@@ -281,6 +308,8 @@ class Runner:
         if self.spec.is_sink or not self.outlets:
             now = time.time()
             self.stats.e2e_ms.append((now - frame.captured_at) * 1000.0)
+            self.stats.first_capture = min(self.stats.first_capture, frame.captured_at)
+            self.stats.last_delivery = now
             self._record_hops(frame)
             if out is None:
                 return
@@ -340,6 +369,8 @@ class Runner:
                     self.emit(item)
                     continue
                 self.stats.frames_in += 1
+                if self._allocated:
+                    self._adopt(item)
                 item.trace.append((self.name, item.captured_at, item.captured_at))
                 self.emit(item)
                 count += 1
@@ -350,10 +381,21 @@ class Runner:
         if not self.abort.is_set():
             self.emit(self._event(node.stream, "eos", node.next_index))
 
+    def _next(self) -> Frame | None:
+        if self.socket is None:
+            return self.inbox.get(0.1)
+        try:
+            msg = self.worker.read(self, self.socket, zmq.NOBLOCK)
+        except zmq.Again:
+            if not self.socket.poll(100):
+                return None
+            msg = self.worker.read(self, self.socket)
+        return None if msg is None else msg[1]
+
     def _run_node(self) -> None:
         self._consecutive_errors = 0
         while self._streams_open and not self.abort.is_set():
-            item = self.inbox.get(0.1)
+            item = self._next()
             self._flush_marks(self._handle_event)
             if item is None:
                 self.entry.tick(self.abort)
@@ -421,17 +463,48 @@ class Worker:
             g != self.group for r in self.runners for o in r.spec.outputs for g, _ in o.targets)
         if needs_zmq:
             self.zctx = zmq.Context.instance()
+        local_targets = {(o.consumer, i) for r in self.runners for o in r.spec.outputs
+                         for i, (g, _) in enumerate(o.targets) if g == self.group}
         for r in self.runners:
             r.connect(entries, self.zctx)
-            if r.spec.remote_inputs:
-                sock = self.zctx.socket(zmq.PULL)
-                sock.setsockopt(zmq.RCVHWM, 2 * r.spec.capacity if r.spec.policy == "block" else 1000)
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.bind(r.spec.address)
-                self._sockets.append(sock)
+            if not r.spec.remote_inputs:
+                continue
+            sock = self.zctx.socket(zmq.PULL)
+            sock.setsockopt(zmq.RCVHWM, 2 * r.spec.capacity if r.spec.policy == "block" else 1000)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.bind(r.spec.address)
+            self._sockets.append(sock)
+            if (r.spec.policy == "block" and not r.spec.replicated_inputs
+                    and (r.spec.node, r.spec.replica) not in local_targets):
+                # The node reads its socket itself: one thread hand-off less per frame.
+                # Backpressure comes from the socket's high-water mark.
+                r.socket = sock
+            else:
                 t = threading.Thread(target=self._receive, args=(r, sock),
                                      name=f"{r.name}-recv", daemon=True)
                 self._receivers.append(t)
+
+    def read(self, runner: Runner, sock: zmq.Socket, flags: int = 0
+             ) -> tuple[str, Frame] | None:
+        """Take one message off a node's socket: (producing node, frame), None if unusable."""
+        src_raw, body = sock.recv_multipart(flags)
+        now = time.time()
+        try:
+            frame, ref = decode(body)
+        except WireError as exc:
+            runner.stats.lost += 1
+            log.error("node %s: dropped a message: %s", runner.name, exc)
+            return None
+        if ref is not None:
+            view = self.plane.view(ref) if self.plane is not None else None
+            if view is None:
+                runner.stats.lost += 1  # announced as a gap by the index jump
+                return None
+            frame.image = view
+            frame.shm = (ref, view)
+        if frame.event is None:
+            frame.trace.append((runner.name, now, 0.0))
+        return msgpack.unpackb(src_raw), frame
 
     def _receive(self, runner: Runner, sock: zmq.Socket) -> None:
         poller = zmq.Poller()
@@ -440,24 +513,9 @@ class Worker:
             if not poller.poll(100):
                 runner.entry.tick(self.abort)
                 continue
-            src_raw, body = sock.recv_multipart(copy=False)
-            now = time.time()
-            try:
-                frame, ref = decode(body.buffer)
-            except WireError as exc:
-                runner.stats.lost += 1
-                log.error("node %s: dropped a message: %s", runner.name, exc)
-                continue
-            if ref is not None:
-                view = self.plane.view(ref) if self.plane is not None else None
-                if view is None:
-                    runner.stats.lost += 1  # announced as a gap by the index jump
-                    continue
-                frame.image = view
-                frame.shm = (ref, view)
-            if frame.event is None:
-                frame.trace.append((runner.name, now, 0.0))
-            runner.entry.put(msgpack.unpackb(src_raw.bytes), frame, self.abort)
+            msg = self.read(runner, sock)
+            if msg is not None:
+                runner.entry.put(msg[0], msg[1], self.abort)
 
     def start(self) -> None:
         for r in self.runners:
@@ -486,12 +544,16 @@ class Worker:
         return out
 
     def close(self) -> None:
+        """Stop every thread and close the sockets. After a clean finish, the last
+        messages (eos among them) are still delivered; after an abort they are not."""
+        linger_ms = 0 if self.abort.is_set() else int(self.plan.options.drain_timeout_s * 1000)
         self.abort.set()
         for t in self._receivers:
             t.join(1.0)
+        self.join(1.0)
         for r in self.runners:
             for o in r.outlets:
-                o.close()
+                o.close(linger_ms)
         for s in self._sockets:
             s.close(0)
         if self.plane is not None:
