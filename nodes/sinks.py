@@ -57,9 +57,14 @@ class ZmqSink(Sink):
     are counted and logged.
     """
 
-    def __init__(self, address: str = "tcp://127.0.0.1:5555",
-                 socket: Literal["pub", "push"] = "pub", bind: bool = True,
-                 format: Literal["msgpack", "json"] = "msgpack", hwm: int = 1000):
+    def __init__(
+        self,
+        address: str = "tcp://127.0.0.1:5555",
+        socket: Literal["pub", "push"] = "pub",
+        bind: bool = True,
+        format: Literal["msgpack", "json"] = "msgpack",
+        hwm: int = 1000,
+    ):
         self.address = address
         self.kind = socket
         self.bind = bind
@@ -83,21 +88,30 @@ class ZmqSink(Sink):
                 self.sock.connect(self.address)
         except zmq.ZMQError as exc:
             self.sock.close(0)
-            raise NodeError(f"cannot {'bind' if self.bind else 'connect'} {self.address}: "
-                            f"{exc}; choose a free address or set bind: false") from None
+            raise NodeError(
+                f"cannot {'bind' if self.bind else 'connect'} {self.address}: "
+                f"{exc}; choose a free address or set bind: false"
+            ) from None
 
     def write(self, frame: Frame) -> None:
         msg = to_message(frame, time.time())
-        body = (json.dumps(msg).encode() if self.format == "json"
-                else msgpack.packb(msg, use_bin_type=True))
+        body = (
+            json.dumps(msg).encode()
+            if self.format == "json"
+            else msgpack.packb(msg, use_bin_type=True)
+        )
         parts = [frame.stream.encode(), body] if self.kind == "pub" else [body]
         try:
             self.sock.send_multipart(parts, flags=self._zmq.NOBLOCK)
         except self._zmq.Again:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 100 == 0:
-                log.warning("sink %s: %d messages dropped: no peer at %s is taking them",
-                            self.ctx.name, self.dropped, self.address)
+                log.warning(
+                    "sink %s: %d messages dropped: no peer at %s is taking them",
+                    self.ctx.name,
+                    self.dropped,
+                    self.address,
+                )
 
     def close(self) -> None:
         if hasattr(self, "sock"):
@@ -124,16 +138,18 @@ class VideoSink(Sink):
         import av
 
         if self.codec not in av.codecs_available:
-            raise NodeError(f"codec {self.codec!r} is not available in this PyAV build; "
-                            "use libx264 or mpeg4")
+            raise NodeError(
+                f"codec {self.codec!r} is not available in this PyAV build; use libx264 or mpeg4"
+            )
         Path(self.path.replace("{stream}", "x")).parent.mkdir(parents=True, exist_ok=True)
 
     def _output(self, frame: Frame):
         out = self.outputs.get(frame.stream)
         if out is not None:
             return out
-        import av
         from fractions import Fraction
+
+        import av
 
         if "{stream}" in self.path:
             path = self.path.format(stream=frame.stream)

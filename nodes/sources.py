@@ -74,8 +74,16 @@ class VideoSource(Source):
     (indices go on, pts go on by the clip's length), ``start`` and ``end`` are seconds.
     """
 
-    def __init__(self, uri: str, loop: bool = False, realtime: bool = False, start: float = 0.0,
-                 end: float | None = None, stream: str | None = None, threads: int = 0):
+    def __init__(
+        self,
+        uri: str,
+        loop: bool = False,
+        realtime: bool = False,
+        start: float = 0.0,
+        end: float | None = None,
+        stream: str | None = None,
+        threads: int = 0,
+    ):
         super().__init__(stream)
         self.uri = uri
         self.loop = loop
@@ -90,9 +98,11 @@ class VideoSource(Source):
 
         self.path = resolve_path(ctx, self.uri)
         if not self.path.is_file():
-            raise NodeError(f"video file not found: {self.uri} (looked in {os.getcwd()}"
-                            f"{' and ' + ctx.extra['base_dir'] if ctx.extra.get('base_dir') else ''}"
-                            "): give the path of an existing file")
+            raise NodeError(
+                f"video file not found: {self.uri} (looked in {os.getcwd()}"
+                f"{' and ' + ctx.extra['base_dir'] if ctx.extra.get('base_dir') else ''}"
+                "): give the path of an existing file"
+            )
         if self.end is not None and self.end <= self.start:
             raise NodeError(f"end ({self.end} s) must come after start ({self.start} s)")
         try:
@@ -107,8 +117,10 @@ class VideoSource(Source):
             raise
         except (av.error.FFmpegError, StopIteration, OSError) as exc:
             why = str(exc) or "no frame could be decoded"
-            raise NodeError(f"cannot decode {self.uri}: {why}; the file is corrupt, truncated "
-                            "or not a video (check it with ffprobe)") from None
+            raise NodeError(
+                f"cannot decode {self.uri}: {why}; the file is corrupt, truncated "
+                "or not a video (check it with ffprobe)"
+            ) from None
 
     def frames(self) -> Iterator[Frame]:
         import av
@@ -136,12 +148,19 @@ class VideoSource(Source):
                     except av.error.FFmpegError as exc:
                         corrupt += 1
                         if corrupt == 1:
-                            log.warning("source %s: skipping unreadable data in %s: %s",
-                                        self.ctx.name, self.uri, exc)
+                            log.warning(
+                                "source %s: skipping unreadable data in %s: %s",
+                                self.ctx.name,
+                                self.uri,
+                                exc,
+                            )
                         continue
                     for vf in decoded:
-                        t = float(vf.time) if vf.time is not None else (
-                            (last_pts or 0.0) + 1.0 / self.rate)
+                        t = (
+                            float(vf.time)
+                            if vf.time is not None
+                            else ((last_pts or 0.0) + 1.0 / self.rate)
+                        )
                         if t < self.start - 1e-6:
                             continue
                         if self.end is not None and t >= self.end:
@@ -160,8 +179,9 @@ class VideoSource(Source):
                     break
             if not self.loop or last_pts is None:
                 if corrupt:
-                    log.warning("source %s: %d unreadable packets in %s", self.ctx.name,
-                                corrupt, self.uri)
+                    log.warning(
+                        "source %s: %d unreadable packets in %s", self.ctx.name, corrupt, self.uri
+                    )
                 return
             offset += (last_pts - self.start) + 1.0 / self.rate
 
@@ -178,9 +198,16 @@ class RtspSource(Source):
 
     live = True
 
-    def __init__(self, uri: str, transport: str = "tcp", stall_timeout: float = 5.0,
-                 open_timeout: float = 5.0, backoff: float = 0.5, backoff_max: float = 10.0,
-                 stream: str | None = None):
+    def __init__(
+        self,
+        uri: str,
+        transport: str = "tcp",
+        stall_timeout: float = 5.0,
+        open_timeout: float = 5.0,
+        backoff: float = 0.5,
+        backoff_max: float = 10.0,
+        stream: str | None = None,
+    ):
         super().__init__(stream)
         self.uri = uri
         self.transport = transport
@@ -208,8 +235,9 @@ class RtspSource(Source):
             got_frame = False
             try:
                 options = {"rtsp_transport": self.transport}
-                with av.open(self.uri, options=options,
-                             timeout=(self.open_timeout, self.stall_timeout)) as container:
+                with av.open(
+                    self.uri, options=options, timeout=(self.open_timeout, self.stall_timeout)
+                ) as container:
                     vs = container.streams.video[0]
                     vs.thread_type = "AUTO"
                     for vf in container.decode(vs):
@@ -233,8 +261,14 @@ class RtspSource(Source):
             if not down:
                 down = True
                 yield self.event("source_down", uri=self.uri, reason=reason)
-            log.warning("source %s: cannot read %s (%s); retrying in %.1f s (attempt %d)",
-                        self.ctx.name, self.uri, reason, delay, attempts)
+            log.warning(
+                "source %s: cannot read %s (%s); retrying in %.1f s (attempt %d)",
+                self.ctx.name,
+                self.uri,
+                reason,
+                delay,
+                attempts,
+            )
             if self.ctx.sleep(delay):
                 return
             delay = min(self.backoff_max, delay * 2)
@@ -246,18 +280,25 @@ class CameraSource(Source):
 
     live = True
 
-    def __init__(self, device: int | str = 0, width: int | None = None,
-                 height: int | None = None, fps: float | None = None,
-                 stream: str | None = None):
+    def __init__(
+        self,
+        device: int | str = 0,
+        width: int | None = None,
+        height: int | None = None,
+        fps: float | None = None,
+        stream: str | None = None,
+    ):
         super().__init__(stream)
         self.device = device
         self.width, self.height, self.fps = width, height, fps
 
     def _open(self) -> cv2.VideoCapture:
         cap = cv2.VideoCapture(self.device)
-        for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, self.width),
-                            (cv2.CAP_PROP_FRAME_HEIGHT, self.height),
-                            (cv2.CAP_PROP_FPS, self.fps)):
+        for prop, value in (
+            (cv2.CAP_PROP_FRAME_WIDTH, self.width),
+            (cv2.CAP_PROP_FRAME_HEIGHT, self.height),
+            (cv2.CAP_PROP_FPS, self.fps),
+        ):
             if value:
                 cap.set(prop, value)
         return cap
@@ -269,8 +310,10 @@ class CameraSource(Source):
         cap.release()
         if not ok:
             devices = sorted(glob.glob("/dev/video*"))
-            raise NodeError(f"camera {self.device!r} does not exist or cannot be read; "
-                            f"cameras here: {', '.join(devices) or 'none'}")
+            raise NodeError(
+                f"camera {self.device!r} does not exist or cannot be read; "
+                f"cameras here: {', '.join(devices) or 'none'}"
+            )
 
     def frames(self) -> Iterator[Frame]:
         t0 = time.monotonic()
@@ -285,8 +328,9 @@ class CameraSource(Source):
             if self.ctx.stopping:
                 return
             yield self.event("source_down", reason="camera read failed")
-            log.warning("source %s: camera %r stopped; reopening in 1 s", self.ctx.name,
-                        self.device)
+            log.warning(
+                "source %s: camera %r stopped; reopening in 1 s", self.ctx.name, self.device
+            )
             if self.ctx.sleep(1.0):
                 return
             yield self.event("source_up")
@@ -298,8 +342,14 @@ class ImageSource(Source):
 
     EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
-    def __init__(self, path: str, fps: float = 10.0, loop: bool = False, realtime: bool = False,
-                 stream: str | None = None):
+    def __init__(
+        self,
+        path: str,
+        fps: float = 10.0,
+        loop: bool = False,
+        realtime: bool = False,
+        stream: str | None = None,
+    ):
         super().__init__(stream)
         self.path = path
         self.fps = fps
@@ -314,8 +364,10 @@ class ImageSource(Source):
         else:
             files = sorted(f for f in glob.glob(str(p)) if f.lower().endswith(self.EXTENSIONS))
         if not files:
-            raise NodeError(f"no images found at {self.path!r}: give a folder of images or a "
-                            "glob such as 'frames/*.jpg'")
+            raise NodeError(
+                f"no images found at {self.path!r}: give a folder of images or a "
+                "glob such as 'frames/*.jpg'"
+            )
         if self.fps <= 0:
             raise NodeError(f"fps must be positive, got {self.fps}")
         self.files = files
@@ -349,9 +401,17 @@ class SyntheticSource(Source):
     ``frames`` limits the length (None: endless); ``realtime`` paces at ``fps``.
     """
 
-    def __init__(self, width: int = 640, height: int = 480, fps: float = 25.0,
-                 frames: int | None = None, realtime: bool = False, shapes: int = 4,
-                 seed: int = 0, stream: str | None = None):
+    def __init__(
+        self,
+        width: int = 640,
+        height: int = 480,
+        fps: float = 25.0,
+        frames: int | None = None,
+        realtime: bool = False,
+        shapes: int = 4,
+        seed: int = 0,
+        stream: str | None = None,
+    ):
         super().__init__(stream)
         self.width, self.height, self.fps = width, height, fps
         self.count = frames
@@ -366,9 +426,9 @@ class SyntheticSource(Source):
         rng = np.random.default_rng(self.seed)
         h, w = self.height, self.width
         yy, xx = np.mgrid[0:h, 0:w]
-        self.background = np.stack([
-            (xx * 255 // max(1, w - 1)), (yy * 255 // max(1, h - 1)),
-            np.full((h, w), 64)], axis=-1).astype(np.uint8)
+        self.background = np.stack(
+            [(xx * 255 // max(1, w - 1)), (yy * 255 // max(1, h - 1)), np.full((h, w), 64)], axis=-1
+        ).astype(np.uint8)
         self.motion = rng.uniform(0.2, 1.0, (self.shapes, 4))
         self.colours = rng.integers(0, 256, (self.shapes, 3))
 
@@ -385,8 +445,15 @@ class SyntheticSource(Source):
                 cv2.rectangle(image, (cx - r, cy - r), (cx + r, cy + r), colour, -1)
             else:
                 cv2.circle(image, (cx, cy), r, colour, -1)
-        cv2.putText(image, f"{self.stream} {n}", (8, min(h - 8, 32)), cv2.FONT_HERSHEY_SIMPLEX,
-                    max(0.4, h / 720), (255, 255, 255), 2)
+        cv2.putText(
+            image,
+            f"{self.stream} {n}",
+            (8, min(h - 8, 32)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            max(0.4, h / 720),
+            (255, 255, 255),
+            2,
+        )
         return image
 
     def frames(self) -> Iterator[Frame]:

@@ -105,17 +105,24 @@ def ipc_floor(pings: int = 1000, size: int = 160) -> dict[str, float]:
     return {"p50_ms": round(float(p50), 3), "p99_ms": round(float(p99), 3)}
 
 
-def transport(frames: int = 300, width: int = 1920, height: int = 1080,
-              clip: str | None = None, hops: int = 4) -> dict:
+def transport(
+    frames: int = 300, width: int = 1920, height: int = 1080, clip: str | None = None, hops: int = 4
+) -> dict:
     """Frames of a clip through ``hops`` pass-through processes, shared memory vs inline."""
     from posegraph.graph import Graph
 
     with tempfile.TemporaryDirectory(prefix="posegraph-bench-") as tmp:
         path = Path(clip) if clip else make_clip(Path(tmp) / "clip.mp4", frames, width, height)
         n, decode_fps = raw_decode_fps(path)
-        result = {"frames": n, "width": width, "height": height, "hops": hops,
-                  "raw_decode_fps": round(decode_fps, 1), "ipc_floor": ipc_floor(),
-                  "modes": []}
+        result = {
+            "frames": n,
+            "width": width,
+            "height": height,
+            "hops": hops,
+            "raw_decode_fps": round(decode_fps, 1),
+            "ipc_floor": ipc_floor(),
+            "modes": [],
+        }
         for mode in ("shm", "inline"):
             g = Graph(f"transport-{mode}")
             g.runtime.shm = mode == "shm"
@@ -125,15 +132,17 @@ def transport(frames: int = 300, width: int = 1920, height: int = 1080,
             g.add("sink", "sink.null", prev)
             summary = g.run(executor="procs")
             fps = summary["delivered"] / summary["delivery_s"]
-            result["modes"].append({
-                "transport": mode,
-                "fps": round(fps, 1),
-                "vs_raw_decode": round(fps / decode_fps, 3),
-                "hop_p50_ms": round(summary["hop_ms"]["p50"], 3),
-                "hop_p99_ms": round(summary["hop_ms"]["p99"], 3),
-                "e2e_p50_ms": round(summary["e2e_ms"]["p50"], 2),
-                "lost": summary["lost"] + summary["dropped"],
-            })
+            result["modes"].append(
+                {
+                    "transport": mode,
+                    "fps": round(fps, 1),
+                    "vs_raw_decode": round(fps / decode_fps, 3),
+                    "hop_p50_ms": round(summary["hop_ms"]["p50"], 3),
+                    "hop_p99_ms": round(summary["hop_ms"]["p99"], 3),
+                    "e2e_p50_ms": round(summary["e2e_ms"]["p50"], 2),
+                    "lost": summary["lost"] + summary["dropped"],
+                }
+            )
     return result
 
 
@@ -146,18 +155,34 @@ def main(args) -> int:
         from rich.console import Console
         from rich.table import Table
 
-        t = Table(title=f"transport: {result['frames']} frames {result['width']}x"
-                        f"{result['height']} through {result['hops']} pass-through processes")
+        t = Table(
+            title=f"transport: {result['frames']} frames {result['width']}x"
+            f"{result['height']} through {result['hops']} pass-through processes"
+        )
         for col in ("transport", "fps", "vs raw decode", "hop p50 ms", "hop p99 ms", "lost"):
             t.add_column(col, justify="right")
         floor = result["ipc_floor"]
-        t.add_row("raw decode (baseline)", f"{result['raw_decode_fps']:.1f}", "1.000",
-                  f"{floor['p50_ms']:.3f}", f"{floor['p99_ms']:.3f}", "-")
+        t.add_row(
+            "raw decode (baseline)",
+            f"{result['raw_decode_fps']:.1f}",
+            "1.000",
+            f"{floor['p50_ms']:.3f}",
+            f"{floor['p99_ms']:.3f}",
+            "-",
+        )
         for m in result["modes"]:
-            t.add_row(m["transport"], f"{m['fps']:.1f}", f"{m['vs_raw_decode']:.3f}",
-                      f"{m['hop_p50_ms']:.3f}", f"{m['hop_p99_ms']:.3f}", str(m["lost"]))
-        t.caption = ("hop latency of the baseline row: a bare ZeroMQ ipc message between two "
-                     "processes, the floor on this machine")
+            t.add_row(
+                m["transport"],
+                f"{m['fps']:.1f}",
+                f"{m['vs_raw_decode']:.3f}",
+                f"{m['hop_p50_ms']:.3f}",
+                f"{m['hop_p99_ms']:.3f}",
+                str(m["lost"]),
+            )
+        t.caption = (
+            "hop latency of the baseline row: a bare ZeroMQ ipc message between two "
+            "processes, the floor on this machine"
+        )
         Console().print(t)
         return 0
     raise SystemExit(f"unknown benchmark {args.bench!r}")

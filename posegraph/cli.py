@@ -43,8 +43,10 @@ def cmd_validate(args) -> int:
             _err(str(p))
         return 2
     n = len(graph.nodes)
-    print(f"{args.file}: OK, pipeline {graph.name!r}, {n} nodes, "
-          f"{sum(len(s.inputs) for s in graph.nodes.values())} edges")
+    print(
+        f"{args.file}: OK, pipeline {graph.name!r}, {n} nodes, "
+        f"{sum(len(s.inputs) for s in graph.nodes.values())} edges"
+    )
     return 0
 
 
@@ -97,8 +99,13 @@ def cmd_run(args) -> int:
             on_tick(m)
 
     try:
-        summary = run(graph, executor="inproc" if args.inproc else "procs",
-                      max_frames=args.max_frames, duration=args.duration, on_tick=tick)
+        summary = run(
+            graph,
+            executor="inproc" if args.inproc else "procs",
+            max_frames=args.max_frames,
+            duration=args.duration,
+            on_tick=tick,
+        )
     except PipelineError as exc:
         if live is not None:
             live.stop()
@@ -129,8 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     def pipeline_args(sp) -> None:
         sp.add_argument("file", help="pipeline YAML file")
-        sp.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
-                        help="override a node parameter (repeatable)")
+        sp.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="NODE.PARAM=VALUE",
+            help="override a node parameter (repeatable)",
+        )
 
     r = sub.add_parser("run", help="run a pipeline")
     pipeline_args(r)

@@ -45,8 +45,12 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         if key in out:
-            raise yaml.MarkedYAMLError("while reading a mapping", node.start_mark,
-                                       f"duplicate key {key!r}", key_node.start_mark)
+            raise yaml.MarkedYAMLError(
+                "while reading a mapping",
+                node.start_mark,
+                f"duplicate key {key!r}",
+                key_node.start_mark,
+            )
         out[key] = loader.construct_object(value_node, deep=True)
         out.key_lines[key] = key_node.start_mark.line + 1
     return out
@@ -66,8 +70,10 @@ def interpolate(text: str, env: dict[str, str] | None = None) -> Any:
             return env[name]
         if default is not None:
             return default
-        raise EnvError(f"environment variable {name} is not set: export it, or write "
-                       f"${{{name}:-default}} in the file")
+        raise EnvError(
+            f"environment variable {name} is not set: export it, or write "
+            f"${{{name}:-default}} in the file"
+        )
 
     value = _ENV.sub(sub, text)
     if _ENV.fullmatch(text.strip()):
@@ -98,8 +104,14 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> Graph:
     path = Path(path)
     file = str(path)
     if not path.is_file():
-        raise GraphError([Problem(f"pipeline file not found: {file} (give the path of a "
-                                  "YAML pipeline, e.g. pipelines/passthrough.yaml)")])
+        raise GraphError(
+            [
+                Problem(
+                    f"pipeline file not found: {file} (give the path of a "
+                    "YAML pipeline, e.g. pipelines/passthrough.yaml)"
+                )
+            ]
+        )
     try:
         doc = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
@@ -122,14 +134,16 @@ def from_dict(doc: Any, file: str | None = None, base_dir: Path | None = None) -
     problems: list[Problem] = []
     where = Where(file, 1)
     if not isinstance(doc, dict):
-        raise GraphError([Problem("a pipeline file is a mapping with 'pipeline' and 'nodes'",
-                                  where)])
+        raise GraphError(
+            [Problem("a pipeline file is a mapping with 'pipeline' and 'nodes'", where)]
+        )
     for key in doc:
         if key not in TOP_KEYS:
             near = difflib.get_close_matches(str(key), TOP_KEYS, 1)
             hint = f"; did you mean {near[0]!r}?" if near else f" (known: {', '.join(TOP_KEYS)})"
-            problems.append(Problem(f"unknown top-level key {key!r}{hint}",
-                                    Where(file, _line(doc, key))))
+            problems.append(
+                Problem(f"unknown top-level key {key!r}{hint}", Where(file, _line(doc, key)))
+            )
     runtime = RuntimeOptions()
     rt = doc.get("runtime") or {}
     if not isinstance(rt, dict):
@@ -139,22 +153,34 @@ def from_dict(doc: Any, file: str | None = None, base_dir: Path | None = None) -
         if not hasattr(runtime, key):
             near = difflib.get_close_matches(str(key), vars(runtime), 1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
-            problems.append(Problem(f"unknown runtime option {key!r}{hint}",
-                                    Where(file, _line(rt, key))))
+            problems.append(
+                Problem(f"unknown runtime option {key!r}{hint}", Where(file, _line(rt, key)))
+            )
         else:
             setattr(runtime, key, value)
     budget = doc.get("latency_budget_ms")
     if budget is not None and (not isinstance(budget, int | float) or budget <= 0):
-        problems.append(Problem(f"latency_budget_ms must be a positive number, got {budget!r}",
-                                Where(file, _line(doc, "latency_budget_ms"))))
+        problems.append(
+            Problem(
+                f"latency_budget_ms must be a positive number, got {budget!r}",
+                Where(file, _line(doc, "latency_budget_ms")),
+            )
+        )
         budget = None
-    graph = Graph(str(doc.get("pipeline") or Path(file or "pipeline").stem),
-                  latency_budget_ms=budget, runtime=runtime, file=file)
+    graph = Graph(
+        str(doc.get("pipeline") or Path(file or "pipeline").stem),
+        latency_budget_ms=budget,
+        runtime=runtime,
+        file=file,
+    )
     graph.base_dir = base_dir
     nodes = doc.get("nodes")
     if not isinstance(nodes, list) or not nodes:
-        problems.append(Problem("'nodes' must be a non-empty list of nodes",
-                                Where(file, _line(doc, "nodes") or 1)))
+        problems.append(
+            Problem(
+                "'nodes' must be a non-empty list of nodes", Where(file, _line(doc, "nodes") or 1)
+            )
+        )
         nodes = []
     for i, item in enumerate(nodes):
         spec = _node_spec(item, i, file, problems)
@@ -174,12 +200,14 @@ def _node_spec(item: Any, i: int, file: str | None, problems: list[Problem]) -> 
         if key not in NODE_KEYS:
             near = difflib.get_close_matches(str(key), NODE_KEYS, 1)
             hint = f"; did you mean {near[0]!r}?" if near else f" (known: {', '.join(NODE_KEYS)})"
-            problems.append(Problem(f"node #{i + 1}: unknown key {key!r}{hint}",
-                                    Where(file, _line(item, key))))
+            problems.append(
+                Problem(f"node #{i + 1}: unknown key {key!r}{hint}", Where(file, _line(item, key)))
+            )
     for key in ("name", "type"):
         if not isinstance(item.get(key), str) or not item.get(key):
-            problems.append(Problem(f"node #{i + 1}: '{key}' is required and must be a string",
-                                    where))
+            problems.append(
+                Problem(f"node #{i + 1}: '{key}' is required and must be a string", where)
+            )
             bad = True
     if bad:
         return None
@@ -187,34 +215,58 @@ def _node_spec(item: Any, i: int, file: str | None, problems: list[Problem]) -> 
     if isinstance(inputs, str):
         inputs = [inputs]
     if not isinstance(inputs, list) or not all(isinstance(x, str) for x in inputs):
-        problems.append(Problem(f"node {item['name']!r}: 'from' is a node name or a list of names",
-                                Where(file, _line(item, "from"))))
+        problems.append(
+            Problem(
+                f"node {item['name']!r}: 'from' is a node name or a list of names",
+                Where(file, _line(item, "from")),
+            )
+        )
         inputs = []
     params = item.get("with") or {}
     if not isinstance(params, dict):
-        problems.append(Problem(f"node {item['name']!r}: 'with' must be a mapping of parameters",
-                                Where(file, _line(item, "with"))))
+        problems.append(
+            Problem(
+                f"node {item['name']!r}: 'with' must be a mapping of parameters",
+                Where(file, _line(item, "with")),
+            )
+        )
         params = {}
     queue = item.get("queue") or {}
     qspec = QueueSpec()
     if not isinstance(queue, dict):
-        problems.append(Problem(f"node {item['name']!r}: 'queue' must be a mapping like "
-                                f"{{capacity: 4, policy: {'|'.join(POLICIES)}}}",
-                                Where(file, _line(item, "queue"))))
+        problems.append(
+            Problem(
+                f"node {item['name']!r}: 'queue' must be a mapping like "
+                f"{{capacity: 4, policy: {'|'.join(POLICIES)}}}",
+                Where(file, _line(item, "queue")),
+            )
+        )
     else:
         for key, value in queue.items():
             if key not in ("capacity", "policy"):
-                problems.append(Problem(f"node {item['name']!r}: unknown queue key {key!r} "
-                                        "(capacity, policy)", Where(file, _line(queue, key))))
+                problems.append(
+                    Problem(
+                        f"node {item['name']!r}: unknown queue key {key!r} (capacity, policy)",
+                        Where(file, _line(queue, key)),
+                    )
+                )
             else:
                 setattr(qspec, key, value)
     process = item.get("process")
     return NodeSpec(
-        name=item["name"], type=item["type"], params=dict(params), inputs=list(inputs),
-        process=None if process is None else str(process), replicas=item.get("replicas", 1),
-        queue=qspec, where=where,
-        param_lines={**{k: v for k, v in getattr(params, "key_lines", {}).items()},
-                     "type": _line(item, "type"), "queue": _line(item, "queue"),
-                     "replicas": _line(item, "replicas")},
+        name=item["name"],
+        type=item["type"],
+        params=dict(params),
+        inputs=list(inputs),
+        process=None if process is None else str(process),
+        replicas=item.get("replicas", 1),
+        queue=qspec,
+        where=where,
+        param_lines={
+            **{k: v for k, v in getattr(params, "key_lines", {}).items()},
+            "type": _line(item, "type"),
+            "queue": _line(item, "queue"),
+            "replicas": _line(item, "replicas"),
+        },
         input_line=_line(item, "from"),
     )

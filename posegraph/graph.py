@@ -92,19 +92,24 @@ class NodeSpec:
 class RuntimeOptions:
     """Pipeline-wide runtime settings (the YAML ``runtime:`` mapping)."""
 
-    shm: bool = True              # images through the shared-memory frame plane on one host
-    shm_slots: int = 32           # slots per pool
-    transport: str = "ipc"        # ipc (one host) or tcp (bytes inline)
-    host: str = "127.0.0.1"       # tcp bind address
-    max_restarts: int = 3         # node process failures before the pipeline stops
+    shm: bool = True  # images through the shared-memory frame plane on one host
+    shm_slots: int = 32  # slots per pool
+    transport: str = "ipc"  # ipc (one host) or tcp (bytes inline)
+    host: str = "127.0.0.1"  # tcp bind address
+    max_restarts: int = 3  # node process failures before the pipeline stops
     drain_timeout_s: float = 30.0
     metrics_port: int | None = None  # Prometheus endpoint on 127.0.0.1, off when None
     reorder_timeout_s: float = 2.0
 
 
 class Graph:
-    def __init__(self, name: str = "pipeline", latency_budget_ms: float | None = None,
-                 runtime: RuntimeOptions | None = None, file: str | None = None):
+    def __init__(
+        self,
+        name: str = "pipeline",
+        latency_budget_ms: float | None = None,
+        runtime: RuntimeOptions | None = None,
+        file: str | None = None,
+    ):
         self.name = name
         self.latency_budget_ms = latency_budget_ms
         self.runtime = runtime or RuntimeOptions()
@@ -114,21 +119,39 @@ class Graph:
 
     # ------------------------------------------------------------ building
 
-    def add(self, name: str, type: str, *inputs: str, process: str | None = None,
-            replicas: int = 1, queue: dict[str, Any] | None = None, **params: Any) -> str:
+    def add(
+        self,
+        name: str,
+        type: str,
+        *inputs: str,
+        process: str | None = None,
+        replicas: int = 1,
+        queue: dict[str, Any] | None = None,
+        **params: Any,
+    ) -> str:
         """Add a node reading from ``inputs``; returns its name, to use as another's input."""
-        spec = NodeSpec(name=name, type=type, params=params, inputs=list(inputs),
-                        process=process, replicas=replicas,
-                        queue=QueueSpec(**(queue or {})))
+        spec = NodeSpec(
+            name=name,
+            type=type,
+            params=params,
+            inputs=list(inputs),
+            process=process,
+            replicas=replicas,
+            queue=QueueSpec(**(queue or {})),
+        )
         self.add_spec(spec)
         return name
 
     def add_spec(self, spec: NodeSpec) -> None:
         if spec.name in self.nodes:
             first = self.nodes[spec.name].where
-            self.problems.append(Problem(
-                f"duplicate node name {spec.name!r} (first defined at {first or 'above'}): "
-                "give each node its own name", spec.where))
+            self.problems.append(
+                Problem(
+                    f"duplicate node name {spec.name!r} (first defined at {first or 'above'}): "
+                    "give each node its own name",
+                    spec.where,
+                )
+            )
             return
         self.nodes[spec.name] = spec
 
@@ -151,70 +174,121 @@ class Graph:
     def _check_node(self, spec: NodeSpec) -> list[Problem]:
         out: list[Problem] = []
         if not spec.name or not spec.name.replace("_", "").replace("-", "").isalnum():
-            out.append(Problem(f"node name {spec.name!r}: use letters, digits, '_' and '-'",
-                               spec.where))
+            out.append(
+                Problem(f"node name {spec.name!r}: use letters, digits, '_' and '-'", spec.where)
+            )
         try:
             spec.cls = resolve(spec.type)
         except UnknownNodeType as exc:
             out.append(Problem(f"node {spec.name!r}: {exc}", spec.at("type")))
             return out
         except (ImportError, TypeError) as exc:
-            out.append(Problem(f"node {spec.name!r}: cannot load type {spec.type!r}: {exc}",
-                               spec.at("type")))
+            out.append(
+                Problem(
+                    f"node {spec.name!r}: cannot load type {spec.type!r}: {exc}", spec.at("type")
+                )
+            )
             return out
         params = parameters(spec.cls)
         for key, value in spec.params.items():
             p = params.get(key)
             if p is None:
                 near = difflib.get_close_matches(key, params, 2)
-                hint = (f"did you mean {' or '.join(near)}?" if near else
-                        f"known parameters: {', '.join(params) or 'none'}")
-                out.append(Problem(f"node {spec.name!r} ({spec.type}): unknown parameter "
-                                   f"{key!r}; {hint}", spec.at(key)))
+                hint = (
+                    f"did you mean {' or '.join(near)}?"
+                    if near
+                    else f"known parameters: {', '.join(params) or 'none'}"
+                )
+                out.append(
+                    Problem(
+                        f"node {spec.name!r} ({spec.type}): unknown parameter {key!r}; {hint}",
+                        spec.at(key),
+                    )
+                )
                 continue
             ok, conv = check_value(value, p.annotation)
             if not ok:
-                out.append(Problem(
-                    f"node {spec.name!r} ({spec.type}): parameter {key!r} must be "
-                    f"{describe_type(p.annotation)}, got {type(value).__name__} {value!r}",
-                    spec.at(key)))
+                out.append(
+                    Problem(
+                        f"node {spec.name!r} ({spec.type}): parameter {key!r} must be "
+                        f"{describe_type(p.annotation)}, got {type(value).__name__} {value!r}",
+                        spec.at(key),
+                    )
+                )
             else:
                 spec.params[key] = conv
         for p in params.values():
             if p.required and p.name not in spec.params:
-                out.append(Problem(f"node {spec.name!r} ({spec.type}): missing parameter "
-                                   f"{p.name!r} ({describe_type(p.annotation)})", spec.where))
+                out.append(
+                    Problem(
+                        f"node {spec.name!r} ({spec.type}): missing parameter "
+                        f"{p.name!r} ({describe_type(p.annotation)})",
+                        spec.where,
+                    )
+                )
         is_source = issubclass(spec.cls, Source)
         if is_source and spec.inputs:
-            out.append(Problem(f"node {spec.name!r} is a source ({spec.type}) and takes no "
-                               "input: remove its 'from'", spec.at("from")))
+            out.append(
+                Problem(
+                    f"node {spec.name!r} is a source ({spec.type}) and takes no "
+                    "input: remove its 'from'",
+                    spec.at("from"),
+                )
+            )
         if not is_source and not spec.inputs:
-            out.append(Problem(f"node {spec.name!r} ({spec.type}) has no input: add "
-                               "'from: <node name>'", spec.where))
+            out.append(
+                Problem(
+                    f"node {spec.name!r} ({spec.type}) has no input: add 'from: <node name>'",
+                    spec.where,
+                )
+            )
         for src in spec.inputs:
             if src not in self.nodes:
                 near = difflib.get_close_matches(src, self.nodes, 2)
                 hint = f"; did you mean {' or '.join(near)}?" if near else ""
-                out.append(Problem(f"node {spec.name!r} reads from unknown node {src!r}{hint}",
-                                   spec.at("from")))
+                out.append(
+                    Problem(
+                        f"node {spec.name!r} reads from unknown node {src!r}{hint}", spec.at("from")
+                    )
+                )
             elif self.nodes[src].cls is not None and issubclass(self.nodes[src].cls, Sink):
-                out.append(Problem(f"node {spec.name!r} reads from {src!r}, a sink, which has "
-                                   "no output", spec.at("from")))
+                out.append(
+                    Problem(
+                        f"node {spec.name!r} reads from {src!r}, a sink, which has no output",
+                        spec.at("from"),
+                    )
+                )
         if len(set(spec.inputs)) != len(spec.inputs):
             out.append(Problem(f"node {spec.name!r} names the same input twice", spec.at("from")))
         if spec.queue.policy is not None and spec.queue.policy not in POLICIES:
-            out.append(Problem(f"node {spec.name!r}: queue policy {spec.queue.policy!r} is not "
-                               f"one of {', '.join(POLICIES)}", spec.at("queue")))
+            out.append(
+                Problem(
+                    f"node {spec.name!r}: queue policy {spec.queue.policy!r} is not "
+                    f"one of {', '.join(POLICIES)}",
+                    spec.at("queue"),
+                )
+            )
         if not isinstance(spec.queue.capacity, int) or spec.queue.capacity < 1:
-            out.append(Problem(f"node {spec.name!r}: queue capacity must be a whole number "
-                               f">= 1, got {spec.queue.capacity!r}", spec.at("queue")))
+            out.append(
+                Problem(
+                    f"node {spec.name!r}: queue capacity must be a whole number "
+                    f">= 1, got {spec.queue.capacity!r}",
+                    spec.at("queue"),
+                )
+            )
         if not isinstance(spec.replicas, int) or spec.replicas < 1:
-            out.append(Problem(f"node {spec.name!r}: replicas must be a whole number >= 1, got "
-                               f"{spec.replicas!r}", spec.at("replicas")))
+            out.append(
+                Problem(
+                    f"node {spec.name!r}: replicas must be a whole number >= 1, got "
+                    f"{spec.replicas!r}",
+                    spec.at("replicas"),
+                )
+            )
         elif spec.replicas > 1 and (is_source or spec.process is not None):
             what = "a source" if is_source else "a node grouped with 'process:'"
-            out.append(Problem(f"node {spec.name!r}: {what} cannot have replicas",
-                               spec.at("replicas")))
+            out.append(
+                Problem(f"node {spec.name!r}: {what} cannot have replicas", spec.at("replicas"))
+            )
         return out
 
     def _check_cycles(self) -> list[Problem]:
@@ -228,7 +302,7 @@ class Graph:
                 if m not in self.nodes:
                     continue
                 if state.get(m) == 1:
-                    return stack[stack.index(m):] + [m]
+                    return stack[stack.index(m) :] + [m]
                 if m not in state:
                     cyc = visit(m)
                     if cyc:
@@ -242,8 +316,12 @@ class Graph:
                 cyc = visit(n)
                 if cyc:
                     path = " <- ".join(cyc)
-                    return [Problem(f"the graph has a cycle: {path}; a pipeline must be a "
-                                    "DAG", self.nodes[cyc[0]].at("from"))]
+                    return [
+                        Problem(
+                            f"the graph has a cycle: {path}; a pipeline must be a DAG",
+                            self.nodes[cyc[0]].at("from"),
+                        )
+                    ]
         return []
 
     # --------------------------------------------------------------- queries
@@ -312,13 +390,26 @@ class Graph:
 
     # ----------------------------------------------------------------- run
 
-    def run(self, executor: str = "procs", max_frames: int | None = None,
-            duration: float | None = None, **kwargs: Any):
+    def run(
+        self,
+        executor: str = "procs",
+        max_frames: int | None = None,
+        duration: float | None = None,
+        **kwargs: Any,
+    ):
         """Validate and run the graph until the sources end or a limit is reached."""
         from posegraph.runtime import run
 
         return run(self, executor=executor, max_frames=max_frames, duration=duration, **kwargs)
 
 
-__all__ = ["Graph", "GraphError", "NodeError", "NodeSpec", "Problem", "QueueSpec",
-           "RuntimeOptions", "Where"]
+__all__ = [
+    "Graph",
+    "GraphError",
+    "NodeError",
+    "NodeSpec",
+    "Problem",
+    "QueueSpec",
+    "RuntimeOptions",
+    "Where",
+]

@@ -99,8 +99,13 @@ class Metrics:
         with self._lock:
             out = []
             for m in self.nodes.values():
-                row = {"node": m.name, "fps": m.fps(), "queue": m.queue,
-                       **{k: m.total(k) for k in COUNTERS}, "restarts": m.restarts}
+                row = {
+                    "node": m.name,
+                    "fps": m.fps(),
+                    "queue": m.queue,
+                    **{k: m.total(k) for k in COUNTERS},
+                    "restarts": m.restarts,
+                }
                 row.update({f"proc_{k}": v for k, v in percentiles(m.proc_ms).items()})
                 out.append(row)
             return out
@@ -141,25 +146,50 @@ class Metrics:
         def ms(v: float) -> str:
             return "-" if v != v else f"{v:.1f}"
 
-        return (f"{s['pipeline']}: {s['delivered']} frames delivered in {s['seconds']:.1f} s, "
-                f"end-to-end p50 {ms(e['p50'])} ms p90 {ms(e['p90'])} ms p99 {ms(e['p99'])} ms, "
-                f"dropped {s['dropped']}, lost {s['lost']}, errors {s['errors']}, "
-                f"restarts {s['restarts']}")
+        return (
+            f"{s['pipeline']}: {s['delivered']} frames delivered in {s['seconds']:.1f} s, "
+            f"end-to-end p50 {ms(e['p50'])} ms p90 {ms(e['p90'])} ms p99 {ms(e['p99'])} ms, "
+            f"dropped {s['dropped']}, lost {s['lost']}, errors {s['errors']}, "
+            f"restarts {s['restarts']}"
+        )
 
     def table(self):
         from rich.table import Table
 
         t = Table(title=f"posegraph · {self.pipeline}", title_justify="left")
-        for col in ("node", "fps", "proc p50 ms", "proc p99 ms", "queue", "in", "out",
-                    "dropped", "lost", "errors", "restarts"):
+        for col in (
+            "node",
+            "fps",
+            "proc p50 ms",
+            "proc p99 ms",
+            "queue",
+            "in",
+            "out",
+            "dropped",
+            "lost",
+            "errors",
+            "restarts",
+        ):
             t.add_column(col, justify="left" if col == "node" else "right")
         for r in self.rows():
-            t.add_row(r["node"], f"{r['fps']:.1f}", _ms(r["proc_p50"]), _ms(r["proc_p99"]),
-                      str(r["queue"]), str(r["in"]), str(r["out"]), str(r["dropped"]),
-                      str(r["lost"]), str(r["errors"]), str(r["restarts"]))
+            t.add_row(
+                r["node"],
+                f"{r['fps']:.1f}",
+                _ms(r["proc_p50"]),
+                _ms(r["proc_p99"]),
+                str(r["queue"]),
+                str(r["in"]),
+                str(r["out"]),
+                str(r["dropped"]),
+                str(r["lost"]),
+                str(r["errors"]),
+                str(r["restarts"]),
+            )
         e = self.e2e()
-        t.caption = (f"end-to-end latency p50 {_ms(e['p50'])} ms · p90 {_ms(e['p90'])} ms · "
-                     f"p99 {_ms(e['p99'])} ms")
+        t.caption = (
+            f"end-to-end latency p50 {_ms(e['p50'])} ms · p90 {_ms(e['p90'])} ms · "
+            f"p99 {_ms(e['p99'])} ms"
+        )
         return t
 
     # ----------------------------------------------------------- prometheus
@@ -169,26 +199,40 @@ class Metrics:
 
         rows = self.rows()
         fams = {
-            "frames_in": CounterMetricFamily("posegraph_node_frames_in", "Frames taken in",
-                                             labels=["pipeline", "node"]),
-            "frames_out": CounterMetricFamily("posegraph_node_frames_out", "Frames passed on",
-                                              labels=["pipeline", "node"]),
-            "dropped": CounterMetricFamily("posegraph_node_dropped",
-                                           "Frames dropped by the queue policy or the node",
-                                           labels=["pipeline", "node"]),
-            "lost": CounterMetricFamily("posegraph_node_lost", "Frames lost in transit",
-                                        labels=["pipeline", "node"]),
-            "errors": CounterMetricFamily("posegraph_node_errors", "Frames the node failed on",
-                                          labels=["pipeline", "node"]),
-            "restarts": CounterMetricFamily("posegraph_node_restarts", "Process restarts",
-                                            labels=["pipeline", "node"]),
+            "frames_in": CounterMetricFamily(
+                "posegraph_node_frames_in", "Frames taken in", labels=["pipeline", "node"]
+            ),
+            "frames_out": CounterMetricFamily(
+                "posegraph_node_frames_out", "Frames passed on", labels=["pipeline", "node"]
+            ),
+            "dropped": CounterMetricFamily(
+                "posegraph_node_dropped",
+                "Frames dropped by the queue policy or the node",
+                labels=["pipeline", "node"],
+            ),
+            "lost": CounterMetricFamily(
+                "posegraph_node_lost", "Frames lost in transit", labels=["pipeline", "node"]
+            ),
+            "errors": CounterMetricFamily(
+                "posegraph_node_errors", "Frames the node failed on", labels=["pipeline", "node"]
+            ),
+            "restarts": CounterMetricFamily(
+                "posegraph_node_restarts", "Process restarts", labels=["pipeline", "node"]
+            ),
         }
-        fps = GaugeMetricFamily("posegraph_node_fps", "Frames per second",
-                                labels=["pipeline", "node"])
-        queue = GaugeMetricFamily("posegraph_node_queue_depth", "Frames waiting in the input queue",
-                                  labels=["pipeline", "node"])
-        proc = GaugeMetricFamily("posegraph_node_latency_ms", "Processing latency quantiles",
-                                 labels=["pipeline", "node", "quantile"])
+        fps = GaugeMetricFamily(
+            "posegraph_node_fps", "Frames per second", labels=["pipeline", "node"]
+        )
+        queue = GaugeMetricFamily(
+            "posegraph_node_queue_depth",
+            "Frames waiting in the input queue",
+            labels=["pipeline", "node"],
+        )
+        proc = GaugeMetricFamily(
+            "posegraph_node_latency_ms",
+            "Processing latency quantiles",
+            labels=["pipeline", "node", "quantile"],
+        )
         for r in rows:
             lab = [self.pipeline, r["node"]]
             fams["frames_in"].add_metric(lab, r["in"])
@@ -199,9 +243,11 @@ class Metrics:
             queue.add_metric(lab, r["queue"])
             for q in (50, 90, 99):
                 proc.add_metric([*lab, f"0.{q}"], r[f"proc_p{q}"])
-        e2e = GaugeMetricFamily("posegraph_e2e_latency_ms",
-                                "End-to-end latency, capture to sink, quantiles",
-                                labels=["pipeline", "quantile"])
+        e2e = GaugeMetricFamily(
+            "posegraph_e2e_latency_ms",
+            "End-to-end latency, capture to sink, quantiles",
+            labels=["pipeline", "quantile"],
+        )
         for k, v in self.e2e().items():
             e2e.add_metric([self.pipeline, f"0.{k[1:]}"], v)
         yield from fams.values()

@@ -54,8 +54,10 @@ def register(name: str):
             raise TypeError(f"@register({name!r}) must decorate a Node subclass, got {cls!r}")
         other = REGISTRY.get(name)
         if other is not None and other is not cls:
-            raise ValueError(f"node type {name!r} is registered twice: {other.__module__}."
-                             f"{other.__qualname__} and {cls.__module__}.{cls.__qualname__}")
+            raise ValueError(
+                f"node type {name!r} is registered twice: {other.__module__}."
+                f"{other.__qualname__} and {cls.__module__}.{cls.__qualname__}"
+            )
         REGISTRY[name] = cls
         cls.type_name = name
         return cls
@@ -86,8 +88,10 @@ class UnknownNodeType(LookupError):
         self.name = name
         self.suggestions = suggestions
         hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
-        super().__init__(f"unknown node type {name!r}{hint} (`posegraph validate` lists the "
-                         "registered types; a node of your own is given as package.module:Class)")
+        super().__init__(
+            f"unknown node type {name!r}{hint} (`posegraph validate` lists the "
+            "registered types; a node of your own is given as package.module:Class)"
+        )
 
 
 def resolve(type_name: str) -> type[Node]:
@@ -100,7 +104,9 @@ def resolve(type_name: str) -> type[Node]:
             raise UnknownNodeType(type_name, []) from exc
         cls = getattr(module, attr, None)
         if cls is None:
-            names = [n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, Node)]
+            names = [
+                n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, Node)
+            ]
             raise UnknownNodeType(type_name, difflib.get_close_matches(attr, names, 3))
         if not (isinstance(cls, type) and issubclass(cls, Node)):
             raise TypeError(f"{type_name} is not a posegraph Node subclass")
@@ -145,8 +151,14 @@ def _type_name(tp: Any) -> str:
     if tp is type(None):
         return "null"
     if isinstance(tp, type):
-        return {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
-                "dict": "mapping", "list": "list"}.get(tp.__name__, tp.__name__)
+        return {
+            "str": "string",
+            "int": "integer",
+            "float": "number",
+            "bool": "boolean",
+            "dict": "mapping",
+            "list": "list",
+        }.get(tp.__name__, tp.__name__)
     return str(tp).replace("typing.", "")
 
 
@@ -183,7 +195,9 @@ def check_value(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is float:
         if isinstance(value, bool):
             return False, value
-        return isinstance(value, int | float), float(value) if isinstance(value, int | float) else value
+        return isinstance(value, int | float), float(value) if isinstance(
+            value, int | float
+        ) else value
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if isinstance(tp, type):
@@ -280,8 +294,15 @@ class Source(Node):
 
     def frame(self, image: Any, pts: float, **meta: Any) -> Frame:
         now = time.time()
-        f = Frame(stream=self.stream, index=self._next_index, pts=pts, captured_at=now,
-                  deadline=now + self.ctx.latency_budget, image=image, meta=meta)
+        f = Frame(
+            stream=self.stream,
+            index=self._next_index,
+            pts=pts,
+            captured_at=now,
+            deadline=now + self.ctx.latency_budget,
+            image=image,
+            meta=meta,
+        )
         self._next_index += 1
         return f
 

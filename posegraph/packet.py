@@ -102,7 +102,12 @@ class Poses:
         if self.predicted is None:
             self.predicted = np.zeros(n, bool)
         self.predicted = np.asarray(self.predicted, dtype=bool).reshape(-1)
-        lengths = {len(self.boxes), len(self.instance_scores), len(self.track_ids), len(self.predicted)}
+        lengths = {
+            len(self.boxes),
+            len(self.instance_scores),
+            len(self.track_ids),
+            len(self.predicted),
+        }
         if lengths != {n}:
             raise ValueError(f"Poses: every per-person array must have N={n} rows")
 
@@ -185,8 +190,10 @@ def _default(obj: Any) -> Any:
         return msgpack.ExtType(EXT_SHMREF, msgpack.packb(body))
     if isinstance(obj, np.generic):
         return obj.item()
-    raise TypeError(f"cannot put a {type(obj).__name__} on the wire: use numbers, strings, "
-                    "lists, dicts or numpy arrays")
+    raise TypeError(
+        f"cannot put a {type(obj).__name__} on the wire: use numbers, strings, "
+        "lists, dicts or numpy arrays"
+    )
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
@@ -228,8 +235,15 @@ def encode(frame: Frame, image: np.ndarray | ShmRef | None = None) -> bytes:
     if len(d):
         body["det"] = (d.xyxy, d.scores, d.labels)
     if p.skeleton or len(p):
-        body["pose"] = (p.keypoints, p.scores, p.boxes, p.instance_scores, p.track_ids,
-                        p.skeleton, p.predicted)
+        body["pose"] = (
+            p.keypoints,
+            p.scores,
+            p.boxes,
+            p.instance_scores,
+            p.track_ids,
+            p.skeleton,
+            p.predicted,
+        )
     return pack(body)
 
 
@@ -244,14 +258,22 @@ def decode(data: bytes | memoryview) -> tuple[Frame, ShmRef | None]:
     except Exception as exc:
         raise WireError(f"malformed frame message ({len(data)} bytes): {exc}") from exc
     if version != WIRE_VERSION:
-        raise WireError(f"frame message has schema version {version}, this posegraph speaks "
-                        f"{WIRE_VERSION}: run the same posegraph version on both ends")
+        raise WireError(
+            f"frame message has schema version {version}, this posegraph speaks "
+            f"{WIRE_VERSION}: run the same posegraph version on both ends"
+        )
     img = body["img"]
     ref = img if isinstance(img, ShmRef) else None
     frame = Frame(
-        stream=body["s"], index=body["i"], pts=body["pts"], captured_at=body["cap"],
-        deadline=body["dl"], image=None if ref is not None else img, meta=body["meta"],
-        trace=[tuple(t) for t in body["tr"]], event=body["ev"],
+        stream=body["s"],
+        index=body["i"],
+        pts=body["pts"],
+        captured_at=body["cap"],
+        deadline=body["dl"],
+        image=None if ref is not None else img,
+        meta=body["meta"],
+        trace=[tuple(t) for t in body["tr"]],
+        event=body["ev"],
     )
     if "det" in body:
         frame.detections = Detections(*body["det"])
@@ -281,13 +303,15 @@ def to_message(frame: Frame, now: float) -> dict[str, Any]:
     people = []
     for n in range(len(p)):
         kpts = np.concatenate([p.keypoints[n], p.scores[n][:, None]], axis=1)
-        people.append({
-            "track_id": int(p.track_ids[n]),
-            "box": [round(float(v), 2) for v in p.boxes[n]],
-            "score": round(float(p.instance_scores[n]), 4),
-            "keypoints": np.round(kpts.astype(np.float64), 3).tolist(),
-            "predicted": bool(p.predicted[n]),
-        })
+        people.append(
+            {
+                "track_id": int(p.track_ids[n]),
+                "box": [round(float(v), 2) for v in p.boxes[n]],
+                "score": round(float(p.instance_scores[n]), 4),
+                "keypoints": np.round(kpts.astype(np.float64), 3).tolist(),
+                "predicted": bool(p.predicted[n]),
+            }
+        )
     return {
         "v": MESSAGE_VERSION,
         "stream": frame.stream,

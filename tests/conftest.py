@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-def write_video(path: Path, frames: int = 40, size: tuple[int, int] = (160, 120),
-                fps: int = 25) -> Path:
+def write_video(
+    path: Path, frames: int = 40, size: tuple[int, int] = (160, 120), fps: int = 25
+) -> Path:
     """An H.264 MP4 whose frame n shows a bar at a position that encodes n."""
     import av
 
@@ -35,7 +36,7 @@ def write_video(path: Path, frames: int = 40, size: tuple[int, int] = (160, 120)
         for n in range(frames):
             img = np.full((h, w, 3), 40, np.uint8)
             x = (n * 7) % (w - 8)
-            img[:, x:x + 8] = (0, 200, 255)
+            img[:, x : x + 8] = (0, 200, 255)
             for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
                 container.mux(packet)
         for packet in stream.encode():
@@ -67,8 +68,14 @@ class Run:
         self.mark = uuid.uuid4().hex
         environ = {**os.environ, "POSEGRAPH_TEST_MARK": self.mark, **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "posegraph.cli", *args], cwd=cwd, env=environ,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+            [sys.executable, "-m", "posegraph.cli", *args],
+            cwd=cwd,
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
 
     def wait(self, timeout: float = 60) -> tuple[int, str, str]:
         try:

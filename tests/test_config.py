@@ -23,7 +23,9 @@ def problems(tmp_path, text: str) -> list[str]:
 
 
 def test_valid_pipeline_loads(tmp_path):
-    g = load_text(tmp_path, """
+    g = load_text(
+        tmp_path,
+        """
         pipeline: ok
         latency_budget_ms: 150
         nodes:
@@ -35,23 +37,29 @@ def test_valid_pipeline_loads(tmp_path):
             from: cam
             queue: {capacity: 2, policy: latest}
             with: {path: out.jsonl}
-    """)
+    """,
+    )
     assert g.name == "ok" and g.order() == ["cam", "out"]
     assert g.policy("out") == "latest" and g.latency_budget == pytest.approx(0.15)
 
 
 def test_unknown_type_names_the_nearest(tmp_path):
-    (p,) = problems(tmp_path, """
+    (p,) = problems(
+        tmp_path,
+        """
         nodes:
           - name: cam
             type: source.vidoe
             with: {uri: x.mp4}
-    """)
+    """,
+    )
     assert "p.yaml:4:" in p and "source.video" in p and "unknown node type" in p
 
 
 def test_unknown_param_missing_param_and_wrong_type(tmp_path):
-    found = problems(tmp_path, """
+    found = problems(
+        tmp_path,
+        """
         nodes:
           - name: cam
             type: source.synthetic
@@ -61,7 +69,8 @@ def test_unknown_param_missing_param_and_wrong_type(tmp_path):
           - name: out
             type: sink.jsonl
             from: cam
-    """)
+    """,
+    )
     text = "\n".join(found)
     assert "p.yaml:6:" in text and "unknown parameter 'widht'" in text and "width" in text
     assert "p.yaml:7:" in text and "'fps' must be number" in text
@@ -69,7 +78,10 @@ def test_unknown_param_missing_param_and_wrong_type(tmp_path):
 
 
 def test_missing_and_unknown_input(tmp_path):
-    found = "\n".join(problems(tmp_path, """
+    found = "\n".join(
+        problems(
+            tmp_path,
+            """
         nodes:
           - name: cam
             type: source.synthetic
@@ -78,13 +90,18 @@ def test_missing_and_unknown_input(tmp_path):
           - name: out
             type: sink.null
             from: cma
-    """))
+    """,
+        )
+    )
     assert "p.yaml:5:" in found and "'mid' (util.passthrough) has no input" in found
     assert "p.yaml:9:" in found and "unknown node 'cma'" in found and "did you mean cam" in found
 
 
 def test_cycle_and_duplicate(tmp_path):
-    found = "\n".join(problems(tmp_path, """
+    found = "\n".join(
+        problems(
+            tmp_path,
+            """
         nodes:
           - name: cam
             type: source.synthetic
@@ -97,30 +114,40 @@ def test_cycle_and_duplicate(tmp_path):
           - name: b
             type: sink.null
             from: a
-    """))
+    """,
+        )
+    )
     assert "cycle" in found and ("a <- b <- a" in found or "b <- a <- b" in found)
     assert "p.yaml:11:" in found and "duplicate node name 'b'" in found
 
 
 def test_yaml_syntax_error_has_a_line(tmp_path):
-    (p,) = problems(tmp_path, """
+    (p,) = problems(
+        tmp_path,
+        """
         nodes:
           - name: cam
             type: source.synthetic
             with: {width: 64
           - name: out
-    """)
+    """,
+    )
     assert p.startswith(str(tmp_path / "p.yaml") + ":")
 
 
 def test_unknown_keys(tmp_path):
-    found = "\n".join(problems(tmp_path, """
+    found = "\n".join(
+        problems(
+            tmp_path,
+            """
         pipline: x
         nodes:
           - name: cam
             type: source.synthetic
             wiht: {}
-    """))
+    """,
+        )
+    )
     assert "p.yaml:2:" in found and "did you mean 'pipeline'" in found
     assert "p.yaml:6:" in found and "did you mean 'with'" in found
 
@@ -128,7 +155,9 @@ def test_unknown_keys(tmp_path):
 def test_env_interpolation_and_overrides(tmp_path, monkeypatch):
     monkeypatch.setenv("CAM_FPS", "12.5")
     monkeypatch.delenv("OUT_PATH", raising=False)
-    g = load_text(tmp_path, """
+    g = load_text(
+        tmp_path,
+        """
         nodes:
           - name: cam
             type: source.synthetic
@@ -137,29 +166,38 @@ def test_env_interpolation_and_overrides(tmp_path, monkeypatch):
             type: sink.jsonl
             from: cam
             with: {path: "${OUT_PATH:-runs}/out.jsonl"}
-    """, overrides=["cam.height=32", "out.events=false"])
+    """,
+        overrides=["cam.height=32", "out.events=false"],
+    )
     assert g.nodes["cam"].params == {"fps": 12.5, "width": 80, "height": 32}
     assert g.nodes["out"].params == {"path": "runs/out.jsonl", "events": False}
 
 
 def test_unset_env_is_an_error_with_a_line(tmp_path, monkeypatch):
     monkeypatch.delenv("NO_SUCH_VAR", raising=False)
-    (p,) = problems(tmp_path, """
+    (p,) = problems(
+        tmp_path,
+        """
         nodes:
           - name: cam
             type: source.video
             with: {uri: "${NO_SUCH_VAR}"}
-    """)
+    """,
+    )
     assert "p.yaml:5:" in p and "NO_SUCH_VAR is not set" in p
 
 
 def test_override_of_unknown_node(tmp_path):
     with pytest.raises(GraphError, match="no node 'cma'; did you mean cam"):
-        load_text(tmp_path, """
+        load_text(
+            tmp_path,
+            """
             nodes:
               - name: cam
                 type: source.synthetic
-        """, overrides=["cma.fps=3"])
+        """,
+            overrides=["cma.fps=3"],
+        )
 
 
 def test_python_graph_and_custom_node_type():

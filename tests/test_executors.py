@@ -38,13 +38,24 @@ def test_block_delivers_every_frame_once_in_order(tmp_path, video, executor):
 
 def test_latest_drops_and_announces_gaps(tmp_path, posegraph):
     out = tmp_path / "out.jsonl"
-    write_pipeline(tmp_path / "p.yaml", [
-        {"name": "cam", "type": "source.synthetic",
-         "with": {"width": 64, "height": 48, "fps": 100, "frames": 100, "realtime": True}},
-        {"name": "slow", "type": "util.passthrough", "from": "cam",
-         "queue": {"capacity": 1, "policy": "latest"}, "with": {"delay_ms": 40}},
-        {"name": "out", "type": "sink.jsonl", "from": "slow", "with": {"path": str(out)}},
-    ])
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 64, "height": 48, "fps": 100, "frames": 100, "realtime": True},
+            },
+            {
+                "name": "slow",
+                "type": "util.passthrough",
+                "from": "cam",
+                "queue": {"capacity": 1, "policy": "latest"},
+                "with": {"delay_ms": 40},
+            },
+            {"name": "out", "type": "sink.jsonl", "from": "slow", "with": {"path": str(out)}},
+        ],
+    )
     code, stdout, stderr = posegraph("run", "p.yaml", "--json").wait()
     assert code == 0, stderr
     frames, events = frames_and_events(read_jsonl(out))
@@ -60,13 +71,24 @@ def test_latest_drops_and_announces_gaps(tmp_path, posegraph):
 
 def test_replicas_are_merged_back_in_order(tmp_path, posegraph):
     out = tmp_path / "out.jsonl"
-    write_pipeline(tmp_path / "p.yaml", [
-        {"name": "cam", "type": "source.synthetic",
-         "with": {"width": 64, "height": 48, "frames": 60}},
-        {"name": "work", "type": "util.passthrough", "from": "cam", "replicas": 3,
-         "with": {"jitter_ms": 15}},
-        {"name": "out", "type": "sink.jsonl", "from": "work", "with": {"path": str(out)}},
-    ])
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 64, "height": 48, "frames": 60},
+            },
+            {
+                "name": "work",
+                "type": "util.passthrough",
+                "from": "cam",
+                "replicas": 3,
+                "with": {"jitter_ms": 15},
+            },
+            {"name": "out", "type": "sink.jsonl", "from": "work", "with": {"path": str(out)}},
+        ],
+    )
     code, _, stderr = posegraph("run", "p.yaml").wait()
     assert code == 0, stderr
     frames, events = frames_and_events(read_jsonl(out))
@@ -76,12 +98,18 @@ def test_replicas_are_merged_back_in_order(tmp_path, posegraph):
 
 def test_kill_9_restarts_the_node_and_announces_the_gap(tmp_path, posegraph):
     out = tmp_path / "out.jsonl"
-    write_pipeline(tmp_path / "p.yaml", [
-        {"name": "cam", "type": "source.synthetic",
-         "with": {"width": 64, "height": 48, "fps": 50, "frames": 200, "realtime": True}},
-        {"name": "mid", "type": "util.passthrough", "from": "cam", "with": {"delay_ms": 5}},
-        {"name": "out", "type": "sink.jsonl", "from": "mid", "with": {"path": str(out)}},
-    ])
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 64, "height": 48, "fps": 50, "frames": 200, "realtime": True},
+            },
+            {"name": "mid", "type": "util.passthrough", "from": "cam", "with": {"delay_ms": 5}},
+            {"name": "out", "type": "sink.jsonl", "from": "mid", "with": {"path": str(out)}},
+        ],
+    )
     run = posegraph("run", "p.yaml", "--json")
     wait_for(lambda: len(read_jsonl(out)) > 30, 20, "frames to reach the sink")
     victim = run.workers()["pg:mid"]
@@ -102,13 +130,19 @@ def test_kill_9_restarts_the_node_and_announces_the_gap(tmp_path, posegraph):
 
 def test_sigint_stops_every_process_and_cleans_shared_memory(tmp_path, posegraph):
     out = tmp_path / "out.jsonl"
-    write_pipeline(tmp_path / "p.yaml", [
-        {"name": "cam", "type": "source.synthetic",
-         "with": {"width": 320, "height": 240, "fps": 30, "realtime": True}},
-        {"name": "mid", "type": "util.passthrough", "from": "cam"},
-        {"name": "out", "type": "sink.jsonl", "from": "mid", "with": {"path": str(out)}},
-        {"name": "n", "type": "sink.null", "from": "cam"},
-    ])
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 320, "height": 240, "fps": 30, "realtime": True},
+            },
+            {"name": "mid", "type": "util.passthrough", "from": "cam"},
+            {"name": "out", "type": "sink.jsonl", "from": "mid", "with": {"path": str(out)}},
+            {"name": "n", "type": "sink.null", "from": "cam"},
+        ],
+    )
     run = posegraph("run", "p.yaml")
     wait_for(lambda: len(read_jsonl(out)) > 10, 20, "frames to reach the sink")
     assert len(run.workers()) == 4
@@ -123,10 +157,13 @@ def test_sigint_stops_every_process_and_cleans_shared_memory(tmp_path, posegraph
 
 
 def test_duration_limit(tmp_path, posegraph):
-    write_pipeline(tmp_path / "p.yaml", [
-        {"name": "cam", "type": "source.synthetic", "with": {"fps": 20, "realtime": True}},
-        {"name": "n", "type": "sink.null", "from": "cam"},
-    ])
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {"name": "cam", "type": "source.synthetic", "with": {"fps": 20, "realtime": True}},
+            {"name": "n", "type": "sink.null", "from": "cam"},
+        ],
+    )
     t0 = time.monotonic()
     code, _, stderr = posegraph("run", "p.yaml", "--duration", "1.5").wait()
     assert code == 0, stderr

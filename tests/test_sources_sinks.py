@@ -33,8 +33,10 @@ def free_port() -> int:
 def _gst_available() -> bool:
     if not os.path.exists(SYSTEM_PYTHON):
         return False
-    probe = ("import gi; gi.require_version('GstRtspServer', '1.0'); "
-             "from gi.repository import GstRtspServer")
+    probe = (
+        "import gi; gi.require_version('GstRtspServer', '1.0'); "
+        "from gi.repository import GstRtspServer"
+    )
     return subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True).returncode == 0
 
 
@@ -46,7 +48,10 @@ class RtspServer:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [SYSTEM_PYTHON, str(ROOT / "tests" / "helpers" / "rtsp_server.py"), str(self.port)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         line = self.proc.stdout.readline()
         assert line.strip() == "ready", self.proc.stderr.read()
 
@@ -60,8 +65,10 @@ class RtspServer:
 @pytest.fixture
 def rtsp_server():
     if not _gst_available():
-        pytest.skip("GStreamer's RTSP server (python3-gi, gir1.2-gst-rtsp-server-1.0) is not "
-                    "installed; .ci/run installs it")
+        pytest.skip(
+            "GStreamer's RTSP server (python3-gi, gir1.2-gst-rtsp-server-1.0) is not "
+            "installed; .ci/run installs it"
+        )
     server = RtspServer(free_port())
     server.start()
     yield server
@@ -71,17 +78,29 @@ def rtsp_server():
 def test_rtsp_reconnects_after_the_server_comes_back(tmp_path, posegraph, rtsp_server):
     out = tmp_path / "out.jsonl"
     uri = f"rtsp://127.0.0.1:{rtsp_server.port}/test"
-    write_pipeline(tmp_path / "p.yaml", [
-        {"name": "cam", "type": "source.rtsp",
-         "with": {"uri": uri, "stall_timeout": 2.0, "open_timeout": 2.0, "backoff": 0.5,
-                  "backoff_max": 1.0}},
-        {"name": "out", "type": "sink.jsonl", "from": "cam", "with": {"path": str(out)}},
-    ])
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.rtsp",
+                "with": {
+                    "uri": uri,
+                    "stall_timeout": 2.0,
+                    "open_timeout": 2.0,
+                    "backoff": 0.5,
+                    "backoff_max": 1.0,
+                },
+            },
+            {"name": "out", "type": "sink.jsonl", "from": "cam", "with": {"path": str(out)}},
+        ],
+    )
     run = posegraph("run", "p.yaml", "--json")
     wait_for(lambda: len(read_jsonl(out)) > 10, 30, "frames from the RTSP server")
     rtsp_server.stop()
-    wait_for(lambda: any(m.get("event") == "source_down" for m in read_jsonl(out)), 20,
-             "source_down")
+    wait_for(
+        lambda: any(m.get("event") == "source_down" for m in read_jsonl(out)), 20, "source_down"
+    )
     time.sleep(2)
     assert run.proc.poll() is None, "the pipeline must keep running while the camera is away"
     rtsp_server.start()
@@ -89,7 +108,7 @@ def test_rtsp_reconnects_after_the_server_comes_back(tmp_path, posegraph, rtsp_s
     def frames_after_up():
         msgs = read_jsonl(out)
         ups = [i for i, m in enumerate(msgs) if m.get("event") == "source_up"]
-        return ups and sum("event" not in m for m in msgs[ups[0]:]) > 5
+        return ups and sum("event" not in m for m in msgs[ups[0] :]) > 5
 
     wait_for(frames_after_up, 40, "frames after source_up")
     run.signal(signal.SIGINT)
@@ -106,12 +125,22 @@ def test_rtsp_reconnects_after_the_server_comes_back(tmp_path, posegraph, rtsp_s
 
 def test_unreachable_rtsp_keeps_retrying_and_says_so(tmp_path, posegraph):
     out = tmp_path / "out.jsonl"
-    write_pipeline(tmp_path / "p.yaml", [
-        {"name": "cam", "type": "source.rtsp",
-         "with": {"uri": f"rtsp://127.0.0.1:{free_port()}/none", "open_timeout": 1.0,
-                  "backoff": 0.3, "backoff_max": 0.5}},
-        {"name": "out", "type": "sink.jsonl", "from": "cam", "with": {"path": str(out)}},
-    ])
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.rtsp",
+                "with": {
+                    "uri": f"rtsp://127.0.0.1:{free_port()}/none",
+                    "open_timeout": 1.0,
+                    "backoff": 0.3,
+                    "backoff_max": 0.5,
+                },
+            },
+            {"name": "out", "type": "sink.jsonl", "from": "cam", "with": {"path": str(out)}},
+        ],
+    )
     code, _, stderr = posegraph("run", "p.yaml", "--duration", "3").wait()
     assert code == 0, stderr
     assert "source cam: cannot read rtsp://127.0.0.1" in stderr and "retrying in" in stderr
@@ -144,15 +173,26 @@ SUBSCRIBER = textwrap.dedent("""
 def test_zmq_sink_reaches_an_independent_subscriber(tmp_path, posegraph, kind):
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    sub = subprocess.Popen([sys.executable, "-c", SUBSCRIBER, address, kind],
-                           stdout=subprocess.PIPE, text=True)
+    sub = subprocess.Popen(
+        [sys.executable, "-c", SUBSCRIBER, address, kind], stdout=subprocess.PIPE, text=True
+    )
     assert sub.stdout.readline().strip() == "ready"
-    write_pipeline(tmp_path / "p.yaml", [
-        {"name": "cam", "type": "source.synthetic",
-         "with": {"width": 64, "height": 48, "fps": 50, "frames": 60, "realtime": True}},
-        {"name": "pub", "type": "sink.zmq", "from": "cam",
-         "with": {"address": address, "socket": kind}},
-    ])
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 64, "height": 48, "fps": 50, "frames": 60, "realtime": True},
+            },
+            {
+                "name": "pub",
+                "type": "sink.zmq",
+                "from": "cam",
+                "with": {"address": address, "socket": kind},
+            },
+        ],
+    )
     code, _, stderr = posegraph("run", "p.yaml").wait()
     assert code == 0, stderr
     got = json.loads(sub.communicate(timeout=30)[0])
@@ -164,8 +204,7 @@ def test_zmq_sink_reaches_an_independent_subscriber(tmp_path, posegraph, kind):
     if kind == "push" and len(frames) < 60:
         assert "messages dropped: no peer" in stderr
     assert [m["index"] for m in frames] == sorted(m["index"] for m in frames)
-    assert set(frames[0]) >= {"v", "stream", "index", "pts", "captured_at", "latency_ms",
-                              "people"}
+    assert set(frames[0]) >= {"v", "stream", "index", "pts", "captured_at", "latency_ms", "people"}
 
 
 def test_video_sink_writes_a_playable_mp4(tmp_path, video):
@@ -220,10 +259,13 @@ def _one_error_line(stderr: str) -> str:
 
 
 def test_missing_file(tmp_path, posegraph):
-    write_pipeline(tmp_path / "p.yaml", [
-        {"name": "cam", "type": "source.video", "with": {"uri": "nowhere/clip.mp4"}},
-        {"name": "out", "type": "sink.null", "from": "cam"},
-    ])
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {"name": "cam", "type": "source.video", "with": {"uri": "nowhere/clip.mp4"}},
+            {"name": "out", "type": "sink.null", "from": "cam"},
+        ],
+    )
     code, _, stderr = posegraph("run", "p.yaml").wait()
     line = _one_error_line(stderr)
     assert code == 2 and "node 'cam'" in line and "video file not found: nowhere/clip.mp4" in line
@@ -234,30 +276,39 @@ def test_corrupt_video(tmp_path, posegraph, video, damage):
     bad = tmp_path / "bad.mp4"
     data = video.read_bytes()
     bad.write_bytes(data[: len(data) // 3] if damage == "truncated" else os.urandom(4000))
-    write_pipeline(tmp_path / "p.yaml", [
-        {"name": "cam", "type": "source.video", "with": {"uri": str(bad)}},
-        {"name": "out", "type": "sink.null", "from": "cam"},
-    ])
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {"name": "cam", "type": "source.video", "with": {"uri": str(bad)}},
+            {"name": "out", "type": "sink.null", "from": "cam"},
+        ],
+    )
     code, _, stderr = posegraph("run", "p.yaml").wait()
     line = _one_error_line(stderr)
     assert code == 2 and "node 'cam'" in line and "cannot decode" in line and "ffprobe" in line
 
 
 def test_camera_that_does_not_exist(tmp_path, posegraph):
-    write_pipeline(tmp_path / "p.yaml", [
-        {"name": "cam", "type": "source.camera", "with": {"device": "/dev/video97"}},
-        {"name": "out", "type": "sink.null", "from": "cam"},
-    ])
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {"name": "cam", "type": "source.camera", "with": {"device": "/dev/video97"}},
+            {"name": "out", "type": "sink.null", "from": "cam"},
+        ],
+    )
     code, _, stderr = posegraph("run", "p.yaml").wait()
     line = _one_error_line(stderr)
     assert code == 2 and "node 'cam'" in line and "'/dev/video97' does not exist" in line
 
 
 def test_yaml_typo(tmp_path, posegraph):
-    write_pipeline(tmp_path / "p.yaml", [
-        {"name": "cam", "type": "source.synthetic"},
-        {"name": "out", "type": "sink.nul", "from": "cam"},
-    ])
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {"name": "cam", "type": "source.synthetic"},
+            {"name": "out", "type": "sink.nul", "from": "cam"},
+        ],
+    )
     code, _, stderr = posegraph("run", "p.yaml").wait()
     line = _one_error_line(stderr)
     assert code == 2 and "p.yaml:6:" in line and "did you mean sink.null" in line

@@ -24,12 +24,24 @@ from posegraph.runtime.shm import FramePlane, unlink_run
 def sample_frame() -> Frame:
     rng = np.random.default_rng(0)
     return Frame(
-        stream="cam1", index=1234, pts=41.13, captured_at=1763700000.12, deadline=1763700000.27,
+        stream="cam1",
+        index=1234,
+        pts=41.13,
+        captured_at=1763700000.12,
+        deadline=1763700000.27,
         image=rng.integers(0, 255, (48, 64, 3), dtype=np.uint8),
         detections=Detections(rng.random((2, 4)) * 60, [0.9, 0.8], [0, 0]),
-        poses=Poses(rng.random((2, 17, 2)) * 60, rng.random((2, 17)), rng.random((2, 4)) * 60,
-                    [0.93, 0.7], [7, -1], "coco17", [False, True]),
-        meta={"file": "a.jpg"}, trace=[("cam", 1.0, 2.0)],
+        poses=Poses(
+            rng.random((2, 17, 2)) * 60,
+            rng.random((2, 17)),
+            rng.random((2, 4)) * 60,
+            [0.93, 0.7],
+            [7, -1],
+            "coco17",
+            [False, True],
+        ),
+        meta={"file": "a.jpg"},
+        trace=[("cam", 1.0, 2.0)],
     )
 
 
@@ -37,8 +49,13 @@ def test_round_trip_inline():
     f = sample_frame()
     g, ref = decode(encode(f))
     assert ref is None
-    assert (g.stream, g.index, g.pts, g.captured_at, g.deadline) == \
-        (f.stream, f.index, f.pts, f.captured_at, f.deadline)
+    assert (g.stream, g.index, g.pts, g.captured_at, g.deadline) == (
+        f.stream,
+        f.index,
+        f.pts,
+        f.captured_at,
+        f.deadline,
+    )
     np.testing.assert_array_equal(g.image, f.image)
     np.testing.assert_array_equal(g.detections.xyxy, f.detections.xyxy)
     np.testing.assert_array_equal(g.poses.keypoints, f.poses.keypoints)
@@ -64,17 +81,32 @@ def test_schema_version_and_garbage_are_rejected():
 
 def test_published_message_matches_the_schema():
     msg = to_message(sample_frame(), now=1763700000.1831)
-    assert set(msg) == {"v", "stream", "index", "pts", "captured_at", "latency_ms", "skeleton",
-                        "people"}
+    assert set(msg) == {
+        "v",
+        "stream",
+        "index",
+        "pts",
+        "captured_at",
+        "latency_ms",
+        "skeleton",
+        "people",
+    }
     assert msg["v"] == 1 and msg["latency_ms"] == pytest.approx(63.1)
     person = msg["people"][0]
     assert set(person) == {"track_id", "box", "score", "keypoints", "predicted"}
     assert person["track_id"] == 7 and len(person["keypoints"]) == 17
     assert len(person["keypoints"][0]) == 3
-    assert to_message(Frame.make_event("cam1", "gap", 3, count=12), 0) == \
-        {"v": 1, "stream": "cam1", "event": "gap", "count": 12}
-    assert to_message(Frame.make_event("cam1", "eos", 3), 0) == \
-        {"v": 1, "stream": "cam1", "event": "eos"}
+    assert to_message(Frame.make_event("cam1", "gap", 3, count=12), 0) == {
+        "v": 1,
+        "stream": "cam1",
+        "event": "gap",
+        "count": 12,
+    }
+    assert to_message(Frame.make_event("cam1", "eos", 3), 0) == {
+        "v": 1,
+        "stream": "cam1",
+        "event": "eos",
+    }
 
 
 def test_frame_plane_reference_counting():

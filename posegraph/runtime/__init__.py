@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,9 +40,14 @@ def _signals(on_signal: Callable[[], None]) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def run(graph: Graph, executor: str = "procs", max_frames: int | None = None,
-        duration: float | None = None, on_tick: Callable[[Metrics], None] | None = None,
-        log_level: int | None = None) -> dict[str, Any]:
+def run(
+    graph: Graph,
+    executor: str = "procs",
+    max_frames: int | None = None,
+    duration: float | None = None,
+    on_tick: Callable[[Metrics], None] | None = None,
+    log_level: int | None = None,
+) -> dict[str, Any]:
     """Run a graph until its sources end, ``max_frames`` per source, or ``duration`` seconds.
 
     Returns the metrics summary; raises PipelineError when a node stops the pipeline.
@@ -70,8 +75,9 @@ def run(graph: Graph, executor: str = "procs", max_frames: int | None = None,
     return metrics.summary()
 
 
-def _run_inproc(plan: Plan, metrics: Metrics, duration: float | None,
-                tick: Callable[[], None] | None) -> None:
+def _run_inproc(
+    plan: Plan, metrics: Metrics, duration: float | None, tick: Callable[[], None] | None
+) -> None:
     from posegraph.runtime.worker import FatalNodeError, Worker
 
     worker = Worker(plan, "main")
@@ -106,8 +112,10 @@ def _run_inproc(plan: Plan, metrics: Metrics, duration: float | None,
                 if worker.stop.is_set() and stop_requests is not None:
                     stop_at = stop_requests[0] if stop_requests else now
                     if now - stop_at > plan.options.drain_timeout_s:
-                        log.warning("pipeline did not drain within %.0f s; stopping",
-                                    plan.options.drain_timeout_s)
+                        log.warning(
+                            "pipeline did not drain within %.0f s; stopping",
+                            plan.options.drain_timeout_s,
+                        )
                         break
                 if now >= next_tick:
                     metrics.update(worker.metrics())

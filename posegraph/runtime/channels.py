@@ -69,7 +69,9 @@ class Inbox:
                     if any(f.stream == item.stream and f.event is None for f in self._q):
                         keep = deque()
                         for f in self._q:
-                            (dropped if f.event is None and f.stream == item.stream else keep).append(f)
+                            (
+                                dropped if f.event is None and f.stream == item.stream else keep
+                            ).append(f)
                         self._q = keep
                     while self._frames - len(dropped) >= self.capacity:
                         dropped.append(self._pop_oldest_frame())
@@ -135,8 +137,13 @@ class Reorder:
     skipped with a ``gap`` event of its own.
     """
 
-    def __init__(self, instances: int, timeout: float, on_late: Callable[[Frame], None],
-                 make_gap: Callable[[str, int, int], Frame]):
+    def __init__(
+        self,
+        instances: int,
+        timeout: float,
+        on_late: Callable[[Frame], None],
+        make_gap: Callable[[str, int, int], Frame],
+    ):
         self.instances = instances
         self.timeout = timeout
         self.on_late = on_late
@@ -207,12 +214,19 @@ class Reorder:
 class Entry:
     """The way into one node instance: merges replicated producers, then the inbox."""
 
-    def __init__(self, inbox: Inbox, replicated: dict[str, int], reorder_timeout: float,
-                 on_late: Callable[[Frame], None], make_gap: Callable[[str, int, int], Frame]):
+    def __init__(
+        self,
+        inbox: Inbox,
+        replicated: dict[str, int],
+        reorder_timeout: float,
+        on_late: Callable[[Frame], None],
+        make_gap: Callable[[str, int, int], Frame],
+    ):
         self.inbox = inbox
         self._lock = threading.Lock()
-        self._reorders = {src: Reorder(n, reorder_timeout, on_late, make_gap)
-                          for src, n in replicated.items()}
+        self._reorders = {
+            src: Reorder(n, reorder_timeout, on_late, make_gap) for src, n in replicated.items()
+        }
 
     def put(self, src: str, item: Frame, stop: threading.Event | None = None) -> bool:
         reorder = self._reorders.get(src)
@@ -251,8 +265,14 @@ class Endpoint:
     def ready(self) -> bool:
         raise NotImplementedError
 
-    def send(self, src: str, frame: Frame, payload: Callable[[], bytes], block: bool,
-             stop: threading.Event) -> bool:
+    def send(
+        self,
+        src: str,
+        frame: Frame,
+        payload: Callable[[], bytes],
+        block: bool,
+        stop: threading.Event,
+    ) -> bool:
         raise NotImplementedError
 
     def close(self, linger_ms: int = 0) -> None:
@@ -333,8 +353,9 @@ class Outlet:
     def targets(self, frame: Frame) -> int:
         return len(self.endpoints) if frame.event is not None else 1
 
-    def send(self, src: str, frame: Frame, payload: Callable[[], bytes],
-             stop: threading.Event) -> int:
+    def send(
+        self, src: str, frame: Frame, payload: Callable[[], bytes], stop: threading.Event
+    ) -> int:
         """Send; returns how many copies were delivered (the rest were dropped)."""
         if frame.event is not None:
             return sum(ep.send(src, frame, payload, True, stop) for ep in self.endpoints)

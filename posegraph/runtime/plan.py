@@ -32,8 +32,8 @@ class InstanceSpec:
     address: str
     is_source: bool
     is_sink: bool
-    streams: list[str]                # streams that pass through this node
-    eos_expected: dict[str, int]      # stream -> upstream nodes that carry it
+    streams: list[str]  # streams that pass through this node
+    eos_expected: dict[str, int]  # stream -> upstream nodes that carry it
     replicated_inputs: dict[str, int]  # upstream node -> its replica count
     remote_inputs: bool = False
     outputs: list[OutputSpec] = field(default_factory=list)
@@ -95,21 +95,33 @@ def build_plan(graph: Graph, executor: str, max_frames: int | None = None) -> Pl
     instances: dict[str, list[InstanceSpec]] = {}
     for name in graph.order():
         spec = graph.nodes[name]
-        group_of = (lambda r, s=spec: "main") if executor == "inproc" else (
-            lambda r, s=spec: s.process or (s.name if s.replicas == 1 else f"{s.name}.{r}"))
+        group_of = (
+            (lambda r, s=spec: "main")
+            if executor == "inproc"
+            else (lambda r, s=spec: s.process or (s.name if s.replicas == 1 else f"{s.name}.{r}"))
+        )
         eos_expected: dict[str, int] = {}
         for src in spec.inputs:
             for st in streams[src]:
                 eos_expected[st] = eos_expected.get(st, 0) + 1
         instances[name] = [
             InstanceSpec(
-                node=name, replica=r, replicas=spec.replicas, type=spec.type,
-                params=dict(spec.params), group=group_of(r), policy=graph.policy(name),
-                capacity=spec.queue.capacity, address=address(name, r),
-                is_source=issubclass(spec.cls, Source), is_sink=issubclass(spec.cls, Sink),
-                streams=sorted(streams[name]), eos_expected=eos_expected,
-                replicated_inputs={s: graph.nodes[s].replicas for s in spec.inputs
-                                   if graph.nodes[s].replicas > 1},
+                node=name,
+                replica=r,
+                replicas=spec.replicas,
+                type=spec.type,
+                params=dict(spec.params),
+                group=group_of(r),
+                policy=graph.policy(name),
+                capacity=spec.queue.capacity,
+                address=address(name, r),
+                is_source=issubclass(spec.cls, Source),
+                is_sink=issubclass(spec.cls, Sink),
+                streams=sorted(streams[name]),
+                eos_expected=eos_expected,
+                replicated_inputs={
+                    s: graph.nodes[s].replicas for s in spec.inputs if graph.nodes[s].replicas > 1
+                },
             )
             for r in range(spec.replicas)
         ]
@@ -117,8 +129,9 @@ def build_plan(graph: Graph, executor: str, max_frames: int | None = None) -> Pl
         for inst in insts:
             for consumer in graph.consumers(name):
                 targets = [(c.group, c.address) for c in instances[consumer]]
-                inst.outputs.append(OutputSpec(consumer, graph.policy(consumer) == "block",
-                                               targets))
+                inst.outputs.append(
+                    OutputSpec(consumer, graph.policy(consumer) == "block", targets)
+                )
                 for c in instances[consumer]:
                     if c.group != inst.group:
                         c.remote_inputs = True
@@ -128,12 +141,18 @@ def build_plan(graph: Graph, executor: str, max_frames: int | None = None) -> Pl
             groups.setdefault(inst.group, []).append(inst)
     base_dir = getattr(graph, "base_dir", None)
     plan = Plan(
-        run_id=run_id, pipeline=graph.name, rundir=rundir, groups=groups,
-        rows={g: i for i, g in enumerate(groups)}, options=opts,
-        latency_budget=graph.latency_budget, max_frames=max_frames,
+        run_id=run_id,
+        pipeline=graph.name,
+        rundir=rundir,
+        groups=groups,
+        rows={g: i for i, g in enumerate(groups)},
+        options=opts,
+        latency_budget=graph.latency_budget,
+        max_frames=max_frames,
         base_dir=str(base_dir) if base_dir else None,
         shm=opts.shm and not tcp and executor != "inproc",
     )
-    plan.control = (f"tcp://127.0.0.1:{_free_port('127.0.0.1')}" if tcp
-                    else f"ipc://{rundir}/control")
+    plan.control = (
+        f"tcp://127.0.0.1:{_free_port('127.0.0.1')}" if tcp else f"ipc://{rundir}/control"
+    )
     return plan

@@ -92,8 +92,15 @@ class FramePlane:
     ``row`` is this process's accounting row, ``rows`` the number of processes.
     """
 
-    def __init__(self, run_id: str, owner: str, row: int, rows: int, slots: int = 32,
-                 reclaim_after: float = 10.0):
+    def __init__(
+        self,
+        run_id: str,
+        owner: str,
+        row: int,
+        rows: int,
+        slots: int = 32,
+        reclaim_after: float = 10.0,
+    ):
         self.run_id = run_id
         self.owner = owner
         self.row = row
@@ -109,8 +116,9 @@ class FramePlane:
 
     # ------------------------------------------------------------------ writer
 
-    def alloc(self, shape: tuple[int, ...], dtype: np.dtype | str = np.uint8
-              ) -> tuple[ShmRef, np.ndarray] | None:
+    def alloc(
+        self, shape: tuple[int, ...], dtype: np.dtype | str = np.uint8
+    ) -> tuple[ShmRef, np.ndarray] | None:
         """A free slot of an own pool for an image to be written into, holding one reference.
 
         Returns the reference and a writeable view; None when no slot is free (the image
@@ -177,8 +185,13 @@ class FramePlane:
             if now - written_at[oldest] > self.reclaim_after:
                 seg.released[self.row, oldest] += int(acquired[oldest] - released[oldest])
                 self.reclaimed += 1
-                log.warning("frame plane: reclaimed slot %d of %s, held for %.0f s (a reader "
-                            "died holding it)", oldest, seg.shm.name, now - written_at[oldest])
+                log.warning(
+                    "frame plane: reclaimed slot %d of %s, held for %.0f s (a reader "
+                    "died holding it)",
+                    oldest,
+                    seg.shm.name,
+                    now - written_at[oldest],
+                )
                 return oldest
             if now > deadline:
                 return None

@@ -162,15 +162,17 @@ class Supervisor:
             m = self.metrics.nodes.get(src)
             if m is not None and m.last_index:
                 resume[src] = max(m.last_index.values()) + 1
-        p.process = self.ctx.Process(target=worker_main, name=f"posegraph:{p.group}",
-                                     args=(self.plan, p.group, resume, self.log_level),
-                                     daemon=False)
+        p.process = self.ctx.Process(
+            target=worker_main,
+            name=f"posegraph:{p.group}",
+            args=(self.plan, p.group, resume, self.log_level),
+            daemon=False,
+        )
         p.process.start()
         p.state = "starting"
         p.started.append(time.monotonic())
 
-    def run(self, duration: float | None = None,
-            on_tick: Callable[[], None] | None = None) -> None:
+    def run(self, duration: float | None = None, on_tick: Callable[[], None] | None = None) -> None:
         plan = self.plan
         os.makedirs(plan.rundir, exist_ok=True)
         zctx = zmq.Context.instance()
@@ -192,8 +194,9 @@ class Supervisor:
     def _send(self, control: zmq.Socket, group: str, kind: str) -> None:
         control.send_multipart([group.encode(), msgpack.packb({"t": kind})])
 
-    def _loop(self, control: zmq.Socket, duration: float | None,
-              on_tick: Callable[[], None] | None) -> None:
+    def _loop(
+        self, control: zmq.Socket, duration: float | None, on_tick: Callable[[], None] | None
+    ) -> None:
         opts = self.plan.options
         running = False
         started_at: float | None = None
@@ -229,10 +232,13 @@ class Supervisor:
                     if p.state != "done":
                         self._send(control, g, "stop")
             if self.abort_requested.is_set() or (
-                    stop_sent_at is not None and now - stop_sent_at > opts.drain_timeout_s):
+                stop_sent_at is not None and now - stop_sent_at > opts.drain_timeout_s
+            ):
                 if not self.abort_requested.is_set():
-                    log.warning("pipeline did not drain within %.0f s; stopping every process",
-                                opts.drain_timeout_s)
+                    log.warning(
+                        "pipeline did not drain within %.0f s; stopping every process",
+                        opts.drain_timeout_s,
+                    )
                 return
             if on_tick is not None and now >= next_tick:
                 on_tick()
@@ -266,8 +272,12 @@ class Supervisor:
             if p.state == "failed" and p.restart_at is not None and now >= p.restart_at:
                 p.restart_at = None
                 self.metrics.restarted(p.nodes)
-                log.warning("restarting %s (failure %d of %d)", p.group, p.failures,
-                            self.plan.options.max_restarts)
+                log.warning(
+                    "restarting %s (failure %d of %d)",
+                    p.group,
+                    p.failures,
+                    self.plan.options.max_restarts,
+                )
                 self._spawn(p)
             return
         if proc.is_alive() or proc.exitcode is None:
@@ -281,12 +291,19 @@ class Supervisor:
         p.failures += 1
         p.state = "failed"
         if p.failures > self.plan.options.max_restarts:
-            self.error = (f"process {p.group!r} (nodes {', '.join(p.nodes)}) failed "
-                          f"{p.failures} times; last: {why}")
+            self.error = (
+                f"process {p.group!r} (nodes {', '.join(p.nodes)}) failed "
+                f"{p.failures} times; last: {why}"
+            )
             return
         delay = min(10.0, 0.25 * 2 ** (p.failures - 1))
-        log.warning("process %s (nodes %s) died: %s; restarting in %.2f s", p.group,
-                    ", ".join(p.nodes), why, delay)
+        log.warning(
+            "process %s (nodes %s) died: %s; restarting in %.2f s",
+            p.group,
+            ", ".join(p.nodes),
+            why,
+            delay,
+        )
         p.last_error = ""
         p.restart_at = now + delay
 

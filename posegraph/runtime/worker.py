@@ -54,10 +54,10 @@ class Stats:
 
     frames_in: int = 0
     frames_out: int = 0
-    dropped: int = 0        # by the input queue policy, or by process() returning None
-    lost: int = 0           # gone in transit (a restarted process, a full socket)
+    dropped: int = 0  # by the input queue policy, or by process() returning None
+    lost: int = 0  # gone in transit (a restarted process, a full socket)
     errors: int = 0
-    gaps: int = 0           # gap events this instance announced
+    gaps: int = 0  # gap events this instance announced
     proc_ms: deque = field(default_factory=lambda: deque(maxlen=SAMPLES_PER_REPORT))
     queue_ms: deque = field(default_factory=lambda: deque(maxlen=SAMPLES_PER_REPORT))
     e2e_ms: deque = field(default_factory=lambda: deque(maxlen=SAMPLES_PER_REPORT))
@@ -70,11 +70,19 @@ class Stats:
 
     def snapshot(self, queue: int) -> dict[str, Any]:
         snap = {
-            "in": self.frames_in, "out": self.frames_out, "dropped": self.dropped,
-            "lost": self.lost, "errors": self.errors, "gaps": self.gaps, "queue": queue,
-            "proc_ms": list(self.proc_ms), "queue_ms": list(self.queue_ms),
-            "e2e_ms": list(self.e2e_ms), "hop_ms": list(self.hop_ms),
-            "last_index": dict(self.last_index), "done": self.done,
+            "in": self.frames_in,
+            "out": self.frames_out,
+            "dropped": self.dropped,
+            "lost": self.lost,
+            "errors": self.errors,
+            "gaps": self.gaps,
+            "queue": queue,
+            "proc_ms": list(self.proc_ms),
+            "queue_ms": list(self.queue_ms),
+            "e2e_ms": list(self.e2e_ms),
+            "hop_ms": list(self.hop_ms),
+            "last_index": dict(self.last_index),
+            "done": self.done,
             "window": (self.first_capture, self.last_delivery),
         }
         for d in (self.proc_ms, self.queue_ms, self.e2e_ms, self.hop_ms):
@@ -90,11 +98,16 @@ class Runner:
         self.spec = spec
         self.name = spec.id
         self.stats = Stats()
-        self.stop = worker.stop        # sources stop taking new frames
-        self.abort = worker.abort      # everything stops now
+        self.stop = worker.stop  # sources stop taking new frames
+        self.abort = worker.abort  # everything stops now
         self.inbox = Inbox(spec.capacity, spec.policy, self._on_drop)
-        self.entry = Entry(self.inbox, spec.replicated_inputs, worker.plan.options.reorder_timeout_s,
-                           self._on_late, self._gap)
+        self.entry = Entry(
+            self.inbox,
+            spec.replicated_inputs,
+            worker.plan.options.reorder_timeout_s,
+            self._on_late,
+            self._gap,
+        )
         self.outlets: list[Outlet] = []
         self.node: Node | None = None
         self.thread: threading.Thread | None = None
@@ -117,10 +130,14 @@ class Runner:
         try:
             self.node = cls(**spec.params)
             ctx = Context(
-                name=spec.node, pipeline=self.worker.plan.pipeline, replica=spec.replica,
-                replicas=spec.replicas, latency_budget=self.worker.plan.latency_budget,
+                name=spec.node,
+                pipeline=self.worker.plan.pipeline,
+                replica=spec.replica,
+                replicas=spec.replicas,
+                latency_budget=self.worker.plan.latency_budget,
                 max_frames=self.worker.plan.max_frames,
-                resume_index=self.worker.resume.get(spec.node, 0), stop_event=self.stop,
+                resume_index=self.worker.resume.get(spec.node, 0),
+                stop_event=self.stop,
                 extra={"base_dir": self.worker.plan.base_dir},
                 alloc=self._alloc if spec.is_source else None,
             )
@@ -135,8 +152,11 @@ class Runner:
             eps = []
             for group, address in out.targets:
                 if group == self.spec.group:
-                    consumer_id = out.consumer if len(out.targets) == 1 else \
-                        f"{out.consumer}.{out.targets.index((group, address))}"
+                    consumer_id = (
+                        out.consumer
+                        if len(out.targets) == 1
+                        else f"{out.consumer}.{out.targets.index((group, address))}"
+                    )
                     eps.append(LocalEndpoint(consumer_id, endpoints[consumer_id]))
                 else:
                     hwm = 2 * max(1, self.spec.capacity) if out.block else 1000
@@ -275,12 +295,21 @@ class Runner:
             self.stats.errors += 1
             self._consecutive_errors += 1
             if self._consecutive_errors == 1 or self.stats.errors % 100 == 0:
-                log.error("node %s failed on %s %d of %s (%d errors so far): %s\n%s", self.name,
-                          arg.event or "frame", arg.index, arg.stream, self.stats.errors, exc,
-                          traceback.format_exc(limit=4))
+                log.error(
+                    "node %s failed on %s %d of %s (%d errors so far): %s\n%s",
+                    self.name,
+                    arg.event or "frame",
+                    arg.index,
+                    arg.stream,
+                    self.stats.errors,
+                    exc,
+                    traceback.format_exc(limit=4),
+                )
             if self._consecutive_errors >= MAX_CONSECUTIVE_ERRORS:
-                raise RuntimeError(f"node {self.name!r} failed on {self._consecutive_errors} "
-                                   f"frames in a row; last error: {exc}") from exc
+                raise RuntimeError(
+                    f"node {self.name!r} failed on {self._consecutive_errors} "
+                    f"frames in a row; last error: {exc}"
+                ) from exc
             return None
         self._consecutive_errors = 0
         return out
@@ -330,8 +359,9 @@ class Runner:
 
     def start(self) -> None:
         target = self._run_source if self.spec.is_source else self._run_node
-        self.thread = threading.Thread(target=self._guard, args=(target,), name=self.name,
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self._guard, args=(target,), name=self.name, daemon=True
+        )
         self.thread.start()
 
     def _guard(self, target: Callable[[], None]) -> None:
@@ -421,8 +451,17 @@ class Worker:
         self.stop = threading.Event()
         self.abort = threading.Event()
         self.failed = threading.Event()
-        self.plane = FramePlane(plan.run_id, group.replace("/", "_"), plan.rows[group],
-                                len(plan.rows), slots=plan.options.shm_slots) if plan.shm else None
+        self.plane = (
+            FramePlane(
+                plan.run_id,
+                group.replace("/", "_"),
+                plan.rows[group],
+                len(plan.rows),
+                slots=plan.options.shm_slots,
+            )
+            if plan.shm
+            else None
+        )
         self.runners = [Runner(self, spec) for spec in plan.groups[group]]
         self.zctx: zmq.Context | None = None
         self._receivers: list[threading.Thread] = []
@@ -460,11 +499,17 @@ class Worker:
         os.makedirs(self.plan.rundir, exist_ok=True)
         entries = {r.name: r.entry for r in self.runners}
         needs_zmq = any(r.spec.remote_inputs for r in self.runners) or any(
-            g != self.group for r in self.runners for o in r.spec.outputs for g, _ in o.targets)
+            g != self.group for r in self.runners for o in r.spec.outputs for g, _ in o.targets
+        )
         if needs_zmq:
             self.zctx = zmq.Context.instance()
-        local_targets = {(o.consumer, i) for r in self.runners for o in r.spec.outputs
-                         for i, (g, _) in enumerate(o.targets) if g == self.group}
+        local_targets = {
+            (o.consumer, i)
+            for r in self.runners
+            for o in r.spec.outputs
+            for i, (g, _) in enumerate(o.targets)
+            if g == self.group
+        }
         for r in self.runners:
             r.connect(entries, self.zctx)
             if not r.spec.remote_inputs:
@@ -474,18 +519,21 @@ class Worker:
             sock.setsockopt(zmq.LINGER, 0)
             sock.bind(r.spec.address)
             self._sockets.append(sock)
-            if (r.spec.policy == "block" and not r.spec.replicated_inputs
-                    and (r.spec.node, r.spec.replica) not in local_targets):
+            if (
+                r.spec.policy == "block"
+                and not r.spec.replicated_inputs
+                and (r.spec.node, r.spec.replica) not in local_targets
+            ):
                 # The node reads its socket itself: one thread hand-off less per frame.
                 # Backpressure comes from the socket's high-water mark.
                 r.socket = sock
             else:
-                t = threading.Thread(target=self._receive, args=(r, sock),
-                                     name=f"{r.name}-recv", daemon=True)
+                t = threading.Thread(
+                    target=self._receive, args=(r, sock), name=f"{r.name}-recv", daemon=True
+                )
                 self._receivers.append(t)
 
-    def read(self, runner: Runner, sock: zmq.Socket, flags: int = 0
-             ) -> tuple[str, Frame] | None:
+    def read(self, runner: Runner, sock: zmq.Socket, flags: int = 0) -> tuple[str, Frame] | None:
         """Take one message off a node's socket: (producing node, frame), None if unusable."""
         src_raw, body = sock.recv_multipart(flags)
         now = time.time()

@@ -27,7 +27,8 @@ def main() -> None:
     factory.set_launch(
         f"( videotestsrc is-live=true pattern=ball ! video/x-raw,width={w},height={h},"
         f"framerate={fps}/1 ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} "
-        "! rtph264pay name=pay0 pt=96 config-interval=1 )")
+        "! rtph264pay name=pay0 pt=96 config-interval=1 )"
+    )
     factory.set_shared(True)
     server.get_mount_points().add_factory("/test", factory)
     if server.attach(None) == 0:
