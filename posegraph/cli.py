@@ -1,4 +1,4 @@
-"""The ``posegraph`` command: run | validate | graph | models | bench | synth | train | eval | export."""
+"""The ``posegraph`` command: run | validate | graph | models | bench | synth."""
 
 from __future__ import annotations
 
@@ -15,9 +15,6 @@ log = logging.getLogger("posegraph")
 DELEGATED = {
     "models": ("posegraph.models.cli", "list the model zoo"),
     "synth": ("training.synth.cli", "generate synthetic people: images, videos, previews"),
-    "train": ("training.cli", "train a model from a config"),
-    "eval": ("training.evaluate", "evaluate a model on COCO-format annotations"),
-    "export": ("training.export", "export a model to ONNX and safetensors"),
 }
 
 
