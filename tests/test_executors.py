@@ -168,3 +168,87 @@ def test_duration_limit(tmp_path, posegraph):
     code, _, stderr = posegraph("run", "p.yaml", "--duration", "1.5").wait()
     assert code == 0, stderr
     assert time.monotonic() - t0 < 15
+
+
+def test_several_streams_share_nodes_and_end_separately(tmp_path, posegraph):
+    out = tmp_path / "out.jsonl"
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam1",
+                "type": "source.synthetic",
+                "with": {"width": 64, "height": 48, "frames": 30},
+            },
+            {
+                "name": "cam2",
+                "type": "source.synthetic",
+                "with": {"width": 80, "height": 60, "frames": 50},
+            },
+            {"name": "mid", "type": "util.passthrough", "from": ["cam1", "cam2"]},
+            {"name": "out", "type": "sink.jsonl", "from": "mid", "with": {"path": str(out)}},
+        ],
+    )
+    code, _, stderr = posegraph("run", "p.yaml").wait()
+    assert code == 0, stderr
+    messages = read_jsonl(out)
+    for stream, n in (("cam1", 30), ("cam2", 50)):
+        mine = [m for m in messages if m["stream"] == stream]
+        assert [m["index"] for m in mine if "event" not in m] == list(range(n))
+        assert [m["event"] for m in mine if "event" in m] == ["eos"]
+
+
+def test_tcp_transport_sends_pixels_inline(tmp_path, posegraph):
+    out = tmp_path / "out.jsonl"
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 64, "height": 48, "frames": 40},
+            },
+            {"name": "mid", "type": "util.passthrough", "from": "cam"},
+            {"name": "out", "type": "sink.jsonl", "from": "mid", "with": {"path": str(out)}},
+        ],
+        runtime={"transport": "tcp"},
+    )
+    before = shm_segments()
+    run = posegraph("run", "p.yaml")
+    wait_for(lambda: run.proc.poll() is not None or shm_segments() - before, 20, "the run")
+    assert shm_segments() == before, "tcp edges must not use shared memory"
+    code, _, stderr = run.wait()
+    assert code == 0, stderr
+    frames, events = frames_and_events(read_jsonl(out))
+    assert [f["index"] for f in frames] == list(range(40)) and events[-1]["event"] == "eos"
+
+
+def test_prometheus_endpoint_serves_node_metrics(tmp_path, posegraph):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {"name": "cam", "type": "source.synthetic", "with": {"fps": 50, "realtime": True}},
+            {"name": "n", "type": "sink.null", "from": "cam"},
+        ],
+    )
+    run = posegraph("run", "p.yaml", "--metrics-port", str(port), "--duration", "4")
+
+    def scrape():
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read()
+        except OSError:
+            return None
+        text = body.decode()
+        return text if 'posegraph_node_frames_out_total{node="cam"' in text else None
+
+    text = wait_for(scrape, 15, "metrics")
+    assert 'posegraph_node_fps{node="cam",pipeline="test"}' in text
+    assert "posegraph_e2e_latency_ms" in text
+    code, _, stderr = run.wait()
+    assert code == 0, stderr

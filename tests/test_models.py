@@ -101,7 +101,7 @@ def test_names_and_describe() -> None:
         assert expected in names
     row = models.describe("hrnet_w32")
     assert set(row) == {"name", "paradigm", "skeleton", "input", "params", "gflops"}
-    assert row["input"] == "192x256" and row["paradigm"] == "topdown"
+    assert row["input"] == "256x192" and row["paradigm"] == "topdown"
     assert models.describe("hprnet_dla34")["skeleton"] == "wholebody133"
 
 

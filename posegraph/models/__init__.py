@@ -173,7 +173,8 @@ def describe(name: str) -> dict[str, Any]:
     """One zoo entry as plain data.
 
     Returns:
-        ``{"name", "paradigm", "skeleton", "input": "WxH", "params", "gflops"}``;
+        ``{"name", "paradigm", "skeleton", "input": "HxW", "params", "gflops"}`` (height first,
+        as the papers write 256x192);
         the counts come from a cached meta-device build.
     """
     spec = spec_of(name)
@@ -182,7 +183,7 @@ def describe(name: str) -> dict[str, Any]:
         "name": spec.name,
         "paradigm": spec.paradigm,
         "skeleton": spec.skeleton,
-        "input": f"{w}x{h}",
+        "input": f"{h}x{w}",
         "params": spec.params,
         "gflops": spec.gflops,
     }

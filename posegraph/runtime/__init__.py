@@ -100,6 +100,7 @@ def _run_inproc(
             started = time.monotonic()
             metrics.started = started
             next_tick = started
+            stop_at: float | None = None
             while not worker.done:
                 time.sleep(0.05)
                 now = time.monotonic()
@@ -109,9 +110,10 @@ def _run_inproc(
                     raise PipelineError(errors)
                 if duration is not None and now - started >= duration:
                     worker.stop.set()
-                if worker.stop.is_set() and stop_requests is not None:
-                    stop_at = stop_requests[0] if stop_requests else now
-                    if now - stop_at > plan.options.drain_timeout_s:
+                if worker.stop.is_set():
+                    if stop_at is None:
+                        stop_at = now
+                    elif worker.abort.is_set() or now - stop_at > plan.options.drain_timeout_s:
                         log.warning(
                             "pipeline did not drain within %.0f s; stopping",
                             plan.options.drain_timeout_s,

@@ -71,9 +71,6 @@ def worker_main(plan: Plan, group: str, resume: dict[str, int], log_level: int) 
         control.send(msgpack.packb({"t": kind, **body}, use_bin_type=True))
 
     worker = Worker(plan, group, resume)
-    nice = int(os.environ.get("PG_SOURCE_NICE", "0"))
-    if nice and all(r.spec.is_source for r in worker.runners):
-        os.nice(nice)
     signal.signal(signal.SIGTERM, lambda *_: worker.abort.set())
     code = 0
     try:
@@ -285,7 +282,12 @@ class Supervisor:
         if p.state == "done":
             return
         if proc.exitcode == 3:
-            return  # set-up failed: the fatal message carries the error
+            # set-up failed: the fatal message carries the error; give it a moment to land
+            if p.restart_at is None:
+                p.restart_at = now + 2.0
+            elif now > p.restart_at and not self.error:
+                self.error = f"process {p.group!r} (nodes {', '.join(p.nodes)}) could not set up"
+            return
         code = proc.exitcode
         why = p.last_error or (f"killed by signal {-code}" if code < 0 else f"exit status {code}")
         p.failures += 1

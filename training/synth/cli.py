@@ -8,6 +8,7 @@ posegraph synth preview --out sheet.png [--seed 0]
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -96,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--seed", type=int, default=0)
     preview.add_argument("--rows", type=_positive(int), default=3)
     preview.add_argument("--cols", type=_positive(int), default=4)
+
+    bench = sub.add_parser("bench", help="rendering speed in images/s, on one process")
+    bench.add_argument("--images", type=_positive(int), default=60)
+    bench.add_argument("--size", type=_size, default=(640, 480), help="WIDTHxHEIGHT")
+    bench.add_argument("--people", type=_people_range, default=(2, 5), help="MIN-MAX")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -195,13 +202,35 @@ def _preview(args, console: Console) -> str:
     return f"wrote {args.out} ({args.rows}x{args.cols} samples, seed {args.seed})"
 
 
+def _bench(args, console: Console) -> str:
+    w, h = args.size
+    config = SceneConfig(w, h, people=args.people, crowd_p=0.0)
+    data = SyntheticPeople(args.images + 5, seed=1, config=config)
+    for i in range(5):  # warm-up: caches and first allocations
+        data[i]
+    t0 = time.perf_counter()
+    people = sum(len(data[i].keypoints) for i in range(5, args.images + 5))
+    rate = args.images / (time.perf_counter() - t0)
+    result = {
+        "images": args.images,
+        "size": f"{w}x{h}",
+        "people": people,
+        "images_per_s": round(rate, 2),
+    }
+    if args.json:
+        return json.dumps(result)
+    return f"{rate:.1f} images/s at {w}x{h} ({people} people in {args.images} images, one process)"
+
+
 def main(argv: list[str]) -> int:
     """Run ``posegraph synth`` with ``argv`` (without the program name); returns the exit
     status: 0 done, 2 bad arguments, 1 failure while writing."""
     console = Console(stderr=True)
     try:
         args = build_parser().parse_args(argv)
-        handler = {"images": _images, "video": _video, "preview": _preview}[args.command]
+        handler = {"images": _images, "video": _video, "preview": _preview, "bench": _bench}[
+            args.command
+        ]
         summary = handler(args, console)
     except UsageError as err:
         console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
