@@ -1,0 +1,215 @@
+"""The top-down training slice: loaders on real files, crops, losses, a tiny training run,
+resume, COCO evaluation and export.
+
+Real data comes from ../shared/data (tests skip without it). The training tests use a narrow
+HRNet (width 8) at a small input on a few synthetic images written to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from posegraph import codecs, skeletons
+from training.config import ConfigError, load_config
+from training.datasets.coco import CocoPersons, TopDownDataset
+from training.datasets.mpii import load_mpii
+from training.datasets.synthetic import SyntheticTopDown, write_synthetic_coco
+from training.evaluate import coco_keypoint_ap
+from training.losses.topdown import CoordinateMSELoss, JointsMSELoss
+from training.synth import SceneConfig
+from training.transforms.topdown import (
+    Augmentation,
+    TopDownAffine,
+    box_to_center_scale,
+    flip_keypoints,
+    upper_body_mask,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+CONFIGS = REPO / "training" / "configs"
+needs_data = pytest.mark.skipif(
+    not DATA.is_dir(), reason=f"real test data not found at {DATA} (../shared/data)"
+)
+SCENE = SceneConfig(256, 192, people=(1, 3), crowd_p=0.0)
+
+
+@needs_data
+def test_coco_loader_skips_crowd_and_unlabelled_people():
+    doc = json.loads((DATA / "coco-mini" / "test_coco.json").read_text())
+    usable = [a for a in doc["annotations"] if not a["iscrowd"] and a["num_keypoints"] > 0]
+    persons = CocoPersons(DATA / "coco-mini" / "test_coco.json")
+    assert persons.skeleton == "coco17"
+    assert len(persons.instances) == len(usable) < len(doc["annotations"])
+    first = persons.instances[0]
+    assert first.keypoints.shape == (17, 3) and set(np.unique(first.keypoints[:, 2])) <= {0, 1}
+    # 1.25 padding and the 192/256 aspect ratio around the box.
+    x, y, w, h = usable[0]["bbox"]
+    assert np.allclose(first.center, [x + (w - 1) / 2, y + (h - 1) / 2], atol=0.01)
+    assert first.scale[0] / first.scale[1] == pytest.approx(0.75)
+    assert first.scale[1] * 200 == pytest.approx(max(h - 1, (w - 1) / 0.75) * 1.25, rel=1e-4)
+
+    dets = json.loads((DATA / "coco-mini" / "test_coco_det_AP_H_56.json").read_text())
+    boxes = CocoPersons(
+        DATA / "coco-mini" / "test_coco.json",
+        detections=DATA / "coco-mini" / "test_coco_det_AP_H_56.json",
+        score_threshold=0.5,
+    )
+    assert len(boxes.instances) == sum(d["score"] >= 0.5 for d in dets)
+    assert all(p.score >= 0.5 and not p.keypoints.any() for p in boxes.instances)
+
+
+@needs_data
+def test_wholebody_crowdpose_and_mpii_loaders():
+    whole = CocoPersons(DATA / "coco-mini" / "test_coco_wholebody.json")
+    assert whole.skeleton == "wholebody133"
+    assert whole.instances[0].keypoints.shape == (133, 3)
+    assert whole.instances[0].keypoints[91:, 2].any(), "hand keypoints were not read"
+
+    crowd = CocoPersons(DATA / "crowdpose-mini" / "test_crowdpose.json")
+    assert crowd.skeleton == "crowdpose14" and crowd.instances[0].keypoints.shape == (14, 3)
+
+    mpii = load_mpii(DATA / "mpii-mini" / "test_mpii.json")
+    entry = json.loads((DATA / "mpii-mini" / "test_mpii.json").read_text())[0]
+    assert len(mpii) == 5 and mpii[0].keypoints.shape == (16, 3)
+    assert np.allclose(mpii[0].keypoints[0, :2], np.array(entry["joints"][0]) - 1)
+    assert mpii[0].center[1] == pytest.approx(entry["center"][1] + 15 * entry["scale"] - 1)
+    assert mpii[0].scale[0] == pytest.approx(entry["scale"] * 1.25)
+    assert all(p.head_size > 0 for p in mpii)
+
+    codec = codecs.build("msra_heatmap", input_size=(192, 256), heatmap_size=(48, 64))
+    transform = TopDownAffine((192, 256), skeletons.get("mpii16").flip_indices)
+    item = TopDownDataset(mpii, transform, codec.encode)[0]
+    assert item["image"].shape == (256, 192, 3)
+    assert item["heatmaps"].shape == (16, 64, 48) and item["keypoint_weights"].sum() > 10
+
+
+@needs_data
+def test_ground_truth_as_predictions_scores_ap_one():
+    path = DATA / "coco-mini" / "test_coco.json"
+    doc = json.loads(path.read_text())
+    results = [
+        {"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
+        for a in doc["annotations"]
+        if not a["iscrowd"] and a["num_keypoints"] > 0
+    ]
+    metrics = coco_keypoint_ap(path, results, "coco17")
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["AR"] == pytest.approx(1.0)
+    # Moving every keypoint by 10 pixels must cost AP: the metric can fail.
+    for r in results:
+        r["keypoints"] = [v + 10 if i % 3 != 2 else v for i, v in enumerate(r["keypoints"])]
+    assert coco_keypoint_ap(path, results, "coco17")["AP"] < 0.9
+
+
+@pytest.mark.parametrize("udp", [False, True])
+def test_affine_crop_and_inverse_round_trip(udp):
+    rng = np.random.default_rng(0)
+    keypoints = np.concatenate([rng.uniform(100, 300, (17, 2)), np.ones((17, 1))], 1)
+    center, scale = box_to_center_scale(np.array([90, 80, 230, 260.0]), 192 / 256)
+    transform = TopDownAffine((192, 256), skeletons.get("coco17").flip_indices, udp=udp)
+    image = np.zeros((400, 400, 3), np.uint8)
+    for rotation in (0.0, 30.0, -45.0):
+        matrix = transform.matrix(center, scale, rotation)
+        crop_points = keypoints[:, :2] @ matrix[:, :2].T + matrix[:, 2]
+        back = transform.to_image(crop_points, center, scale, rotation)
+        assert np.abs(back - keypoints[:, :2]).max() < 1e-3
+    crop = transform(image, keypoints, center, scale)
+    assert crop.image.shape == (256, 192, 3)
+    # The box centre lands in the crop's centre (UDP measures in pixel intervals).
+    middle = transform.matrix(center, scale, 0.0) @ np.array([*center, 1.0])
+    assert np.allclose(middle, [95.5, 127.5] if udp else [96, 128], atol=1e-3)
+
+
+def test_flip_twice_is_identity_and_swaps_sides():
+    skeleton = skeletons.get("coco17")
+    rng = np.random.default_rng(1)
+    keypoints = np.concatenate([rng.uniform(0, 639, (17, 2)), rng.integers(0, 2, (17, 1))], 1)
+    keypoints[keypoints[:, 2] == 0, :2] = 0
+    once = flip_keypoints(keypoints, 640, skeleton.flip_indices)
+    left_eye, right_eye = 1, 2
+    if keypoints[left_eye, 2]:
+        assert once[right_eye, 0] == pytest.approx(639 - keypoints[left_eye, 0])
+    assert np.allclose(flip_keypoints(once, 640, skeleton.flip_indices), keypoints)
+
+
+def test_augmented_crop_is_repeatable_and_keeps_keypoints_on_the_body():
+    people = SyntheticTopDown(
+        4,
+        TopDownAffine(
+            (192, 256),
+            skeletons.get("coco17").flip_indices,
+            upper_body_mask("coco17", 17),
+            augmentation=Augmentation(),
+        ),
+        codecs.build("msra_heatmap", input_size=(192, 256), heatmap_size=(48, 64)).encode,
+        config=SCENE,
+        min_keypoints=5,
+    )
+    a, b = people[1], people[1]
+    assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["heatmaps"], b["heatmaps"])
+    people.set_epoch(1)
+    assert not np.array_equal(people[1]["image"], a["image"])
+    assert a["heatmaps"].shape == (17, 64, 48) and a["keypoint_weights"].sum() >= 1
+
+
+def test_losses_match_the_reference_form():
+    pred, target = torch.rand(2, 3, 4, 5), torch.rand(2, 3, 4, 5)
+    weights = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    reference = (
+        sum(
+            0.5
+            * torch.nn.functional.mse_loss(
+                pred[:, k].reshape(2, -1) * weights[:, k : k + 1],
+                target[:, k].reshape(2, -1) * weights[:, k : k + 1],
+            )
+            for k in range(3)
+        )
+        / 3
+    )
+    assert JointsMSELoss()(pred, target, weights) == pytest.approx(float(reference))
+    assert JointsMSELoss()(target, target, weights) == 0
+    coords = torch.rand(2, 3, 2)
+    assert CoordinateMSELoss()(coords, coords, weights) == 0
+    assert CoordinateMSELoss()(coords, coords + 0.1, torch.ones(2, 3)) == pytest.approx(0.01)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    config = load_config(CONFIGS / "hrnet_w32_coco.yaml")
+    assert config.optimizer.lr == 1e-3 and config.schedule.milestones == [170, 200]
+    assert config.schedule.epochs == 210 and config.batch_size == 32
+    with pytest.raises(ConfigError, match="did you mean 'milestones'"):
+        load_config(CONFIGS / "hrnet_w32_coco.yaml", ["schedule.milestone=[1]"])
+    with pytest.raises(ConfigError, match="expected int"):
+        load_config(CONFIGS / "hrnet_w32_coco.yaml", ["batch_size=many"])
+
+
+# --- training, resume, evaluation and export on a small synthetic set ----------------------
+
+#: A narrow HRNet at 64x64 (HRNet needs sides that are multiples of 32), heatmaps 16x16.
+TINY = ["model_overrides.width=8", "model_overrides.input_size=[64,64]", "workers=0"]
+#: People fill most of the 256x192 images, so that 16x16 heatmaps can place keypoints.
+BIG_PEOPLE = SceneConfig(256, 192, people=(1, 2), crowd_p=0.0, min_height_px=110, max_height_px=190)
+
+
+@pytest.fixture(scope="module")
+def synthetic_sets(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("synthetic")
+    train, _ = write_synthetic_coco(root / "train", 48, seed=1, config=BIG_PEOPLE)
+    val, _ = write_synthetic_coco(root / "val", 12, seed=2, config=BIG_PEOPLE)
+    return {"train": train, "train_images": root / "train", "val": val, "val_images": root / "val"}
+
+
+def _data_overrides(sets: dict[str, Path]) -> list[str]:
+    return [
+        "data.train.kind=coco",
+        f"data.train.annotations={sets['train']}",
+        f"data.train.images={sets['train_images']}",
+        "data.val.kind=coco",
+        f"data.val.annotations={sets['val']}",
+        f"data.val.images={sets['val_images']}",
+    ]
