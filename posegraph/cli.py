@@ -15,6 +15,9 @@ log = logging.getLogger("posegraph")
 DELEGATED = {
     "models": ("posegraph.models.cli", "list the model zoo"),
     "synth": ("training.synth.cli", "generate synthetic people: images, videos, previews"),
+    "train": ("training.cli", "train a model from a config"),
+    "eval": ("training.evaluate", "evaluate a model on COCO-format annotations"),
+    "export": ("training.export", "export a model to ONNX and safetensors"),
 }
 
 

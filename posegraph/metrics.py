@@ -49,8 +49,9 @@ class NodeMetrics:
 
 
 class Metrics:
-    def __init__(self, pipeline: str):
+    def __init__(self, pipeline: str, order: list[str] | None = None):
         self.pipeline = pipeline
+        self.order = {name: i for i, name in enumerate(order or [])}
         self.nodes: dict[str, NodeMetrics] = {}
         self.e2e_ms: deque = deque(maxlen=WINDOW)
         self.hop_ms: deque = deque(maxlen=WINDOW)
@@ -98,7 +99,10 @@ class Metrics:
     def rows(self) -> list[dict[str, Any]]:
         with self._lock:
             out = []
-            for m in self.nodes.values():
+            nodes = sorted(
+                self.nodes.values(), key=lambda m: self.order.get(m.name, len(self.order))
+            )
+            for m in nodes:
                 row = {
                     "node": m.name,
                     "fps": m.fps(),

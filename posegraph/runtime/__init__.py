@@ -56,7 +56,7 @@ def run(
         raise ValueError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
     graph.validate()
     plan = build_plan(graph, executor, max_frames)
-    metrics = Metrics(graph.name)
+    metrics = Metrics(graph.name, order=[i.id for i in plan.instances()])
     server = None
     if graph.runtime.metrics_port is not None:
         server = metrics.serve(graph.runtime.metrics_port)

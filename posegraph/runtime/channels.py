@@ -275,7 +275,7 @@ class Endpoint:
     ) -> bool:
         raise NotImplementedError
 
-    def close(self, linger_ms: int = 0) -> None:
+    def close(self) -> None:
         pass
 
 
@@ -331,9 +331,8 @@ class RemoteEndpoint(Endpoint):
                 return True
         return False
 
-    def close(self, linger_ms: int = 0) -> None:
-        """Close; messages still queued are delivered for up to ``linger_ms``."""
-        self.sock.close(linger_ms)
+    def close(self) -> None:
+        self.sock.close(0)
 
 
 class Outlet:
@@ -375,6 +374,6 @@ class Outlet:
             self.dropped += 1
         return int(ok)
 
-    def close(self, linger_ms: int = 0) -> None:
+    def close(self) -> None:
         for ep in self.endpoints:
-            ep.close(linger_ms)
+            ep.close()

@@ -58,6 +58,7 @@ class Plan:
     shm: bool = True
 
     def instances(self) -> list[InstanceSpec]:
+        """Every node instance, sources first (topological order)."""
         return [i for g in self.groups.values() for i in g]
 
 

@@ -106,6 +106,12 @@ def worker_main(plan: Plan, group: str, resume: dict[str, int], log_level: int) 
             if worker.done or worker.abort.is_set():
                 send("metrics", nodes=worker.metrics())
                 send("done")
+                # Stay until every process is done: ZeroMQ drops what a peer has not read
+                # yet when the sending process goes away, so nobody leaves before the
+                # sinks have seen eos.
+                while not worker.abort.is_set():
+                    if control.poll(100) and msgpack.unpackb(control.recv())["t"] == "exit":
+                        break
                 break
             if time.monotonic() >= next_report:
                 send("metrics", nodes=worker.metrics())
@@ -220,6 +226,8 @@ class Supervisor:
             if self.error:
                 return
             if all(p.state == "done" for p in self.procs.values()):
+                for g in self.procs:
+                    self._send(control, g, "exit")
                 return
             if running and duration is not None and now - started_at >= duration:
                 self.stop_requested.set()
@@ -311,10 +319,13 @@ class Supervisor:
 
     def _terminate_all(self) -> None:
         procs = [p.process for p in self.procs.values() if p.process is not None]
+        deadline = time.monotonic() + 3.0
+        if all(p.state == "done" for p in self.procs.values()):
+            for proc in procs:  # told to exit: give them a moment
+                proc.join(max(0.0, deadline - time.monotonic()))
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()
-        deadline = time.monotonic() + 3.0
         for proc in procs:
             proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():

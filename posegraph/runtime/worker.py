@@ -111,7 +111,6 @@ class Runner:
         self.outlets: list[Outlet] = []
         self.node: Node | None = None
         self.thread: threading.Thread | None = None
-        self.socket: zmq.Socket | None = None  # read directly instead of through the inbox
         self._eid = itertools.count()
         self._dropped_marks: list[tuple[str, int]] = []
         self._allocated: dict[int, tuple[ShmRef, np.ndarray]] = {}
@@ -411,21 +410,10 @@ class Runner:
         if not self.abort.is_set():
             self.emit(self._event(node.stream, "eos", node.next_index))
 
-    def _next(self) -> Frame | None:
-        if self.socket is None:
-            return self.inbox.get(0.1)
-        try:
-            msg = self.worker.read(self, self.socket, zmq.NOBLOCK)
-        except zmq.Again:
-            if not self.socket.poll(100):
-                return None
-            msg = self.worker.read(self, self.socket)
-        return None if msg is None else msg[1]
-
     def _run_node(self) -> None:
         self._consecutive_errors = 0
         while self._streams_open and not self.abort.is_set():
-            item = self._next()
+            item = self.inbox.get(0.1)
             self._flush_marks(self._handle_event)
             if item is None:
                 self.entry.tick(self.abort)
@@ -503,13 +491,6 @@ class Worker:
         )
         if needs_zmq:
             self.zctx = zmq.Context.instance()
-        local_targets = {
-            (o.consumer, i)
-            for r in self.runners
-            for o in r.spec.outputs
-            for i, (g, _) in enumerate(o.targets)
-            if g == self.group
-        }
         for r in self.runners:
             r.connect(entries, self.zctx)
             if not r.spec.remote_inputs:
@@ -519,23 +500,14 @@ class Worker:
             sock.setsockopt(zmq.LINGER, 0)
             sock.bind(r.spec.address)
             self._sockets.append(sock)
-            if (
-                r.spec.policy == "block"
-                and not r.spec.replicated_inputs
-                and (r.spec.node, r.spec.replica) not in local_targets
-            ):
-                # The node reads its socket itself: one thread hand-off less per frame.
-                # Backpressure comes from the socket's high-water mark.
-                r.socket = sock
-            else:
-                t = threading.Thread(
-                    target=self._receive, args=(r, sock), name=f"{r.name}-recv", daemon=True
-                )
-                self._receivers.append(t)
+            t = threading.Thread(
+                target=self._receive, args=(r, sock), name=f"{r.name}-recv", daemon=True
+            )
+            self._receivers.append(t)
 
-    def read(self, runner: Runner, sock: zmq.Socket, flags: int = 0) -> tuple[str, Frame] | None:
+    def read(self, runner: Runner, sock: zmq.Socket) -> tuple[str, Frame] | None:
         """Take one message off a node's socket: (producing node, frame), None if unusable."""
-        src_raw, body = sock.recv_multipart(flags)
+        src_raw, body = sock.recv_multipart()
         now = time.time()
         try:
             frame, ref = decode(body)
@@ -592,16 +564,15 @@ class Worker:
         return out
 
     def close(self) -> None:
-        """Stop every thread and close the sockets. After a clean finish, the last
-        messages (eos among them) are still delivered; after an abort they are not."""
-        linger_ms = 0 if self.abort.is_set() else int(self.plan.options.drain_timeout_s * 1000)
+        """Stop every thread and close the sockets (what is still queued is dropped: the
+        supervisor ends processes only once every sink has seen eos)."""
         self.abort.set()
         for t in self._receivers:
             t.join(1.0)
         self.join(1.0)
         for r in self.runners:
             for o in r.outlets:
-                o.close(linger_ms)
+                o.close()
         for s in self._sockets:
             s.close(0)
         if self.plane is not None:
