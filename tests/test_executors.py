@@ -252,3 +252,29 @@ def test_prometheus_endpoint_serves_node_metrics(tmp_path, posegraph):
     assert "posegraph_e2e_latency_ms" in text
     code, _, stderr = run.wait()
     assert code == 0, stderr
+
+
+def test_kill_9_of_a_source_resumes_the_stream(tmp_path, posegraph):
+    from tests.conftest import write_video
+
+    clip = write_video(tmp_path / "long.mp4", frames=100)
+    out = tmp_path / "out.jsonl"
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {"name": "cam", "type": "source.video", "with": {"uri": str(clip), "realtime": True}},
+            {"name": "out", "type": "sink.jsonl", "from": "cam", "with": {"path": str(out)}},
+        ],
+    )
+    run = posegraph("run", "p.yaml", "--json")
+    wait_for(lambda: len(read_jsonl(out)) > 20, 20, "frames to reach the sink")
+    run.workers()["pg:cam"].send_signal(signal.SIGKILL)
+    code, stdout, stderr = run.wait()
+    assert code == 0, stderr
+    frames, events = frames_and_events(read_jsonl(out))
+    indices = [f["index"] for f in frames]
+    assert indices == sorted(set(indices)) and indices[-1] == 99
+    gaps = [e for e in events if e["event"] == "gap"]
+    assert len(indices) + sum(g["count"] for g in gaps) == 100
+    assert events[-1]["event"] == "eos"
+    assert json.loads(stdout.splitlines()[-1])["restarts"] == 1

@@ -153,7 +153,8 @@ class FramePlane:
 
     def _create(self, nbytes: int) -> tuple[_Segment, np.ndarray]:
         self._serial += 1
-        name = f"pg-{self.run_id}-{self.owner}-{self._serial}"
+        # the pid keeps the name unique when a restarted process makes its pools again
+        name = f"pg-{self.run_id}-{self.owner}-{os.getpid()}-{self._serial}"
         slot_bytes = (nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
         total = _layout(self.slots, self.rows)[3] + slot_bytes * self.slots
         shm = shared_memory.SharedMemory(name=name, create=True, size=total)

@@ -317,6 +317,14 @@ class Runner:
         replica = self.spec.replicas > 1
         if not replica:
             last = self._last_in.get(frame.stream)
+            if last is not None and frame.index <= last:
+                # a restarted source resumes from its last reported frame, so the first
+                # frames it sends may already have passed here
+                log.debug(
+                    "node %s: frame %d of %s seen already", self.name, frame.index, frame.stream
+                )
+                self.worker.release(frame)
+                return
             if last is not None and frame.index > last + 1:
                 lost = frame.index - last - 1
                 self.stats.lost += lost
