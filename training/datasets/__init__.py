@@ -1,0 +1,1 @@
+"""Datasets in COCO format (COCO keypoints, COCO-WholeBody, CrowdPose, MPII) and synthetic people."""

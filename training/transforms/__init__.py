@@ -1,0 +1,1 @@
+"""Image and keypoint transforms: top-down affine crops and augmentation, bottom-up affine and mosaic."""
