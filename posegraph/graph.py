@@ -96,7 +96,8 @@ class RuntimeOptions:
     shm_slots: int = 32  # slots per pool
     transport: str = "ipc"  # ipc (one host) or tcp (bytes inline)
     host: str = "127.0.0.1"  # tcp bind address
-    max_restarts: int = 3  # node process failures before the pipeline stops
+    max_restarts: int = 3  # node process failures within the window before the pipeline stops
+    restart_window_s: float = 300.0
     drain_timeout_s: float = 30.0
     metrics_port: int | None = None  # Prometheus endpoint on 127.0.0.1, off when None
     reorder_timeout_s: float = 2.0

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from posegraph import Graph
-from tests.conftest import read_jsonl, shm_segments, wait_for, write_pipeline
+from tests.conftest import ROOT, read_jsonl, shm_segments, wait_for, write_pipeline
 
 
 def frames_and_events(messages):
@@ -278,3 +278,24 @@ def test_kill_9_of_a_source_resumes_the_stream(tmp_path, posegraph):
     assert len(indices) + sum(g["count"] for g in gaps) == 100
     assert events[-1]["event"] == "eos"
     assert json.loads(stdout.splitlines()[-1])["restarts"] == 1
+
+
+def test_a_node_that_keeps_dying_stops_the_pipeline_with_its_error(tmp_path, posegraph):
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 32, "height": 32, "fps": 50, "realtime": True},
+            },
+            {"name": "bad", "type": "tests.helpers.custom_nodes:Crash", "from": "cam"},
+            {"name": "n", "type": "sink.null", "from": "bad"},
+        ],
+        runtime={"max_restarts": 2},
+    )
+    code, _, stderr = posegraph("run", "p.yaml", env={"PYTHONPATH": str(ROOT)}).wait()
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1, stderr
+    assert "process 'bad' (nodes bad) failed 3 times within 300 s" in lines[0]
+    assert "exit status 1" in lines[0]

@@ -3,7 +3,8 @@
 The supervisor starts every worker, waits until each has set up its nodes, then lets the
 sources go. A worker that dies is restarted with backoff (its sources resume after the
 last frame they sent; the loss is announced downstream as a gap); after
-``max_restarts`` failures the pipeline stops with the node's error. A worker that fails to
+``max_restarts`` failures within ``restart_window_s`` the pipeline stops with the node's
+error. A worker that fails to
 set up (a missing file, a bad parameter) stops the pipeline at once with that error.
 SIGINT and SIGTERM drain: sources stop, the last frames flow to the sinks, every process
 ends; a second signal, or a drain longer than ``drain_timeout_s``, ends them at once.
@@ -134,7 +135,8 @@ class _Proc:
     sources: list[str]
     process: mp.Process | None = None
     state: str = "starting"  # starting, ready, running, done, failed
-    failures: int = 0
+    failures: int = 0  # within the restart window
+    failure_times: list[float] = field(default_factory=list)
     restart_at: float | None = None
     last_error: str = ""
     started: list[float] = field(default_factory=list)
@@ -298,12 +300,16 @@ class Supervisor:
             return
         code = proc.exitcode
         why = p.last_error or (f"killed by signal {-code}" if code < 0 else f"exit status {code}")
-        p.failures += 1
+        # Only failures within the restart window count: a pipeline that runs for months
+        # may lose a process now and then without ever being stopped for it.
+        window = self.plan.options.restart_window_s
+        p.failure_times = [t for t in p.failure_times if now - t < window] + [now]
+        p.failures = len(p.failure_times)
         p.state = "failed"
         if p.failures > self.plan.options.max_restarts:
             self.error = (
                 f"process {p.group!r} (nodes {', '.join(p.nodes)}) failed "
-                f"{p.failures} times; last: {why}"
+                f"{p.failures} times within {window:.0f} s; last: {why}"
             )
             return
         delay = min(10.0, 0.25 * 2 ** (p.failures - 1))

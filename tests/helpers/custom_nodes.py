@@ -10,3 +10,17 @@ class Stamp(Node):
     def process(self, frame: Frame) -> Frame:
         frame.meta["label"] = self.label
         return frame
+
+
+class Crash(Node):
+    """Ends its process abruptly at frame ``at``: a node with a fatal bug."""
+
+    def __init__(self, at: int = 5):
+        self.at = at
+
+    def process(self, frame: Frame) -> Frame:
+        if frame.index >= self.at:
+            import os
+
+            os._exit(1)
+        return frame
