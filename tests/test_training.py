@@ -13,15 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from posegraph import codecs, skeletons
+from training.cli import main as train_main
 from training.config import ConfigError, load_config
 from training.datasets.coco import CocoPersons, TopDownDataset
 from training.datasets.mpii import load_mpii
 from training.datasets.synthetic import SyntheticTopDown, write_synthetic_coco
 from training.evaluate import coco_keypoint_ap
+from training.evaluate import main as eval_main
+from training.export import export
+from training.export import main as export_main
 from training.losses.topdown import CoordinateMSELoss, JointsMSELoss
 from training.synth import SceneConfig
+from training.trainer import Trainer
 from training.transforms.topdown import (
     Augmentation,
     TopDownAffine,
@@ -213,3 +219,88 @@ def _data_overrides(sets: dict[str, Path]) -> list[str]:
         f"data.val.annotations={sets['val']}",
         f"data.val.images={sets['val_images']}",
     ]
+
+
+def test_resume_continues_from_the_same_step(synthetic_sets, tmp_path):
+    settings = [
+        *TINY,
+        *_data_overrides(synthetic_sets),
+        "data.val=null",
+        "batch_size=4",
+        "schedule.steps_per_epoch=2",
+        "schedule.milestones=[1]",
+    ]
+    config_path = CONFIGS / "hrnet_w32_synth_tiny.yaml"
+    straight = Trainer(load_config(config_path, [*settings, "schedule.epochs=2"]), tmp_path / "a")
+    straight.fit()
+    first = Trainer(load_config(config_path, [*settings, "schedule.epochs=1"]), tmp_path / "b")
+    first.fit()
+    resumed = Trainer(
+        load_config(config_path, [*settings, "schedule.epochs=2"]), tmp_path / "b", resume=True
+    )
+    assert (resumed.epoch, resumed.step) == (1, 2)
+    resumed.fit()
+    assert resumed.step == straight.step == 4
+    state = json.loads((tmp_path / "b" / "state.json").read_text())
+    assert [r["step"] for r in state["history"]] == [2, 4]
+    a = load_file(str(tmp_path / "a" / "last.safetensors"))
+    b = load_file(str(tmp_path / "b" / "last.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run differs from a straight one"
+    with pytest.raises(FileNotFoundError, match="--resume"):
+        Trainer(load_config(config_path, settings), tmp_path / "empty", resume=True)
+
+
+def test_export_writes_onnx_and_safetensors_with_parity(tmp_path):
+    overrides = {"width": 8, "input_size": [64, 64]}
+    result = export("hrnet_w32", None, tmp_path, overrides)
+    assert result.max_abs_diff <= 1e-3
+    assert result.onnx.stat().st_size > 0
+    assert load_file(str(result.fp16))["final_layer.weight"].dtype == torch.float16
+    assert load_file(str(result.fp32))["final_layer.weight"].dtype == torch.float32
+    # A tolerance of 0 cannot hold for float arithmetic in two runtimes: the check can fail.
+    argv = ["hrnet_w32", "--out", str(tmp_path / "cli"), "--weights", str(result.fp32)]
+    argv += ["--set", "width=8", "--set", "input_size=[64,64]", "--tolerance", "0"]
+    assert export_main(argv) == 1
+
+
+#: Measured on this test's run (CPU, 60 steps): loss falls from about 0.0100 to 0.0073 and
+#: bbox PCK@0.05 reaches 0.06-0.14; the floors sit below with margin. COCO AP stays 0 at this
+#: budget (a narrow HRNet from scratch needs thousands of steps), so it is not asserted here.
+LOSS_RATIO_CEILING = 0.85
+PCK_FLOOR = 0.03
+
+
+def test_tiny_training_run_lowers_loss_and_evaluates(synthetic_sets, tmp_path):
+    out = tmp_path / "run"
+    settings = [*TINY, *_data_overrides(synthetic_sets), "batch_size=6"]
+    settings += ["schedule.epochs=7", "schedule.milestones=[7]"]
+    settings += ["augmentation.enabled=false", "ema.enabled=false", "optimizer.lr=0.002"]
+    argv = [str(CONFIGS / "hrnet_w32_synth_tiny.yaml"), "--out", str(out)]
+    assert train_main([*argv, *[a for s in settings for a in ("--set", s)]]) == 0
+    history = json.loads((out / "state.json").read_text())["history"]
+    steps = [r["step"] for r in history]
+    assert len(history) == 7 and steps == [steps[0] * (i + 1) for i in range(7)]
+    assert history[-1]["loss"] < LOSS_RATIO_CEILING * history[0]["loss"], history
+    assert max(r["PCK"] for r in history) >= PCK_FLOOR, history
+    assert (out / "best.safetensors").is_file()
+    # The evaluation CLI on the best weights gives the same metrics keys, as one JSON object.
+    assert (
+        eval_main(
+            [
+                "hrnet_w32",
+                "--weights",
+                str(out / "best.safetensors"),
+                "--data",
+                str(synthetic_sets["val"]),
+                "--images",
+                str(synthetic_sets["val_images"]),
+                "--set",
+                "width=8",
+                "--set",
+                "input_size=[64,64]",
+                "--json",
+            ]
+        )
+        == 0
+    )

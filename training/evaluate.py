@@ -1,0 +1,419 @@
+"""Top-down evaluation: predictions on person crops, COCO OKS AP/AR, PCKh and PCK.
+
+The test protocol of the official HRNet (``lib/core/function.py`` ``validate`` and
+``lib/dataset/coco.py`` ``evaluate``): crops from ground-truth or detection boxes, the flip
+test (heatmaps of the mirrored crop flipped back and averaged), keypoints mapped back to the
+image through the inverse crop, each pose rescored by the mean confidence of its keypoints
+above 0.2 times the box score, OKS-NMS at 0.9 per image, then pycocotools' COCOeval
+(xtcocotools for COCO-WholeBody parts and CrowdPose).
+
+``posegraph eval MODEL --weights W --data ANNOTATIONS.json [--images DIR]
+[--boxes gt|DETECTIONS.json] [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from posegraph import codecs, skeletons
+from posegraph.models import ModelSpec, build, load_checkpoint
+from training.datasets.coco import CocoPersons, PersonInstance, TopDownDataset, guess_skeleton
+from training.datasets.mpii import load_mpii
+from training.transforms.topdown import PIXEL_STD, TopDownAffine
+
+logger = logging.getLogger(__name__)
+
+#: Keypoints at or below this confidence do not count in the rescoring mean (HRNet in_vis_thre).
+KEYPOINT_THRESHOLD = 0.2
+#: OKS above which a lower-scored pose of the same image is dropped (HRNet oks_thre).
+NMS_OKS = 0.9
+#: COCO-WholeBody parts as xtcocotools names them, with the annotation fields they read.
+WHOLEBODY_PARTS = {
+    "body": ("keypoints", "keypoints", range(0, 17)),
+    "foot": ("keypoints_foot", "foot_kpts", range(17, 23)),
+    "face": ("keypoints_face", "face_kpts", range(23, 91)),
+    "lefthand": ("keypoints_lefthand", "lefthand_kpts", range(91, 112)),
+    "righthand": ("keypoints_righthand", "righthand_kpts", range(112, 133)),
+    "wholebody": ("keypoints_wholebody", None, range(0, 133)),
+}
+_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+_CROWD_STAT_NAMES = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard")
+
+
+@dataclass
+class PosePrediction:
+    """One person's prediction in image pixels.
+
+    Attributes:
+        image_id: the image's id.
+        keypoints: (K, 2) float32 pixels.
+        keypoint_scores: (K,) float32.
+        box_score: the detector's score (1 for ground-truth boxes).
+        area: the crop's area in pixels^2 (scale * 200 squared), for OKS-NMS.
+        index: the person's index in the evaluated list.
+    """
+
+    image_id: int
+    keypoints: np.ndarray
+    keypoint_scores: np.ndarray
+    box_score: float
+    area: float
+    index: int
+
+
+def to_tensor(images: np.ndarray | torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """(B, h, w, 3) uint8 BGR crops -> (B, 3, h, w) float32 normalised as ``spec`` says."""
+    x = torch.as_tensor(images)
+    if spec.color == "rgb":
+        x = x.flip(-1)
+    x = x.permute(0, 3, 1, 2).float()
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _decode_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    codec: Any,
+    flip_indices: np.ndarray,
+    flip_test: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoints (B, K, 2) in crop pixels and scores (B, K) of one normalised batch."""
+    output = model(x).float().cpu().numpy()
+    if not flip_test:
+        return codec.decode(output)
+    flipped = model(x.flip(3)).float().cpu().numpy()
+    if hasattr(codec, "flip_back"):
+        return codec.decode((output + codec.flip_back(flipped, flip_indices)) * 0.5)
+    # Coordinate codecs: un-mirror the decoded points and average the coordinates.
+    keypoints, scores = codec.decode(output)
+    mirrored, mirrored_scores = codec.decode(flipped)
+    mirrored = mirrored[:, flip_indices]
+    mirrored[..., 0] = x.shape[3] - 1 - mirrored[..., 0]
+    return (keypoints + mirrored) * 0.5, (scores + mirrored_scores[:, flip_indices]) * 0.5
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    spec: ModelSpec,
+    codec: Any,
+    dataset: TopDownDataset,
+    skeleton: str,
+    flip_test: bool = True,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+) -> list[PosePrediction]:
+    """Predictions for every person of ``dataset`` (crops without augmentation)."""
+    flip_indices = skeletons.get(skeleton).flip_indices
+    was_training = model.training
+    model.eval()
+    predictions = []
+    try:
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            x = to_tensor(np.stack([item["image"] for item in items]), spec).to(device)
+            keypoints, scores = _decode_batch(model, x, codec, flip_indices, flip_test)
+            for item, points, point_scores in zip(items, keypoints, scores, strict=True):
+                index = int(item["index"])
+                person = dataset.instances[index]
+                image_points = dataset.transform.to_image(
+                    points, item["center"], item["scale"], float(item["rotation"])
+                )
+                predictions.append(
+                    PosePrediction(
+                        person.image_id,
+                        image_points,
+                        point_scores.astype(np.float32),
+                        float(item["score"]),
+                        float(np.prod(item["scale"]) * PIXEL_STD**2),
+                        index,
+                    )
+                )
+    finally:
+        model.train(was_training)
+    return predictions
+
+
+def rescore_and_nms(
+    predictions: list[PosePrediction], sigmas: np.ndarray, nms_oks: float | None = NMS_OKS
+) -> list[tuple[PosePrediction, float]]:
+    """(prediction, score) pairs kept after rescoring and per-image OKS-NMS.
+
+    score = box score x mean of the keypoint scores above 0.2 (0 if none is).
+    """
+    by_image: dict[int, list[tuple[PosePrediction, float]]] = defaultdict(list)
+    for pred in predictions:
+        confident = pred.keypoint_scores[pred.keypoint_scores > KEYPOINT_THRESHOLD]
+        keypoint_score = float(confident.mean()) if len(confident) else 0.0
+        by_image[pred.image_id].append((pred, keypoint_score * pred.box_score))
+    kept = []
+    for people in by_image.values():
+        if nms_oks is None or len(people) == 1:
+            kept.extend(people)
+            continue
+        keep = codecs.oks_nms(
+            np.stack([p.keypoints for p, _ in people]),
+            np.array([s for _, s in people]),
+            np.array([p.area for p, _ in people]),
+            sigmas,
+            threshold=nms_oks,
+        )
+        kept.extend(people[i] for i in keep)
+    return kept
+
+
+def coco_results(scored: list[tuple[PosePrediction, float]], skeleton: str) -> list[dict]:
+    """COCO keypoint results (one dict per pose); whole-body poses get their part fields."""
+    results = []
+    for pred, score in scored:
+        flat = np.concatenate([pred.keypoints, pred.keypoint_scores[:, None]], axis=1)
+        result = {"image_id": int(pred.image_id), "category_id": 1, "score": float(score)}
+        if skeleton == "wholebody133":
+            for part, (_, field, indices) in WHOLEBODY_PARTS.items():
+                # xtcocotools ranks each part by its own score key; all share the pose's.
+                result[f"{part}_score"] = float(score)
+                if field is not None:
+                    result[field] = flat[indices.start : indices.stop].reshape(-1).tolist()
+        else:
+            result["keypoints"] = flat.reshape(-1).tolist()
+        results.append(result)
+    return results
+
+
+def _quiet(function: Any, *args: Any) -> Any:
+    """Run a pycocotools call without its prints on stdout (they would break ``--json``)."""
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        value = function(*args)
+    logger.debug("%s", out.getvalue())
+    return value
+
+
+def coco_keypoint_ap(annotations: Path, results: list[dict], skeleton: str) -> dict[str, float]:
+    """COCO OKS AP and AR of ``results`` against an annotation file.
+
+    coco17 uses pycocotools; crowdpose14 uses xtcocotools' ``keypoints_crowd`` (no areas,
+    easy/medium/hard APs); wholebody133 uses xtcocotools per part, giving ``AP``, ``AP50``,
+    ``AP75``, ``AR`` of the whole body and ``AP_body``, ``AP_foot``, ``AP_face``,
+    ``AP_lefthand``, ``AP_righthand``, ``AP_wholebody``.
+
+    Returns:
+        metric name -> value in [0, 1]; all 0 when there are no results.
+    """
+    names = _CROWD_STAT_NAMES if skeleton == "crowdpose14" else _STAT_NAMES
+    if not results:
+        logger.warning("no predictions to evaluate against %s", annotations)
+        return dict.fromkeys(names, 0.0)
+    if skeleton == "coco17":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        gt = _quiet(COCO, str(annotations))
+        evaluator = COCOeval(gt, _quiet(gt.loadRes, results), "keypoints")
+        return _run(evaluator, names)
+    from xtcocotools.coco import COCO as XCOCO
+    from xtcocotools.cocoeval import COCOeval as XCOCOeval
+
+    gt = _quiet(XCOCO, str(annotations))
+    dt = _quiet(gt.loadRes, results)
+    sigmas = skeletons.get(skeleton).sigmas
+    if skeleton == "crowdpose14":
+        evaluator = XCOCOeval(gt, dt, "keypoints_crowd", sigmas, use_area=False)
+        return _run(evaluator, names)
+    if skeleton != "wholebody133":
+        raise ValueError(
+            f"COCO AP is defined for coco17, crowdpose14, wholebody133, not {skeleton}"
+        )
+    metrics: dict[str, float] = {}
+    for part, (iou_type, _, indices) in WHOLEBODY_PARTS.items():
+        evaluator = XCOCOeval(gt, dt, iou_type, sigmas[indices.start : indices.stop], True)
+        stats = _run(evaluator, names)
+        metrics[f"AP_{part}"] = stats["AP"]
+        if part == "wholebody":
+            metrics.update(stats)
+    return metrics
+
+
+def _run(evaluator: Any, names: tuple[str, ...]) -> dict[str, float]:
+    evaluator.params.useSegm = None
+    _quiet(evaluator.evaluate)
+    _quiet(evaluator.accumulate)
+    _quiet(evaluator.summarize)
+    return {
+        name: float(max(value, 0.0)) for name, value in zip(names, evaluator.stats, strict=True)
+    }
+
+
+def pck(
+    predictions: list[PosePrediction],
+    instances: list[PersonInstance],
+    normalisers: np.ndarray,
+    threshold: float,
+) -> float:
+    """Fraction of labelled keypoints within ``threshold * normaliser`` pixels of the truth.
+
+    Args:
+        predictions: one per instance, in any order (matched by ``index``).
+        instances: the ground truth.
+        normalisers: (len(instances),) per-person lengths in pixels; people with 0 are skipped.
+        threshold: e.g. 0.5 for PCKh@0.5.
+    """
+    hits = total = 0
+    for pred in predictions:
+        truth = instances[pred.index].keypoints
+        norm = normalisers[pred.index]
+        labelled = truth[:, 2] > 0
+        if norm <= 0 or not labelled.any():
+            continue
+        distance = np.linalg.norm(pred.keypoints[labelled] - truth[labelled, :2], axis=1)
+        hits += int((distance <= threshold * norm).sum())
+        total += int(labelled.sum())
+    return hits / total if total else 0.0
+
+
+def pckh(predictions: list[PosePrediction], instances: list[PersonInstance]) -> float:
+    """PCKh@0.5 (MPII): within half the head size (see :func:`training.datasets.mpii.head_size`)."""
+    return pck(predictions, instances, np.array([p.head_size for p in instances]), 0.5)
+
+
+def pck_bbox(
+    predictions: list[PosePrediction], instances: list[PersonInstance], threshold: float = 0.05
+) -> float:
+    """PCK normalised by the longer side of each person's box (MMPose's bbox PCK)."""
+    sizes = np.array([max(p.box[2:]) if p.box is not None else 0.0 for p in instances])
+    return pck(predictions, instances, sizes, threshold)
+
+
+def evaluate_coco(
+    model: nn.Module,
+    spec: ModelSpec,
+    persons: CocoPersons,
+    flip_test: bool = True,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """The whole top-down protocol on a COCO-format file: predict, rescore, NMS, COCOeval.
+
+    With ground-truth boxes it also gives ``PCK`` (bbox-normalised, 0.05) per person.
+    """
+    codec = codecs.build(spec.codec, **spec.codec_kwargs)
+    skeleton = skeletons.get(persons.skeleton)
+    transform = TopDownAffine(spec.input_size, skeleton.flip_indices)
+    dataset = TopDownDataset(persons.instances, transform)
+    predictions = predict(
+        model, spec, codec, dataset, persons.skeleton, flip_test, batch_size, device
+    )
+    scored = rescore_and_nms(predictions, skeleton.sigmas)
+    metrics = coco_keypoint_ap(
+        persons.annotations, coco_results(scored, persons.skeleton), persons.skeleton
+    )
+    if persons.detections is None:
+        metrics["PCK"] = pck_bbox(predictions, persons.instances)
+    return metrics
+
+
+def evaluate_mpii(
+    model: nn.Module,
+    spec: ModelSpec,
+    instances: list[PersonInstance],
+    flip_test: bool = True,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """PCKh@0.5 and bbox PCK on MPII people."""
+    codec = codecs.build(spec.codec, **spec.codec_kwargs)
+    transform = TopDownAffine(spec.input_size, skeletons.get("mpii16").flip_indices)
+    dataset = TopDownDataset(instances, transform)
+    predictions = predict(model, spec, codec, dataset, "mpii16", flip_test, batch_size, device)
+    return {"PCKh": pckh(predictions, instances)}
+
+
+def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
+    overrides = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set {pair!r}: expected key=value, e.g. input_size=[96,128]")
+        overrides[key] = yaml.safe_load(text)
+    return overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="posegraph eval", description=__doc__.split("\n")[0])
+    parser.add_argument("model", help="zoo name, e.g. hrnet_w32")
+    parser.add_argument("--weights", type=Path, required=True, help=".safetensors or .pth")
+    parser.add_argument("--data", type=Path, required=True, help="COCO-format json or MPII list")
+    parser.add_argument("--images", type=Path, help="image folder (default: next to --data)")
+    parser.add_argument("--boxes", default="gt", help="gt, or a COCO detection results json")
+    parser.add_argument("--score-threshold", type=float, default=0.0, help="detection boxes")
+    parser.add_argument("--skeleton", help="coco17, wholebody133, crowdpose14 (default: guess)")
+    parser.add_argument("--set", action="append", default=[], help="model setting key=value")
+    parser.add_argument("--no-flip", action="store_true", help="skip the flip test")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """``posegraph eval``; returns the exit status."""
+    from rich.console import Console
+    from rich.table import Table
+
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=args.json)
+    try:
+        doc = json.loads(args.data.read_text())
+        is_mpii = isinstance(doc, list)
+        skeleton = "mpii16" if is_mpii else args.skeleton or guess_skeleton(doc)
+        overrides = _parse_overrides(args.set)
+        overrides.setdefault("num_keypoints", skeletons.get(skeleton).num_keypoints)
+        model, spec = build(args.model, **overrides)
+        load_checkpoint(model, args.weights)
+        model.to(args.device)
+        if is_mpii:
+            instances = load_mpii(args.data, args.images)
+        else:
+            persons = CocoPersons(
+                args.data,
+                args.images,
+                skeleton,
+                spec.input_size,
+                detections=None if args.boxes == "gt" else Path(args.boxes),
+                score_threshold=args.score_threshold,
+            )
+    except (OSError, ValueError) as error:
+        Console(stderr=True).print(f"error: {error}", markup=False, highlight=False)
+        return 2
+    flip = not args.no_flip
+    if is_mpii:
+        metrics = evaluate_mpii(model, spec, instances, flip, args.batch_size, args.device)
+    else:
+        metrics = evaluate_coco(model, spec, persons, flip, args.batch_size, args.device)
+    if args.json:
+        Console(highlight=False, soft_wrap=True).print(json.dumps(metrics), markup=False)
+        return 0
+    table = Table(title=f"{args.model} on {args.data.name}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    console.print(table)
+    headline = "PCKh" if is_mpii else "AP"
+    console.print(f"{args.model}: {headline} {metrics[headline]:.4f} on {args.data}")
+    return 0

@@ -1,0 +1,478 @@
+"""The top-down trainer: one config in, checkpoints and a best model by validation AP out.
+
+The loop of the official HRNet ``lib/core/function.py`` ``train`` with what a run on shared
+machines needs: mixed precision on CUDA, gradient clipping, an EMA of the weights, a
+checkpoint after every epoch that ``--resume`` continues from the same step, torchrun DDP
+(``WORLD_SIZE`` > 1: a DistributedSampler, only rank 0 writes), and repeatable runs: the
+weights, the data order and every crop's augmentation follow from the seed and the epoch.
+
+Files in the output folder:
+
+- ``last.safetensors`` (weights), ``last_ema.safetensors`` (EMA weights, if enabled),
+  ``optimizer.safetensors`` (optimizer tensors) and ``state.json`` (epoch, step, best AP,
+  optimizer hyper-parameters, the config): everything ``--resume`` needs, no pickle;
+- ``best.safetensors``: the weights (EMA if enabled) of the best validation epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from posegraph import codecs, skeletons
+from posegraph.models import build, load_checkpoint, save_checkpoint
+from training.config import DataSource, TrainConfig
+from training.datasets.coco import CocoPersons, TopDownDataset
+from training.datasets.mpii import load_mpii
+from training.datasets.synthetic import SyntheticTopDown
+from training.evaluate import evaluate_coco, evaluate_mpii, to_tensor
+from training.losses.topdown import CoordinateMSELoss, JointsMSELoss
+from training.synth import SceneConfig
+from training.transforms.topdown import Augmentation, TopDownAffine, upper_body_mask
+
+logger = logging.getLogger(__name__)
+
+#: Codecs whose targets are heatmaps (JointsMSE) or coordinates (MSE); other paradigms are not
+#: trained here.
+HEATMAP_CODECS = ("msra_heatmap", "udp_heatmap")
+COORDINATE_CODECS = ("regression_label",)
+
+
+class ModelEMA:
+    """Exponential moving average of a model's weights and buffers (the YOLO ``ModelEMA``).
+
+    The decay ramps up as ``decay * (1 - exp(-updates / tau))`` so that early averages are not
+    dominated by the random initial weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, tau: float, updates: int = 0) -> None:
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay, self.tau, self.updates = decay, tau, updates
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self.decay * (1 - math.exp(-self.updates / self.tau))
+        own = self.module.state_dict()
+        for name, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                own[name].mul_(d).add_(value.detach(), alpha=1 - d)
+            else:
+                own[name].copy_(value)
+
+
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls, backend: str) -> Distributed:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size <= 1:
+            return cls()
+        dist.init_process_group(backend=backend)
+        return cls(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch; ask torch for deterministic kernels where it has them."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def init_weights(model: nn.Module) -> None:
+    """The official HRNet ``init_weights`` for training from scratch.
+
+    Convolutions drawn from N(0, 0.001) with zero bias, batch norms at 1 and 0: the heatmaps
+    start near 0, as the targets mostly are, instead of at PyTorch's default scale, whose first
+    losses are thousands of times larger.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.normal_(module.weight, std=0.001)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Optimizer state as (tensors for safetensors, the rest as JSON-able data)."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, rest: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for flat, value in [*tensors.items(), *rest["scalars"].items()]:
+        index, key = flat.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
+
+
+def _write_atomically(path: Path, write: Any) -> None:
+    """Write through a temporary file so that a crash never leaves half a checkpoint."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
+class Trainer:
+    """Trains the top-down zoo model a :class:`TrainConfig` names.
+
+    Args:
+        config: the run.
+        out: output folder for checkpoints and logs.
+        resume: continue from ``out``'s last checkpoint (the same step, the same data).
+    """
+
+    def __init__(self, config: TrainConfig, out: Path, resume: bool = False) -> None:
+        self.config = config
+        self.out = Path(out)
+        cuda = torch.cuda.is_available() and config.device != "cpu"
+        if config.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("config asks for device cuda, but torch sees no CUDA device")
+        self.dist = Distributed.from_environment("nccl" if cuda else "gloo")
+        self.device = torch.device(f"cuda:{self.dist.local_rank}" if cuda else "cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)
+        seed_everything(config.seed)
+
+        self.skeleton = skeletons.get(config.skeleton)
+        self.model, self.spec = build(
+            config.model,
+            **{"num_keypoints": self.skeleton.num_keypoints, **config.model_overrides},
+        )
+        if self.spec.paradigm != "topdown":
+            raise ValueError(
+                f"{config.model} is a {self.spec.paradigm} model; this trainer trains top-down "
+                "models (hrnet, de_hrnet, simplebaseline, regression)"
+            )
+        self.codec = codecs.build(self.spec.codec, **self.spec.codec_kwargs)
+        if self.spec.codec in HEATMAP_CODECS:
+            init_weights(self.model)
+            self.loss: nn.Module = JointsMSELoss()
+            self.target_key = "heatmaps"
+        elif self.spec.codec in COORDINATE_CODECS:
+            self.loss = CoordinateMSELoss()
+            self.target_key = "keypoint_labels"
+        else:
+            raise ValueError(f"no top-down loss for codec {self.spec.codec!r}")
+        self.model.to(self.device)
+        self.ema = (
+            ModelEMA(self.model, config.ema.decay, config.ema.tau) if config.ema.enabled else None
+        )
+        self.optimizer = self._make_optimizer()
+        self.amp = config.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.train_set = self._dataset(config.data.train, train=True)
+        self.epoch, self.step, self.best = 0, 0, -1.0
+        self.history: list[dict[str, Any]] = []
+        if resume:
+            self._resume()
+        self.net: nn.Module = self.model
+        if self.dist.world_size > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if cuda else None
+            )
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        opt = self.config.optimizer
+        params = self.model.parameters()
+        if opt.name == "adam":
+            return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay)
+        if opt.name == "adamw":
+            return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
+        return torch.optim.SGD(params, lr=opt.lr, momentum=0.9, weight_decay=opt.weight_decay)
+
+    def _transform(self, train: bool) -> TopDownAffine:
+        aug = self.config.augmentation
+        augmentation = None
+        if train and aug.enabled:
+            augmentation = Augmentation(
+                scale_factor=aug.scale_factor,
+                rotation_factor=aug.rotation_factor,
+                rotation_p=aug.rotation_p,
+                flip_p=aug.flip_p,
+                half_body_p=aug.half_body_p,
+                half_body_min_keypoints=aug.half_body_min_keypoints,
+                color_strength=aug.color_strength,
+            )
+        k = self.skeleton.num_keypoints
+        return TopDownAffine(
+            self.spec.input_size,
+            self.skeleton.flip_indices,
+            upper_body_mask(self.skeleton.name, k),
+            augmentation=augmentation,
+        )
+
+    def _dataset(self, source: DataSource, train: bool) -> TopDownDataset | SyntheticTopDown:
+        transform = self._transform(train)
+        if source.kind == "synthetic":
+            scene = SceneConfig(*source.image_size, people=source.people, crowd_p=0.0)
+            return SyntheticTopDown(
+                source.length,
+                transform,
+                self.codec.encode,
+                self.skeleton.name,
+                source.seed,
+                scene,
+            )
+        if source.annotations is None:
+            raise ValueError(f"data source of kind {source.kind!r} needs `annotations`")
+        if source.kind == "mpii":
+            instances = load_mpii(Path(source.annotations), source.images)
+        else:
+            instances = self._coco(source).instances
+        return TopDownDataset(instances, transform, self.codec.encode, seed=self.config.seed)
+
+    def _coco(self, source: DataSource) -> CocoPersons:
+        return CocoPersons(
+            Path(source.annotations),
+            Path(source.images) if source.images else None,
+            self.skeleton.name,
+            self.spec.input_size,
+            Path(source.detections) if source.detections else None,
+            source.score_threshold,
+        )
+
+    def _loader(self, epoch: int) -> DataLoader:
+        self.train_set.set_epoch(epoch)
+        if self.dist.world_size > 1:
+            sampler: Any = DistributedSampler(self.train_set, seed=self.config.seed)
+            sampler.set_epoch(epoch)
+        else:
+            generator = torch.Generator().manual_seed(self.config.seed + epoch)
+            sampler = RandomSampler(self.train_set, generator=generator)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.config.batch_size,
+            sampler=sampler,
+            num_workers=self.config.workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+        )
+
+    def steps_per_epoch(self) -> int:
+        full = len(self.train_set) // (self.config.batch_size * self.dist.world_size)
+        cap = self.config.schedule.steps_per_epoch
+        steps = min(full, cap) if cap else full
+        if steps < 1:
+            raise ValueError(
+                f"{len(self.train_set)} training items make no full batch of "
+                f"{self.config.batch_size} per process; lower batch_size or add data"
+            )
+        return steps
+
+    def learning_rate(self, epoch: int, step: int) -> float:
+        """Step decay at the milestone epochs, with a linear warm-up over the first steps."""
+        schedule = self.config.schedule
+        lr = self.config.optimizer.lr * schedule.gamma ** sum(
+            epoch >= m for m in schedule.milestones
+        )
+        if schedule.warmup_steps and step < schedule.warmup_steps:
+            lr *= (step + 1) / schedule.warmup_steps
+        return lr
+
+    def _batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        steps = self.steps_per_epoch()
+        for i, batch in enumerate(self._loader(epoch)):
+            if i >= steps:
+                return
+            yield batch
+
+    def train_epoch(self, progress: Any = None, task: Any = None) -> float:
+        """One epoch; returns the mean loss over it."""
+        epoch = self.epoch
+        # Per-epoch seeding makes dropout and any other torch randomness resume exactly.
+        torch.manual_seed(self.config.seed + epoch)
+        self.net.train()
+        total, count, started = 0.0, 0, time.perf_counter()
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        for batch in self._batches(epoch):
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate(epoch, self.step)
+            x = to_tensor(batch["image"].to(self.device, non_blocking=True), self.spec)
+            targets = batch[self.target_key].to(self.device, non_blocking=True)
+            weights = batch["keypoint_weights"].to(self.device, non_blocking=True)
+            with autocast:
+                loss = self.loss(self.net(x), targets, weights)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at epoch {epoch}, step {self.step}; lower the "
+                    "learning rate or turn on clip_grad_norm"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.config.clip_grad_norm:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.step += 1
+            total += loss.item()
+            count += 1
+            if progress is not None:
+                rate = count * x.shape[0] * self.dist.world_size / (time.perf_counter() - started)
+                progress.update(task, advance=1, loss=total / count, rate=rate)
+        return total / max(count, 1)
+
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and kept as best: the EMA if there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def validate(self) -> dict[str, float]:
+        """The headline metric (``AP``, or ``PCKh`` for MPII) and the rest, on ``data.val``."""
+        source = self.config.data.val
+        if source is None:
+            return {}
+        model, flip = self.eval_model(), self.config.flip_test
+        batch = self.config.batch_size
+        if source.kind == "mpii":
+            instances = load_mpii(Path(source.annotations), source.images)
+            metrics = evaluate_mpii(model, self.spec, instances, flip, batch, self.device)
+            metrics["AP"] = metrics["PCKh"]
+            return metrics
+        if source.kind != "coco":
+            raise ValueError(
+                "validation needs a fixed set: write synthetic people to disk "
+                "(training.datasets.synthetic.write_synthetic_coco) and use kind: coco"
+            )
+        return evaluate_coco(model, self.spec, self._coco(source), flip, batch, self.device)
+
+    def save(self, metrics: dict[str, float]) -> None:
+        """Write the epoch's checkpoint (rank 0 only) and the best one if AP improved."""
+        if not self.dist.main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        _write_atomically(self.out / "last.safetensors", lambda p: save_checkpoint(self.model, p))
+        if self.ema is not None:
+            _write_atomically(
+                self.out / "last_ema.safetensors", lambda p: save_checkpoint(self.ema.module, p)
+            )
+        tensors, rest = _optimizer_tensors(self.optimizer)
+        _write_atomically(self.out / "optimizer.safetensors", lambda p: save_file(tensors, str(p)))
+        ap = metrics.get("AP")
+        if ap is not None and ap > self.best:
+            self.best = ap
+            _write_atomically(
+                self.out / "best.safetensors", lambda p: save_checkpoint(self.eval_model(), p)
+            )
+        state = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_ap": self.best,
+            "ema_updates": self.ema.updates if self.ema is not None else 0,
+            "scaler": self.scaler.state_dict(),
+            "optimizer": rest,
+            "history": self.history,
+            "config": self.config.to_dict(),
+        }
+        _write_atomically(
+            self.out / "state.json", lambda p: p.write_text(json.dumps(state, indent=1))
+        )
+
+    def _resume(self) -> None:
+        state_path = self.out / "state.json"
+        if not state_path.is_file():
+            raise FileNotFoundError(
+                f"--resume: {state_path} does not exist; start without --resume, or point "
+                "--out at the folder of an earlier run"
+            )
+        state = json.loads(state_path.read_text())
+        load_checkpoint(self.model, self.out / "last.safetensors")
+        if self.ema is not None:
+            load_checkpoint(self.ema.module, self.out / "last_ema.safetensors")
+            self.ema.updates = state["ema_updates"]
+        tensors = load_file(str(self.out / "optimizer.safetensors"))
+        _load_optimizer(self.optimizer, tensors, state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"] + 1, state["step"]
+        self.best, self.history = state["best_ap"], state["history"]
+        logger.info("resumed from %s: epoch %d, step %d", self.out, self.epoch, self.step)
+
+    def fit(self, console: Any = None) -> list[dict[str, Any]]:
+        """Train to the last epoch; returns one record per epoch (loss, metrics, time)."""
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.6f}"),
+            TextColumn("{task.fields[rate]:.1f} img/s"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not self.dist.main,
+        )
+        with progress:
+            while self.epoch < self.config.schedule.epochs:
+                task = progress.add_task(
+                    f"epoch {self.epoch + 1}/{self.config.schedule.epochs}",
+                    total=self.steps_per_epoch(),
+                    loss=0.0,
+                    rate=0.0,
+                )
+                started = time.perf_counter()
+                loss = self.train_epoch(progress, task)
+                metrics = self.validate() if self.dist.main else {}
+                record = {
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    "loss": loss,
+                    "seconds": time.perf_counter() - started,
+                    **metrics,
+                }
+                self.history.append(record)
+                logger.info("epoch %d: %s", self.epoch, record)
+                self.save(metrics)
+                self.epoch += 1
+        if self.dist.world_size > 1:
+            dist.destroy_process_group()
+        return self.history
