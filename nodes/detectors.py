@@ -299,7 +299,7 @@ class OnnxDetector(Node):
         extra = self._read_metadata(path)
         self._configure(path, (w, h) if w and h else None, outputs, extra)
         if self.fixed_batch is None:
-            self._probe_batch(path)
+            self._probe_batch(ort, path)
         log.info(
             "detect.onnx %s: %s layout, input %dx%d, batch %s, %s",
             path.name,
@@ -309,14 +309,16 @@ class OnnxDetector(Node):
             self.session.get_providers()[0],
         )
 
-    def _probe_batch(self, path: Path) -> None:
+    def _probe_batch(self, ort, path: Path) -> None:
         """Run a batch of two blank images once: some exports (RTMDet through MMDeploy,
         whose NMS is traced for one image) declare a dynamic batch axis yet fail on B > 1.
         Those run one image per call."""
         w, h = self.input_size
         blank = np.zeros((2, 3, h, w), np.float32)
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # the expected failure is not an error worth a log line
         try:
-            outputs = self.session.run(self.output_names, {self.input_name: blank})
+            outputs = self.session.run(self.output_names, {self.input_name: blank}, quiet)
             if all(len(o) == 2 for o in outputs):
                 return
         except Exception as exc:  # onnxruntime raises its own exception types per failure
