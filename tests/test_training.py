@@ -188,6 +188,9 @@ def test_config_errors_name_the_key(tmp_path):
     config = load_config(CONFIGS / "hrnet_w32_coco.yaml")
     assert config.optimizer.lr == 1e-3 and config.schedule.milestones == [170, 200]
     assert config.schedule.epochs == 210 and config.batch_size == 32
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        config = load_config(path)
+        assert config.skeleton in skeletons.SKELETONS, path
     with pytest.raises(ConfigError, match="did you mean 'milestones'"):
         load_config(CONFIGS / "hrnet_w32_coco.yaml", ["schedule.milestone=[1]"])
     with pytest.raises(ConfigError, match="expected int"):
@@ -199,34 +202,37 @@ def test_config_errors_name_the_key(tmp_path):
 #: A narrow HRNet at 64x64 (HRNet needs sides that are multiples of 32), heatmaps 16x16.
 TINY = ["model_overrides.width=8", "model_overrides.input_size=[64,64]", "workers=0"]
 #: People fill most of the 256x192 images, so that 16x16 heatmaps can place keypoints.
-BIG_PEOPLE = SceneConfig(256, 192, people=(1, 2), crowd_p=0.0, min_height_px=110, max_height_px=190)
+BIG_PEOPLE = SceneConfig(256, 192, people=(1, 2), crowd_p=0.0, min_height_px=120, max_height_px=190)
 
 
 @pytest.fixture(scope="module")
-def synthetic_sets(tmp_path_factory) -> dict[str, Path]:
+def synthetic_set(tmp_path_factory) -> dict[str, Path]:
+    """12 synthetic images on disk, and a file with the people of the first four only."""
     root = tmp_path_factory.mktemp("synthetic")
-    train, _ = write_synthetic_coco(root / "train", 48, seed=1, config=BIG_PEOPLE)
-    val, _ = write_synthetic_coco(root / "val", 12, seed=2, config=BIG_PEOPLE)
-    return {"train": train, "train_images": root / "train", "val": val, "val_images": root / "val"}
+    annotations, _ = write_synthetic_coco(root, 12, seed=2, config=BIG_PEOPLE)
+    doc = json.loads(annotations.read_text())
+    first = {image["id"] for image in doc["images"][:4]}
+    doc["images"] = [image for image in doc["images"] if image["id"] in first]
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] in first]
+    few = root / "annotations" / "first_four.json"
+    few.write_text(json.dumps(doc))
+    return {"all": annotations, "few": few, "images": root}
 
 
-def _data_overrides(sets: dict[str, Path]) -> list[str]:
-    return [
-        "data.train.kind=coco",
-        f"data.train.annotations={sets['train']}",
-        f"data.train.images={sets['train_images']}",
-        "data.val.kind=coco",
-        f"data.val.annotations={sets['val']}",
-        f"data.val.images={sets['val_images']}",
-    ]
+def _data_overrides(sets: dict[str, Path], train: str, val: str | None) -> list[str]:
+    data = ["data.train.kind=coco", f"data.train.annotations={sets[train]}"]
+    data += [f"data.train.images={sets['images']}"]
+    if val is None:
+        return [*data, "data.val=null"]
+    data += ["data.val.kind=coco", f"data.val.annotations={sets[val]}"]
+    return [*data, f"data.val.images={sets['images']}"]
 
 
-def test_resume_continues_from_the_same_step(synthetic_sets, tmp_path):
+def test_resume_continues_from_the_same_step(synthetic_set, tmp_path):
     settings = [
         *TINY,
-        *_data_overrides(synthetic_sets),
-        "data.val=null",
-        "batch_size=4",
+        *_data_overrides(synthetic_set, "all", None),
+        "batch_size=2",
         "schedule.steps_per_epoch=2",
         "schedule.milestones=[1]",
     ]
@@ -264,25 +270,28 @@ def test_export_writes_onnx_and_safetensors_with_parity(tmp_path):
     assert export_main(argv) == 1
 
 
-#: Measured on this test's run (CPU, 60 steps): loss falls from about 0.0100 to 0.0073 and
-#: bbox PCK@0.05 reaches 0.06-0.14; the floors sit below with margin. COCO AP stays 0 at this
-#: budget (a narrow HRNet from scratch needs thousands of steps), so it is not asserted here.
-LOSS_RATIO_CEILING = 0.85
-PCK_FLOOR = 0.03
+#: Measured on this test's run (CPU, 2 epochs of 60 steps of 4 crops, 5 people): the epoch's
+#: mean loss falls from 0.0073 to 0.0030 (ratio 0.41); the people it learnt from come back
+#: with COCO AP 0.041 (AP50 0.36) and bbox PCK@0.05 0.26. The floors sit below with margin.
+LOSS_RATIO_CEILING = 0.6
+AP_FLOOR = 0.01
+PCK_FLOOR = 0.15
 
 
-def test_tiny_training_run_lowers_loss_and_evaluates(synthetic_sets, tmp_path):
+def test_tiny_training_run_lowers_loss_and_reaches_ap(synthetic_set, tmp_path, capsys):
     out = tmp_path / "run"
-    settings = [*TINY, *_data_overrides(synthetic_sets), "batch_size=6"]
-    settings += ["schedule.epochs=7", "schedule.milestones=[7]"]
+    # Memorise the five people of four images: a loop that learns shows it in 120 steps on
+    # a CPU, where generalising to new people would take thousands.
+    settings = [*TINY, *_data_overrides(synthetic_set, "few", "few"), "batch_size=4"]
+    settings += ["schedule.epochs=2", "schedule.steps_per_epoch=60", "schedule.milestones=[2]"]
+    settings += ["schedule.warmup_steps=0", "model_overrides.sigma=2.0"]
     settings += ["augmentation.enabled=false", "ema.enabled=false", "optimizer.lr=0.002"]
     argv = [str(CONFIGS / "hrnet_w32_synth_tiny.yaml"), "--out", str(out)]
     assert train_main([*argv, *[a for s in settings for a in ("--set", s)]]) == 0
     history = json.loads((out / "state.json").read_text())["history"]
-    steps = [r["step"] for r in history]
-    assert len(history) == 7 and steps == [steps[0] * (i + 1) for i in range(7)]
+    assert [r["step"] for r in history] == [60, 120]
     assert history[-1]["loss"] < LOSS_RATIO_CEILING * history[0]["loss"], history
-    assert max(r["PCK"] for r in history) >= PCK_FLOOR, history
+    assert history[-1]["AP"] >= AP_FLOOR and history[-1]["PCK"] >= PCK_FLOOR, history[-1]
     assert (out / "best.safetensors").is_file()
     # The evaluation CLI on the best weights gives the same metrics keys, as one JSON object.
     assert (
@@ -292,9 +301,9 @@ def test_tiny_training_run_lowers_loss_and_evaluates(synthetic_sets, tmp_path):
                 "--weights",
                 str(out / "best.safetensors"),
                 "--data",
-                str(synthetic_sets["val"]),
+                str(synthetic_set["few"]),
                 "--images",
-                str(synthetic_sets["val_images"]),
+                str(synthetic_set["images"]),
                 "--set",
                 "width=8",
                 "--set",
@@ -304,3 +313,6 @@ def test_tiny_training_run_lowers_loss_and_evaluates(synthetic_sets, tmp_path):
         )
         == 0
     )
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"AP", "AP50", "AP75", "AR"} <= metrics.keys()
+    assert metrics["AP"] == pytest.approx(max(r.get("AP", 0) for r in history), abs=1e-6)

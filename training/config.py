@@ -86,8 +86,10 @@ class OptimizerConfig:
 class ScheduleConfig:
     """Step decay: ``lr * gamma ** (number of milestones passed)``, milestones in epochs.
 
-    ``steps_per_epoch`` caps an epoch (None: the whole dataset once); ``warmup_steps`` ramps
-    the learning rate linearly from 0.
+    ``steps_per_epoch`` sets an epoch's length, in further passes over the data if one pass
+    is shorter (None: one pass); ``warmup_steps`` ramps
+    the learning rate linearly from 0; validation runs every ``val_every`` epochs and after
+    the last.
     """
 
     epochs: int = 210
@@ -95,6 +97,7 @@ class ScheduleConfig:
     gamma: float = 0.1
     steps_per_epoch: int | None = None
     warmup_steps: int = 0
+    val_every: int = 1
 
 
 @dataclass

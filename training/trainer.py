@@ -274,14 +274,17 @@ class Trainer:
             source.score_threshold,
         )
 
-    def _loader(self, epoch: int) -> DataLoader:
+    def _loader(self, epoch: int, repeat: int) -> DataLoader:
+        """Pass ``repeat`` over the data in ``epoch``; its order follows from both and the seed."""
         self.train_set.set_epoch(epoch)
+        order_seed = self.config.seed + epoch + 1_000_003 * repeat
         if self.dist.world_size > 1:
-            sampler: Any = DistributedSampler(self.train_set, seed=self.config.seed)
+            sampler: Any = DistributedSampler(self.train_set, seed=order_seed)
             sampler.set_epoch(epoch)
         else:
-            generator = torch.Generator().manual_seed(self.config.seed + epoch)
-            sampler = RandomSampler(self.train_set, generator=generator)
+            sampler = RandomSampler(
+                self.train_set, generator=torch.Generator().manual_seed(order_seed)
+            )
         return DataLoader(
             self.train_set,
             batch_size=self.config.batch_size,
@@ -292,15 +295,14 @@ class Trainer:
         )
 
     def steps_per_epoch(self) -> int:
+        """``schedule.steps_per_epoch``, or one pass over the data when that is None."""
         full = len(self.train_set) // (self.config.batch_size * self.dist.world_size)
-        cap = self.config.schedule.steps_per_epoch
-        steps = min(full, cap) if cap else full
-        if steps < 1:
+        if full < 1:
             raise ValueError(
                 f"{len(self.train_set)} training items make no full batch of "
                 f"{self.config.batch_size} per process; lower batch_size or add data"
             )
-        return steps
+        return self.config.schedule.steps_per_epoch or full
 
     def learning_rate(self, epoch: int, step: int) -> float:
         """Step decay at the milestone epochs, with a linear warm-up over the first steps."""
@@ -313,11 +315,16 @@ class Trainer:
         return lr
 
     def _batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        steps = self.steps_per_epoch()
-        for i, batch in enumerate(self._loader(epoch)):
-            if i >= steps:
-                return
-            yield batch
+        """The epoch's batches; more steps than one pass holds take further passes (a small
+        set then still makes epochs of a useful length, without a checkpoint per pass)."""
+        steps, done, repeat = self.steps_per_epoch(), 0, 0
+        while done < steps:
+            for batch in self._loader(epoch, repeat):
+                if done == steps:
+                    return
+                done += 1
+                yield batch
+            repeat += 1
 
     def train_epoch(self, progress: Any = None, task: Any = None) -> float:
         """One epoch; returns the mean loss over it."""
@@ -461,7 +468,9 @@ class Trainer:
                 )
                 started = time.perf_counter()
                 loss = self.train_epoch(progress, task)
-                metrics = self.validate() if self.dist.main else {}
+                last = self.epoch + 1 == self.config.schedule.epochs
+                due = (self.epoch + 1) % self.config.schedule.val_every == 0 or last
+                metrics = self.validate() if self.dist.main and due else {}
                 record = {
                     "epoch": self.epoch,
                     "step": self.step,
