@@ -516,6 +516,7 @@ class ByteTrack(Node):
                 confident = (
                     np.stack([t.keypoint_scores for t in known])[:, None] > self.keypoint_thresh
                 ) & (people.keypoint_scores[cols][None] > self.keypoint_thresh)
+                # The person's box area stands in for COCO's segment area as the scale s^2.
                 boxes = people.boxes[cols]
                 areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
                 pose_similarity = oks(

@@ -10,7 +10,7 @@ lengths around the buffer, gaps, coasting.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import motmetrics
@@ -250,7 +250,10 @@ ARMS_UP = np.array(
 
 
 def walker(
-    start: tuple[float, float], velocity: tuple[float, float], frames: int, pose=ARMS_DOWN
+    start: tuple[float, float],
+    velocity: tuple[float, float],
+    frames: int,
+    pose: np.ndarray = ARMS_DOWN,
 ) -> list[Observed]:
     """A 40x100 px person moving at ``velocity`` px/frame, one exact observation per frame."""
     out = []
@@ -263,8 +266,9 @@ def walker(
 
 
 def together(*people: Observed) -> Observed:
+    """One frame's observation of several people."""
     return Observed(
-        *(np.concatenate([getattr(p, f) for p in people]) for f in Observed.__annotations__)
+        *(np.concatenate([getattr(p, f.name) for p in people]) for f in fields(Observed))
     )
 
 
