@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -30,8 +31,10 @@ def main(argv: list[str]) -> int:
     """Train; returns the exit status (2 for a config or data error)."""
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
+    # Under torchrun every rank runs this; only rank 0 reports progress.
+    rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
-        level=logging.INFO,
+        level=logging.INFO if rank == 0 else logging.WARNING,
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
         force=True,
