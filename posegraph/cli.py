@@ -19,6 +19,19 @@ DELEGATED = {
     "eval": ("training.evaluate", "evaluate a model on COCO-format annotations"),
     "export": ("training.export", "export a model to ONNX and safetensors"),
 }
+# Benchmarks that need synthetic data live with it, in the training package.
+DELEGATED_BENCH = {
+    "tracking": ("training.tracking", "track.bytetrack on a synthetic clip: MOTA, IDF1"),
+}
+
+
+def _delegate(command: str, module_name: str, argv: list[str]) -> int:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        return _err(f"`posegraph {command}` is not available in this installation ({exc})")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    return int(module.main(argv) or 0)
 
 
 def _err(message: str) -> int:
@@ -171,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--height", type=int, default=1080)
     t.add_argument("--clip", help="a video clip to use instead of a generated one")
     t.add_argument("--json", action="store_true")
+    for name, (_module, help_text) in DELEGATED_BENCH.items():
+        bsub.add_parser(name, help=help_text, add_help=False)
     b.set_defaults(fn=cmd_bench)
 
     for name, (_module, help_text) in DELEGATED.items():
@@ -180,14 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"] and len(argv) > 1 and argv[1] in DELEGATED_BENCH:
+        return _delegate(f"bench {argv[1]}", DELEGATED_BENCH[argv[1]][0], argv[2:])
     if argv and argv[0] in DELEGATED:
-        module_name = DELEGATED[argv[0]][0]
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            return _err(f"`posegraph {argv[0]}` is not available in this installation ({exc})")
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-        return int(module.main(argv[1:]) or 0)
+        return _delegate(argv[0], DELEGATED[argv[0]][0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
