@@ -1,0 +1,721 @@
+"""Pose model nodes: top-down on person crops, bottom-up (HPRNet) and one-stage (ER-Pose).
+
+``pose.topdown`` runs a zoo model (HRNet, DE-HRNet, SimpleBaseline) with torch, or any
+ONNX top-down model (a zoo export, RTMPose with SimCC outputs...) with onnxruntime, on the
+crops of ``crop.topdown``. ``pose.bottomup`` and ``pose.onestage`` run on the whole image,
+letterboxed into the network input. Each either decodes in place (``decode: true``, the
+default) or leaves the raw outputs in ``frame.meta["pose_outputs"]`` for a ``decode.*``
+node (:mod:`nodes.decoders`, which holds the one decoding path both use).
+
+Models run through a :class:`BatchRunner`: batches are cut to at most the largest bucket
+size and padded up to the next bucket, so the model only ever sees a few fixed shapes (what
+CUDA graphs, cudnn autotuning and onnxruntime's shape caches want). The device scheduler
+replaces this policy; the runner's ``run`` and ``buckets`` are its interface.
+
+Weights: the zoo models load an official ``.pth`` or our ``.safetensors``; a file that does
+not fit the model stops the node at setup. No weights at all is allowed only with
+``allow_random: true``, so that a pipeline never runs random weights by accident.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from nodes import decoders
+from nodes.crop import warp_crops
+from nodes.detectors import OnnxDetector, letterbox
+from nodes.sources import resolve_path
+from posegraph import codecs, skeletons
+from posegraph.node import Context, Node, NodeError, register
+from posegraph.packet import Frame
+
+log = logging.getLogger(__name__)
+
+#: The model's outputs by name, each (B, ...) float32.
+Outputs = dict[str, np.ndarray]
+
+
+def bucket_sizes(batch: int) -> tuple[int, ...]:
+    """Powers of two below ``batch``, then ``batch``: (1, 2, 4, 8) for 8, (1, 2, 4, 6) for 6."""
+    sizes = [1 << i for i in range(batch.bit_length()) if 1 << i < batch]
+    return (*sizes, batch)
+
+
+class BatchRunner:
+    """Runs a model on batches of fixed sizes.
+
+    ``model`` maps a batch (B, ...) to named outputs, each (B, ...). :meth:`run` cuts a
+    batch into chunks of the largest bucket, pads each chunk with zeros up to the smallest
+    bucket that holds it, and returns the outputs of the real items only.
+    """
+
+    def __init__(self, model: Callable[[np.ndarray], Outputs], buckets: Sequence[int]):
+        if not buckets or min(buckets) < 1:
+            raise ValueError(f"bucket sizes must be positive, got {list(buckets)}")
+        self.model = model
+        self.buckets = tuple(sorted(set(int(b) for b in buckets)))
+
+    def bucket_for(self, n: int) -> int:
+        """The smallest bucket that holds ``n`` items (n <= the largest bucket)."""
+        return next(b for b in self.buckets if b >= n)
+
+    def run(self, batch: np.ndarray) -> Outputs:
+        """Outputs of every item of ``batch`` (B, ...), in order, each (B, ...)."""
+        step = self.buckets[-1]
+        parts: list[Outputs] = []
+        for start in range(0, len(batch), step):
+            chunk = batch[start : start + step]
+            real = len(chunk)
+            size = self.bucket_for(real)
+            if size > real:
+                pad = np.zeros((size - real, *chunk.shape[1:]), chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            parts.append({k: v[:real] for k, v in self.model(chunk).items()})
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+class Normalise:
+    """uint8 BGR images (B, h, w, 3) -> model input (B, 3, h, w): colour order, then
+    ``(pixel - mean) / std`` with mean and std on the 0-255 scale in the model's order."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], color: str):
+        self.mean = np.asarray(mean, np.float32)
+        self.inv_std = 1.0 / np.asarray(std, np.float32)
+        self.rgb = color == "rgb"
+
+    def numpy(self, images: np.ndarray) -> np.ndarray:
+        if self.rgb:
+            images = images[..., ::-1]
+        blob = (images.astype(np.float32) - self.mean) * self.inv_std
+        return np.ascontiguousarray(blob.transpose(0, 3, 1, 2))
+
+    def torch(self, images: Any, dtype: Any) -> Any:
+        """The same on a torch uint8 tensor (B, h, w, 3), on its device."""
+        import torch
+
+        x = images.permute(0, 3, 1, 2).float()
+        if self.rgb:
+            x = x.flip(1)
+        mean = torch.as_tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        inv_std = torch.as_tensor(self.inv_std, device=x.device).view(1, 3, 1, 1)
+        return ((x - mean) * inv_std).to(dtype).contiguous()
+
+
+class TorchModel:
+    """A zoo model on a torch device: uint8 BGR images (B, h, w, 3) in, named numpy out.
+
+    Preprocessing runs on the model's device, so on CUDA only uint8 pixels are copied.
+    """
+
+    def __init__(
+        self, model: Any, normalise: Normalise, device: str, fp16: bool, single_output: str
+    ):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if fp16 else torch.float32
+        self.model = model.to(self.device, self.dtype).eval()
+        self.normalise = normalise
+        self.single_output = single_output
+
+    def __call__(self, images: np.ndarray) -> Outputs:
+        torch = self.torch
+        with torch.inference_mode():
+            pixels = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+            out = self.model(self.normalise.torch(pixels, self.dtype))
+            named = out if isinstance(out, dict) else {self.single_output: out}
+            return {k: v.float().cpu().numpy() for k, v in named.items()}
+
+
+class OnnxModel:
+    """An onnxruntime session: uint8 BGR images (B, h, w, 3) in, outputs under the names
+    the decoders read (``names``: decoder name -> the graph's output name)."""
+
+    def __init__(self, session: Any, normalise: Normalise, names: dict[str, str]):
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.normalise = normalise
+        self.wanted = list(names)
+        self.graph_names = list(names.values())
+
+    def __call__(self, images: np.ndarray) -> Outputs:
+        out = self.session.run(self.graph_names, {self.input_name: self.normalise.numpy(images)})
+        return {k: np.asarray(v, np.float32) for k, v in zip(self.wanted, out, strict=True)}
+
+
+def _static(dim: Any) -> int | None:
+    return dim if isinstance(dim, int) else None
+
+
+class _ModelNode(Node):
+    """What every pose model node shares: weights, backend, device, the batch runner.
+
+    Subclasses settle ``self.settled`` (input_size, mean, std, color, skeleton, codec,
+    codec_kwargs) and call :meth:`_start_model`.
+    """
+
+    def _take_common(
+        self,
+        model: str | None,
+        weights: str | None,
+        allow_random: bool,
+        onnx: str | None,
+        backend: str | None,
+        device: str,
+        fp16: bool,
+        decode: bool,
+        overrides: dict | None,
+        codec_kwargs: dict | None,
+        threads: int,
+    ) -> None:
+        if backend not in (None, "torch", "onnxruntime"):
+            raise NodeError(f"backend {backend!r}: use torch or onnxruntime")
+        backend = backend or ("onnxruntime" if onnx else "torch")
+        if backend == "onnxruntime" and onnx is None:
+            raise NodeError(
+                "backend onnxruntime needs an onnx model file: export the zoo model with "
+                "`posegraph export MODEL --weights W --out DIR` and give onnx: DIR/MODEL.onnx"
+            )
+        if backend == "torch" and onnx is not None:
+            raise NodeError("an onnx model runs with backend onnxruntime, not torch")
+        if onnx is not None and weights is not None:
+            raise NodeError("an onnx model carries its weights: leave weights out")
+        if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+            raise NodeError(f"device {device!r}: use cpu, cuda or cuda:N")
+        if fp16 and (device == "cpu" or backend != "torch"):
+            raise NodeError("fp16 runs with backend torch on a cuda device only")
+        self.model_name = model
+        self.weights = weights
+        self.allow_random = allow_random
+        self.onnx = onnx
+        self.backend = backend
+        self.device = device
+        self.fp16 = fp16
+        self.decode = decode
+        self.overrides = dict(overrides or {})
+        self.codec_kwargs = dict(codec_kwargs or {})
+        self.threads = threads
+        self.session: Any = None
+
+    # -------------------------------------------------------------- settings
+
+    def _zoo_spec(self) -> Any:
+        from posegraph.models import spec_of
+
+        try:
+            return spec_of(self.model_name, **self.overrides)
+        except ValueError as exc:
+            raise NodeError(f"{self.ctx.name}: {exc}") from None
+
+    def _open_onnx(self) -> None:
+        """Open the ONNX session; its input shape is read by the subclass."""
+        import onnxruntime as ort
+
+        path = resolve_path(self.ctx, self.onnx)
+        if not path.is_file():
+            raise NodeError(f"{self.ctx.name}: onnx model not found: {self.onnx}")
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        # The detector's device check gives the same CUDA-provider message for every ONNX node.
+        providers = OnnxDetector._providers(self, ort)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types per failure
+            raise NodeError(f"{self.ctx.name}: onnxruntime cannot load {path}: {exc}") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            got = ", ".join(f"{i.name} {i.shape}" for i in inputs)
+            raise NodeError(f"{path}: expected one image input (B, 3, H, W), got {got}")
+        self.onnx_path = path
+
+    def _onnx_input(self) -> tuple[int | None, tuple[int, int] | None]:
+        """(fixed batch or None, static (w, h) or None) of the ONNX input."""
+        b, _, h, w = (_static(d) for d in self.session.get_inputs()[0].shape)
+        return b, ((w, h) if w and h else None)
+
+    def _onnx_names(self, codec: str) -> dict[str, str]:
+        """Decoder output name -> graph output name: by name, else by order when the count
+        matches (an export that called its single output ``output``)."""
+        wanted = decoders.output_names(codec)
+        graph = [o.name for o in self.session.get_outputs()]
+        if all(n in graph for n in wanted):
+            return {n: n for n in wanted}
+        if len(graph) == len(wanted):
+            return dict(zip(wanted, graph, strict=True))
+        raise NodeError(
+            f"{self.onnx_path}: outputs {graph} are not what the {codec} codec reads "
+            f"({', '.join(wanted)}): rename the outputs or set codec"
+        )
+
+    def _check_onnx_keypoints(self, names: dict[str, str]) -> None:
+        """A top-down graph's K (axis 1 of its outputs, where static) is the skeleton's."""
+        if self.settled["codec"] not in decoders.TOPDOWN_CODECS:
+            return
+        shapes = {o.name: o.shape for o in self.session.get_outputs()}
+        k = self.skeleton.num_keypoints
+        for graph_name in names.values():
+            shape = shapes[graph_name]
+            if len(shape) >= 2 and _static(shape[1]) is not None and shape[1] != k:
+                raise NodeError(
+                    f"{self.onnx_path}: output {graph_name} has {shape[1]} keypoints, skeleton "
+                    f"{self.skeleton.name} has {k}: set skeleton to the model's keypoint set"
+                )
+
+    def _check_device(self) -> None:
+        if self.device == "cpu" or self.backend != "torch":
+            return
+        import torch
+
+        index = int(self.device.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise NodeError(
+                f"{self.ctx.name}: device {self.device!r} asked for, but torch sees "
+                f"{torch.cuda.device_count()} CUDA devices: use device: cpu or install a "
+                "CUDA build of torch"
+            )
+
+    def _load_zoo_model(self) -> Any:
+        """The zoo model with its weights, on the CPU."""
+        from posegraph.models import build, load_checkpoint
+
+        if self.weights is None and not self.allow_random:
+            raise NodeError(
+                f"{self.ctx.name}: no weights for {self.model_name}: give weights: PATH "
+                "(.pth or .safetensors), or allow_random: true to run random weights on "
+                "purpose (tests, benchmarks)"
+            )
+        path = None if self.weights is None else resolve_path(self.ctx, self.weights)
+        if path is not None and not path.is_file():
+            raise NodeError(f"{self.ctx.name}: weights file not found: {self.weights}")
+        try:
+            model, _ = build(self.model_name, **self.overrides)
+        except ValueError as exc:
+            raise NodeError(f"{self.ctx.name}: {exc}") from None
+        if path is None:
+            log.warning("%s: %s runs with random weights", self.ctx.name, self.model_name)
+            return model
+        try:
+            load_checkpoint(model, path)
+        except ValueError as exc:
+            raise NodeError(
+                f"{self.ctx.name}: weights {path} do not fit {self.model_name}: {exc}"
+            ) from None
+        except Exception as exc:  # torch.load and safetensors raise their own types
+            raise NodeError(f"{self.ctx.name}: cannot read weights {path}: {exc}") from None
+        return model
+
+    def _start_model(self, buckets: Sequence[int]) -> None:
+        """The model behind a :class:`BatchRunner`, and the codec, from ``self.settled``."""
+        s = self.settled
+        normalise = Normalise(s["mean"], s["std"], s["color"])
+        self._check_device()
+        try:
+            self.skeleton = skeletons.get(s["skeleton"])
+        except ValueError as exc:
+            raise NodeError(f"{self.ctx.name}: {exc}") from None
+        try:
+            self.codec = codecs.build(s["codec"], **s["codec_kwargs"])
+        except (TypeError, ValueError) as exc:
+            raise NodeError(f"{self.ctx.name}: cannot build codec {s['codec']!r}: {exc}") from None
+        if self.session is not None:
+            fixed_batch, _ = self._onnx_input()
+            if fixed_batch is not None:
+                # a graph exported for one batch size takes only that size
+                buckets = (fixed_batch,)
+            names = self._onnx_names(s["codec"])
+            self._check_onnx_keypoints(names)
+            model = OnnxModel(self.session, normalise, names)
+        else:
+            single = decoders.output_names(s["codec"])[0]
+            model = TorchModel(self._load_zoo_model(), normalise, self.device, self.fp16, single)
+        self.runner = BatchRunner(model, buckets)
+
+    def _pose_outputs(self, outputs: Outputs, **extra: Any) -> dict[str, Any]:
+        return {
+            "codec": self.settled["codec"],
+            "codec_kwargs": self.settled["codec_kwargs"],
+            "skeleton": self.skeleton.name,
+            "outputs": outputs,
+            **extra,
+        }
+
+    def close(self) -> None:
+        self.runner = None
+        self.session = None
+
+
+@register("pose.topdown")
+class TopDownPose(_ModelNode):
+    """Keypoints of each person crop of ``crop.topdown``; writes ``frame.poses``.
+
+    Parameters:
+        model: zoo name (hrnet_w32, de_hrnet_w32, simplebaseline_res50...); the default
+            model when no onnx is given. With onnx it only supplies the settings below.
+        weights: ``.pth`` (official release) or ``.safetensors`` for the zoo model.
+        allow_random: run without weights (random ones), for tests and benchmarks.
+        overrides: zoo config overrides, e.g. ``{input_size: [96, 128]}``.
+        onnx: path of an ONNX top-down model (input (B, 3, h, w); outputs ``heatmaps``, or
+            ``simcc_x`` and ``simcc_y``), run with onnxruntime.
+        input_size, mean, std, color, skeleton, codec, codec_kwargs: what the model wants
+            and what its outputs mean (see ``ModelSpec``); they replace the zoo model's.
+            An ONNX model without ``model`` needs at least ``codec``, and ``input_size``
+            unless its input shape is static. Defaults: ImageNet mean/std in RGB, coco17.
+        backend: ``torch`` or ``onnxruntime``; by default onnxruntime when onnx is given.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        fp16: half precision (torch on CUDA).
+        batch: most crops per model call; calls are padded to bucket sizes (1, 2, 4...).
+        flip_test: also run the mirrored crops and average (twice the model work).
+        decode: decode here; off, raw outputs go to ``meta["pose_outputs"]``.
+        keypoint_threshold: keypoint score that counts in the instance score.
+        threads: onnxruntime intra-op threads, 0 for its default.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        weights: str | None = None,
+        allow_random: bool = False,
+        overrides: dict | None = None,
+        onnx: str | None = None,
+        input_size: tuple[int, ...] | None = None,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        color: str | None = None,
+        skeleton: str | None = None,
+        codec: str | None = None,
+        codec_kwargs: dict | None = None,
+        backend: str | None = None,
+        device: str = "cpu",
+        fp16: bool = False,
+        batch: int = 8,
+        flip_test: bool = False,
+        decode: bool = True,
+        keypoint_threshold: float = 0.2,
+        threads: int = 0,
+    ):
+        if model is None and onnx is None:
+            model = "hrnet_w32"
+        self._take_common(
+            model,
+            weights,
+            allow_random,
+            onnx,
+            backend,
+            device,
+            fp16,
+            decode,
+            overrides,
+            codec_kwargs,
+            threads,
+        )
+        for name, value, want in (
+            ("input_size", input_size, 2),
+            ("mean", mean, 3),
+            ("std", std, 3),
+        ):
+            if value is not None and len(value) != want:
+                raise NodeError(f"{name} needs {want} numbers, got {list(value)}")
+        if color not in (None, "rgb", "bgr"):
+            raise NodeError(f"color {color!r}: use rgb or bgr")
+        if codec is not None and codec not in decoders.TOPDOWN_CODECS:
+            raise NodeError(
+                f"codec {codec!r}: pose.topdown decodes {', '.join(decoders.TOPDOWN_CODECS)}"
+            )
+        if batch < 1:
+            raise NodeError(f"batch must be at least 1, got {batch}")
+        self.given = {
+            "input_size": None if input_size is None else tuple(int(v) for v in input_size),
+            "mean": mean,
+            "std": std,
+            "color": color,
+            "skeleton": skeleton,
+            "codec": codec,
+        }
+        self.batch = batch
+        self.flip_test = flip_test
+        self.keypoint_threshold = keypoint_threshold
+
+    def setup(self, ctx: Context) -> None:
+        super().setup(ctx)
+        settled: dict[str, Any] = {
+            "mean": (123.675, 116.28, 103.53),
+            "std": (58.395, 57.12, 57.375),
+            "color": "rgb",
+            "skeleton": "coco17",
+            "codec_kwargs": {},
+        }
+        if self.model_name is not None:
+            spec = self._zoo_spec()
+            if spec.paradigm != "topdown":
+                raise NodeError(
+                    f"{ctx.name}: {self.model_name} is a {spec.paradigm} model: use "
+                    f"pose.{'bottomup' if spec.paradigm == 'bottomup' else 'onestage'}"
+                )
+            if spec.codec not in decoders.TOPDOWN_CODECS:
+                raise NodeError(
+                    f"{ctx.name}: {self.model_name} uses the {spec.codec} codec, which "
+                    "pose.topdown does not decode"
+                )
+            settled.update(
+                input_size=tuple(spec.input_size),
+                mean=spec.mean,
+                std=spec.std,
+                color=spec.color,
+                skeleton=spec.skeleton,
+                codec=spec.codec,
+                codec_kwargs=dict(spec.codec_kwargs),
+            )
+        settled.update({k: v for k, v in self.given.items() if v is not None})
+        heatmap_size = None
+        if self.onnx is not None:
+            self._open_onnx()
+            _, static_size = self._onnx_input()
+            size = settled.setdefault("input_size", static_size)
+            if static_size is not None and tuple(size) != static_size:
+                raise NodeError(
+                    f"{self.onnx_path}: input_size {list(size)} differs from the model's "
+                    f"fixed input {list(static_size)}"
+                )
+            out_shape = self.session.get_outputs()[0].shape
+            if len(out_shape) == 4 and _static(out_shape[2]) and _static(out_shape[3]):
+                heatmap_size = (out_shape[3], out_shape[2])
+        if settled.get("input_size") is None or settled.get("codec") is None:
+            raise NodeError(
+                f"{ctx.name}: give codec ({', '.join(decoders.TOPDOWN_CODECS)}) and "
+                "input_size: [w, h] for this onnx model, or a zoo model whose settings it has"
+            )
+        w, h = settled["input_size"]
+        kwargs = {"input_size": (w, h), **settled["codec_kwargs"], **self.codec_kwargs}
+        if settled["codec"] in decoders.HEATMAP_CODECS:
+            # HRNet-style models give heatmaps at a quarter of the input
+            kwargs.setdefault("heatmap_size", heatmap_size or (w // 4, h // 4))
+        settled["codec_kwargs"] = kwargs
+        self.settled = settled
+        self.input_size = (int(w), int(h))
+        self._start_model(bucket_sizes(self.batch))
+        log.info(
+            "pose.topdown %s: %s, %s on %s, input %dx%d, buckets %s",
+            ctx.name,
+            self.onnx or self.model_name,
+            self.backend,
+            self.device,
+            w,
+            h,
+            self.runner.buckets,
+        )
+
+    def process(self, frame: Frame) -> Frame:
+        crops = frame.meta.get("crops")
+        if crops is None:
+            raise NodeError(f"{self.ctx.name}: frame has no meta['crops']: put crop.topdown first")
+        if tuple(crops["input_size"]) != self.input_size:
+            raise NodeError(
+                f"{self.ctx.name}: crops are {list(crops['input_size'])}, the model takes "
+                f"{list(self.input_size)}: give crop.topdown the same model or width/height"
+            )
+        n = len(crops["detection"])
+        meta = dict(frame.meta)
+        if n == 0:
+            if self.decode:
+                k = self.skeleton.num_keypoints
+                return frame.replace(poses=decoders.empty_poses(k, self.skeleton.name))
+            meta["pose_outputs"] = self._pose_outputs({})
+            return frame.replace(meta=meta)
+        images = crops.get("images")
+        if images is None:
+            images = warp_crops(frame.image, crops["affine"], self.input_size)
+        if self.flip_test:
+            # one call for the crops and their mirrors: larger batches, fewer calls
+            images = np.concatenate([images, images[:, :, ::-1]])
+        raw = self.runner.run(images)
+        outputs = {k: v[:n] for k, v in raw.items()}
+        if self.flip_test:
+            outputs.update({k + decoders.FLIPPED: v[n:] for k, v in raw.items()})
+        if not self.decode:
+            meta["pose_outputs"] = self._pose_outputs(
+                outputs, keypoint_threshold=self.keypoint_threshold
+            )
+            return frame.replace(meta=meta)
+        keypoints, scores = decoders.decode_crops(self.codec, outputs, self.skeleton.flip_indices)
+        poses = decoders.topdown_poses(
+            keypoints, scores, crops, frame.detections, self.skeleton.name, self.keypoint_threshold
+        )
+        return frame.replace(poses=poses)
+
+
+class _WholeImagePose(_ModelNode):
+    """Whole image in: letterbox into the network input, run, decode, map back.
+
+    Subclasses name their paradigm and default model.
+    """
+
+    paradigm = ""
+
+    def _take_whole(
+        self,
+        input_size: tuple[int, ...] | None,
+        pad_value: int,
+    ) -> None:
+        if input_size is not None and len(input_size) != 2:
+            raise NodeError(f"input_size needs 2 numbers, got {list(input_size)}")
+        self.given_size = None if input_size is None else tuple(int(v) for v in input_size)
+        self.pad_value = pad_value
+
+    def setup(self, ctx: Context) -> None:
+        super().setup(ctx)
+        spec = self._zoo_spec()
+        if spec.paradigm != self.paradigm:
+            raise NodeError(
+                f"{ctx.name}: {self.model_name} is a {spec.paradigm} model, "
+                f"{self.type_name} runs {self.paradigm} models"
+            )
+        size = self.given_size or tuple(spec.input_size)
+        if self.onnx is not None:
+            self._open_onnx()
+            _, static_size = self._onnx_input()
+            if static_size is not None:
+                if self.given_size is not None and self.given_size != static_size:
+                    raise NodeError(
+                        f"{self.onnx_path}: input_size {list(self.given_size)} differs from "
+                        f"the model's fixed input {list(static_size)}"
+                    )
+                size = static_size
+        if any(v % spec.size_divisor for v in size):
+            raise NodeError(
+                f"{ctx.name}: input_size {list(size)} must be a multiple of "
+                f"{spec.size_divisor} for {self.model_name}"
+            )
+        self.input_size = (int(size[0]), int(size[1]))
+        self.settled = {
+            "mean": spec.mean,
+            "std": spec.std,
+            "color": spec.color,
+            "skeleton": spec.skeleton,
+            "codec": spec.codec,
+            "codec_kwargs": {
+                **spec.codec_kwargs,
+                "input_size": self.input_size,
+                **self.codec_kwargs,
+            },
+        }
+        # one image per frame: a single bucket
+        self._start_model((1,))
+
+    def process(self, frame: Frame) -> Frame:
+        canvas, placed = letterbox(frame.image, self.input_size, self.pad_value)
+        outputs = self.runner.run(canvas[None])
+        if not self.decode:
+            meta = dict(frame.meta)
+            meta["pose_outputs"] = self._pose_outputs(
+                outputs, letterbox=decoders.letterbox_to_meta(placed)
+            )
+            return frame.replace(meta=meta)
+        instances = decoders.decode_whole_image(self.codec, outputs)
+        poses, found = decoders.whole_image_poses(instances, placed, self.skeleton.name)
+        return frame.replace(poses=poses, detections=found)
+
+
+_WHOLE_DOC = """
+    Parameters:
+        model: zoo name ({models}).
+        weights: ``.pth`` (official release) or ``.safetensors``.
+        allow_random: run without weights (random ones), for tests and benchmarks.
+        overrides: zoo config overrides.
+        onnx: an ONNX export of the zoo model (its outputs named as the export names
+            them), run with onnxruntime; ``model`` still gives its settings.
+        input_size: network input (w, h), a multiple of the model's size divisor; the image
+            is letterboxed into it (padded right and bottom with ``pad_value``). Default:
+            the model's training size.
+        codec_kwargs: decoding settings that replace the model's (thresholds, top-k...).
+        backend, device, fp16, decode, threads: as for ``pose.topdown``.
+"""
+
+
+@register("pose.bottomup")
+class BottomUpPose(_WholeImagePose):
+    __doc__ = (
+        "Whole-body poses (wholebody133) with HPRNet on the whole image; writes "
+        "``frame.poses`` and the person boxes to ``frame.detections``.\n"
+        + _WHOLE_DOC.format(models="hprnet_dla34, hprnet_hg104")
+    )
+
+    paradigm = "bottomup"
+
+    def __init__(
+        self,
+        model: str = "hprnet_dla34",
+        weights: str | None = None,
+        allow_random: bool = False,
+        overrides: dict | None = None,
+        onnx: str | None = None,
+        input_size: tuple[int, ...] | None = None,
+        pad_value: int = 0,
+        codec_kwargs: dict | None = None,
+        backend: str | None = None,
+        device: str = "cpu",
+        fp16: bool = False,
+        decode: bool = True,
+        threads: int = 0,
+    ):
+        self._take_common(
+            model,
+            weights,
+            allow_random,
+            onnx,
+            backend,
+            device,
+            fp16,
+            decode,
+            overrides,
+            codec_kwargs,
+            threads,
+        )
+        self._take_whole(input_size, pad_value)
+
+
+@register("pose.onestage")
+class OneStagePose(_WholeImagePose):
+    __doc__ = (
+        "COCO poses (coco17) with ER-Pose on the whole image, one pose per person without "
+        "NMS; writes ``frame.poses`` and the person boxes to ``frame.detections``.\n"
+        + _WHOLE_DOC.format(models="erpose_n, erpose_s, erpose_m, erpose_l")
+    )
+
+    paradigm = "onestage"
+
+    def __init__(
+        self,
+        model: str = "erpose_n",
+        weights: str | None = None,
+        allow_random: bool = False,
+        overrides: dict | None = None,
+        onnx: str | None = None,
+        input_size: tuple[int, ...] | None = None,
+        pad_value: int = 114,
+        codec_kwargs: dict | None = None,
+        backend: str | None = None,
+        device: str = "cpu",
+        fp16: bool = False,
+        decode: bool = True,
+        threads: int = 0,
+    ):
+        self._take_common(
+            model,
+            weights,
+            allow_random,
+            onnx,
+            backend,
+            device,
+            fp16,
+            decode,
+            overrides,
+            codec_kwargs,
+            threads,
+        )
+        self._take_whole(input_size, pad_value)
