@@ -194,6 +194,22 @@ def nms_yolov8(
     )
 
 
+def onnx_providers(ort, device: str) -> list[Any]:
+    """onnxruntime execution providers for ``device`` (cpu, cuda, cuda:N); a clear error when
+    CUDA is asked for and this onnxruntime has no CUDA provider."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise NodeError(
+            f"device {device!r} asked for, but this onnxruntime has no CUDA provider "
+            f"(it has {', '.join(available)}): install onnxruntime-gpu "
+            "(pip install -e '.[gpu]') or use device: cpu"
+        )
+    index = int(device.partition(":")[2] or 0)
+    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+
+
 @register("detect.onnx")
 class OnnxDetector(Node):
     """Finds people (or other classes) with an ONNX detector; writes ``frame.detections``.
@@ -274,7 +290,9 @@ class OnnxDetector(Node):
         if self.threads:
             options.intra_op_num_threads = self.threads
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=self._providers(ort))
+            self.session = ort.InferenceSession(
+                str(path), options, providers=onnx_providers(ort, self.device)
+            )
         except Exception as exc:  # onnxruntime raises its own exception types per failure
             raise NodeError(f"onnxruntime cannot load {path}: {exc}") from exc
 
@@ -325,19 +343,6 @@ class OnnxDetector(Node):
             log.debug("batch probe of %s failed: %s", path, exc)
         log.info("%s runs one image per call: its graph does not take batches", path.name)
         self.fixed_batch = 1
-
-    def _providers(self, ort) -> list[Any]:
-        if self.device == "cpu":
-            return ["CPUExecutionProvider"]
-        available = ort.get_available_providers()
-        if "CUDAExecutionProvider" not in available:
-            raise NodeError(
-                f"device {self.device!r} asked for, but this onnxruntime has no CUDA provider "
-                f"(it has {', '.join(available)}): install onnxruntime-gpu "
-                "(pip install -e '.[gpu]') or use device: cpu"
-            )
-        index = int(self.device.partition(":")[2] or 0)
-        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
 
     def _read_metadata(self, path: Path) -> dict[str, Any]:
         """Ultralytics writes task, class names and image size into the model's metadata."""

@@ -27,7 +27,7 @@ import numpy as np
 
 from nodes import decoders
 from nodes.crop import warp_crops
-from nodes.detectors import OnnxDetector, letterbox
+from nodes.detectors import letterbox, onnx_providers
 from nodes.sources import resolve_path
 from posegraph import codecs, skeletons
 from posegraph.node import Context, Node, NodeError, register
@@ -222,8 +222,7 @@ class _ModelNode(Node):
         options = ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = self.threads
-        # The detector's device check gives the same CUDA-provider message for every ONNX node.
-        providers = OnnxDetector._providers(self, ort)
+        providers = onnx_providers(ort, self.device)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types per failure
