@@ -299,3 +299,26 @@ def test_a_node_that_keeps_dying_stops_the_pipeline_with_its_error(tmp_path, pos
     assert code == 2 and len(lines) == 1, stderr
     assert "process 'bad' (nodes bad) failed 3 times within 300 s" in lines[0]
     assert "exit status 1" in lines[0]
+
+
+def test_segments_left_by_a_killed_run_are_removed_by_the_next(tmp_path, posegraph):
+    from multiprocessing import resource_tracker, shared_memory
+
+    stale = shared_memory.SharedMemory(name="pg-00dead00aa-cam-1-1", create=True, size=64)
+    resource_tracker.unregister(stale._name, "shared_memory")
+    stale.close()
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 32, "height": 32, "frames": 5},
+            },
+            {"name": "n", "type": "sink.null", "from": "cam"},
+        ],
+    )
+    code, _, stderr = posegraph("run", "p.yaml").wait()
+    assert code == 0, stderr
+    assert "pg-00dead00aa-cam-1-1" not in os.listdir("/dev/shm")
+    assert "removed 1 shared-memory segments left by runs that were killed" in stderr

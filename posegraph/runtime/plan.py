@@ -72,12 +72,17 @@ def stream_of(graph: Graph, source: str) -> str:
     return str(graph.nodes[source].params.get("stream") or source)
 
 
+def rundir_of(run_id: str) -> str:
+    """The folder of a run: its ipc sockets and its supervisor's pid."""
+    return os.path.join("/tmp", f"posegraph-{run_id}")
+
+
 def build_plan(graph: Graph, executor: str, max_frames: int | None = None) -> Plan:
     """Place every node instance: one process group per node (or per ``process:`` value)
     with ``procs``, a single group with ``inproc``."""
     opts = graph.runtime
     run_id = uuid.uuid4().hex[:10]
-    rundir = os.path.join("/tmp", f"posegraph-{run_id}")
+    rundir = rundir_of(run_id)
     tcp = opts.transport == "tcp"
 
     def address(node: str, replica: int) -> str:

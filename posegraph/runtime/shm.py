@@ -242,6 +242,29 @@ class FramePlane:
             self._own.clear()
 
 
+def reap_stale(rundir_of) -> int:
+    """Remove segments left by runs whose supervisor is gone (killed with SIGKILL, say).
+
+    ``rundir_of(run_id)`` is the run's folder, where its supervisor keeps ``supervisor.pid``.
+    """
+    n = 0
+    try:
+        names = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        return 0
+    for run_id in {name.split("-")[1] for name in names if name.startswith("pg-")}:
+        try:
+            pid = int(open(os.path.join(rundir_of(run_id), "supervisor.pid")).read())
+            os.kill(pid, 0)
+            continue  # that run is alive
+        except (OSError, ValueError):
+            pass
+        n += unlink_run(run_id)
+    if n:
+        log.warning("removed %d shared-memory segments left by runs that were killed", n)
+    return n
+
+
 def unlink_run(run_id: str) -> int:
     """Remove every segment of a run from /dev/shm; returns how many were left."""
     prefix = f"pg-{run_id}-"

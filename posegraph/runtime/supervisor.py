@@ -28,8 +28,8 @@ import msgpack
 import zmq
 
 from posegraph.metrics import Metrics
-from posegraph.runtime.plan import Plan
-from posegraph.runtime.shm import unlink_run
+from posegraph.runtime.plan import Plan, rundir_of
+from posegraph.runtime.shm import reap_stale, unlink_run
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,9 @@ class Supervisor:
     def run(self, duration: float | None = None, on_tick: Callable[[], None] | None = None) -> None:
         plan = self.plan
         os.makedirs(plan.rundir, exist_ok=True)
+        with open(os.path.join(plan.rundir, "supervisor.pid"), "w") as f:
+            f.write(str(os.getpid()))
+        reap_stale(rundir_of)
         zctx = zmq.Context.instance()
         control = zctx.socket(zmq.ROUTER)
         control.setsockopt(zmq.LINGER, 0)
