@@ -40,20 +40,23 @@ def _err(message: str) -> int:
     return 2
 
 
-def _load(args) -> object:
+def _load(args):
+    """The validated graph of ``args.file`` with the ``--set`` overrides; None after printing
+    every problem found, one line each."""
     from posegraph.config import load
-
-    return load(args.file, overrides=args.set)
-
-
-def cmd_validate(args) -> int:
     from posegraph.graph import GraphError
 
     try:
-        graph = _load(args)
+        return load(args.file, overrides=args.set)
     except GraphError as exc:
         for p in exc.problems:
             _err(str(p))
+        return None
+
+
+def cmd_validate(args) -> int:
+    graph = _load(args)
+    if graph is None:
         return 2
     n = len(graph.nodes)
     print(
@@ -64,13 +67,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from posegraph.graph import GraphError
-
-    try:
-        graph = _load(args)
-    except GraphError as exc:
-        for p in exc.problems:
-            _err(str(p))
+    graph = _load(args)
+    if graph is None:
         return 2
     for name in graph.order():
         s = graph.nodes[name]
@@ -85,14 +83,10 @@ def cmd_graph(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from posegraph.graph import GraphError
     from posegraph.runtime import PipelineError, run
 
-    try:
-        graph = _load(args)
-    except GraphError as exc:
-        for p in exc.problems:
-            _err(str(p))
+    graph = _load(args)
+    if graph is None:
         return 2
     if args.metrics_port is not None:
         graph.runtime.metrics_port = args.metrics_port
