@@ -129,7 +129,8 @@ class SkeletonOverlay(Node):
     def process(self, frame: Frame) -> Frame:
         canvas = np.array(frame.image, dtype=np.uint8, copy=True, order="C")
         poses = frame.poses
-        if len(poses):
+        # people without keypoints (a tracker behind a detector) are drawn as boxes and ids
+        if len(poses) and poses.keypoints.shape[1]:
             name = self.skeleton or poses.skeleton
             if not name:
                 raise NodeError(

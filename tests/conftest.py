@@ -104,6 +104,14 @@ class Run:
         return {p.name(): p for p in self.processes() if p.name().startswith("pg:")}
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def shm_segments() -> set[str]:
     return {n for n in os.listdir("/dev/shm") if n.startswith("pg-")}
 

@@ -322,3 +322,26 @@ def test_segments_left_by_a_killed_run_are_removed_by_the_next(tmp_path, posegra
     assert code == 0, stderr
     assert "pg-00dead00aa-cam-1-1" not in os.listdir("/dev/shm")
     assert "removed 1 shared-memory segments left by runs that were killed" in stderr
+
+
+@pytest.mark.parametrize("inproc", [False, True])
+def test_a_node_error_while_running_stops_with_one_line_not_restarts(tmp_path, posegraph, inproc):
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 32, "height": 32, "frames": 50},
+            },
+            {"name": "picky", "type": "tests.helpers.custom_nodes:Refuse", "from": "cam"},
+            {"name": "n", "type": "sink.null", "from": "picky"},
+        ],
+    )
+    args = ["run", "p.yaml", *(["--inproc"] if inproc else [])]
+    code, _, stderr = posegraph(*args, env={"PYTHONPATH": str(ROOT)}).wait()
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 2 and lines == [
+        "error: node 'picky': frames of this stream carry no poses: put a pose node before me"
+    ], stderr
+    assert "restarting" not in stderr

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,15 +18,9 @@ import numpy as np
 import pytest
 
 from posegraph import Graph
-from tests.conftest import ROOT, read_jsonl, wait_for, write_pipeline
+from tests.conftest import ROOT, free_port, read_jsonl, wait_for, write_pipeline
 
 SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _gst_available() -> bool:

@@ -99,10 +99,14 @@ def worker_main(plan: Plan, group: str, resume: dict[str, int], log_level: int) 
                 if msg["t"] == "stop":
                     worker.stop.set()
             if worker.failed.is_set():
-                errors = [r.error for r in worker.runners if r.error]
                 send("metrics", nodes=worker.metrics())
-                send("failed", error="; ".join(errors))
-                code = 1
+                fatal = [r for r in worker.runners if r.fatal]
+                if fatal:
+                    send("fatal", error=fatal[0].error, node=fatal[0].spec.node)
+                    code = 3
+                else:
+                    send("failed", error="; ".join(r.error for r in worker.runners if r.error))
+                    code = 1
                 break
             if worker.done or worker.abort.is_set():
                 send("metrics", nodes=worker.metrics())

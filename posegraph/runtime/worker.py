@@ -120,6 +120,7 @@ class Runner:
         self._eos_seen: dict[str, int] = {}
         self._streams_open = set(spec.eos_expected)
         self.error: str | None = None
+        self.fatal = False  # the error needs a change of configuration, not a restart
 
     # ----------------------------------------------------------------- set-up
 
@@ -290,6 +291,9 @@ class Runner:
     def _call(self, fn: Callable[[Frame], Frame | None], arg: Frame) -> Frame | None:
         try:
             out = fn(arg)
+        except NodeError as exc:
+            # a node that cannot work with what it is given: stopping beats a restart loop
+            raise FatalNodeError(self.spec.node, str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - a node's bug costs a frame, not the pipeline
             self.stats.errors += 1
             self._consecutive_errors += 1
@@ -374,6 +378,11 @@ class Runner:
     def _guard(self, target: Callable[[], None]) -> None:
         try:
             target()
+        except FatalNodeError as exc:
+            self.error = str(exc)
+            self.fatal = True
+            log.error("%s", exc)
+            self.worker.failed.set()
         except Exception as exc:  # noqa: BLE001 - reported to the supervisor, which restarts
             self.error = f"{type(exc).__name__}: {exc}"
             log.error("node %s stopped: %s\n%s", self.name, self.error, traceback.format_exc())

@@ -24,3 +24,12 @@ class Crash(Node):
 
             os._exit(1)
         return frame
+
+
+class Refuse(Node):
+    """Cannot work with the frames it is given: raises NodeError at the first one."""
+
+    def process(self, frame: Frame) -> Frame:
+        from posegraph.node import NodeError
+
+        raise NodeError("frames of this stream carry no poses: put a pose node before me")
