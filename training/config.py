@@ -61,7 +61,13 @@ class DataConfig:
 
 @dataclass
 class AugmentationConfig:
-    """See :class:`training.transforms.topdown.Augmentation`; ``enabled: false`` turns all off."""
+    """Training augmentation; ``enabled: false`` turns all off.
+
+    Top-down models: see :class:`training.transforms.topdown.Augmentation`. Whole-image
+    models take their paper's random affine (:meth:`RandomAffine.hprnet`,
+    :meth:`RandomAffine.erpose`) and, for ER-Pose, a YOLO mosaic with probability
+    ``mosaic_p``, off for the last ``close_mosaic`` epochs.
+    """
 
     enabled: bool = True
     scale_factor: float = 0.35
@@ -71,27 +77,40 @@ class AugmentationConfig:
     half_body_p: float = 0.3
     half_body_min_keypoints: int = 8
     color_strength: float = 0.2
+    mosaic_p: float = 0.0
+    close_mosaic: int = 0
 
 
 @dataclass
 class OptimizerConfig:
-    """``adam`` or ``adamw`` or ``sgd`` (momentum 0.9) at learning rate ``lr``."""
+    """``adam`` or ``adamw`` or ``sgd`` at learning rate ``lr``.
+
+    ``momentum`` is SGD's momentum, or the first beta of Adam and AdamW (Ultralytics sets
+    both from its ``momentum``); ``nesterov`` applies to SGD.
+    """
 
     name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
 
 
 @dataclass
 class ScheduleConfig:
-    """Step decay: ``lr * gamma ** (number of milestones passed)``, milestones in epochs.
+    """The learning rate by epoch, after a warm-up.
 
+    ``kind``: ``step`` decays as ``lr * gamma ** (number of milestones passed)``, milestones
+    in epochs (HRNet, HPRNet); ``linear`` and ``cosine`` fall from ``lr`` at epoch 0 to
+    ``lr * final_lr`` at ``epochs`` (Ultralytics' ``lrf``, ``cos_lr``).
     ``steps_per_epoch`` sets an epoch's length, in further passes over the data if one pass
     is shorter (None: one pass); ``warmup_steps`` ramps
     the learning rate linearly from 0; validation runs every ``val_every`` epochs and after
     the last.
     """
 
+    kind: Literal["step", "linear", "cosine"] = "step"
+    final_lr: float = 0.01
     epochs: int = 210
     milestones: list[int] = field(default_factory=lambda: [170, 200])
     gamma: float = 0.1

@@ -1,4 +1,9 @@
-"""The top-down trainer: one config in, checkpoints and a best model by validation AP out.
+"""The trainer: one config in, checkpoints and a best model by validation AP out.
+
+One loop for every paradigm of the zoo, picked from the model's spec: top-down models
+(HRNet, DE-HRNet, SimpleBaseline, the regression baseline) train on person crops with
+JointsMSE or coordinate MSE; bottom-up HPRNet and one-stage ER-Pose train on whole images
+(:mod:`training.datasets.bottomup`) with ``HPRNetLoss`` and ``ERPoseLoss``.
 
 The loop of the official HRNet ``lib/core/function.py`` ``train`` with what a run on shared
 machines needs: mixed precision on CUDA, gradient clipping, an EMA of the weights, a
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -37,22 +43,47 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from posegraph import codecs, skeletons
-from posegraph.models import build, load_checkpoint, save_checkpoint
+from posegraph.codecs import PoseInstances
+from posegraph.models import ModelSpec, build, load_checkpoint, save_checkpoint, spec_of
 from training.config import DataSource, TrainConfig
+from training.datasets.bottomup import (
+    BottomUpDataset,
+    CocoImages,
+    SyntheticImages,
+    collate_erpose,
+    collate_hprnet,
+)
 from training.datasets.coco import CocoPersons, TopDownDataset
 from training.datasets.mpii import load_mpii
 from training.datasets.synthetic import SyntheticTopDown
-from training.evaluate import evaluate_coco, evaluate_mpii, to_tensor
+from training.evaluate import (
+    PosePrediction,
+    coco_keypoint_ap,
+    coco_results,
+    evaluate_coco,
+    evaluate_mpii,
+    to_tensor,
+)
+from training.losses.erpose import ERPoseLoss
+from training.losses.hprnet import HPRNetLoss
 from training.losses.topdown import CoordinateMSELoss, JointsMSELoss
 from training.synth import SceneConfig
+from training.transforms.bottomup import RandomAffine, letterbox, transform_points
 from training.transforms.topdown import Augmentation, TopDownAffine, upper_body_mask
 
 logger = logging.getLogger(__name__)
 
-#: Codecs whose targets are heatmaps (JointsMSE) or coordinates (MSE); other paradigms are not
-#: trained here.
+#: Top-down codecs whose targets are heatmaps (JointsMSE) or coordinates (MSE).
 HEATMAP_CODECS = ("msra_heatmap", "udp_heatmap")
 COORDINATE_CODECS = ("regression_label",)
+#: Paradigms that train and validate on whole images (HPRNet, ER-Pose).
+WHOLE_IMAGE_PARADIGMS = ("bottomup", "onestage")
+#: Decoding thresholds in validation: low, so that COCO AP sees the whole ranking (the
+#: Ultralytics validator decodes at 0.001; CenterNet keeps the top 100 centres).
+VALIDATION_CODEC_KWARGS = {
+    "hprnet": {"center_threshold": 0.001},
+    "erpose": {"score_threshold": 0.001},
+}
 
 
 class ModelEMA:
@@ -155,8 +186,41 @@ def _write_atomically(path: Path, write: Any) -> None:
     tmp.replace(path)
 
 
+def image_predictions(
+    poses: PoseInstances, matrix: np.ndarray, image_id: int, k: int, first_index: int
+) -> list[tuple[PosePrediction, float]]:
+    """Decoded poses of one letterboxed image, mapped back to the image's pixels.
+
+    Args:
+        poses: the codec's output, in network-input pixels.
+        matrix: (2, 3) affine from image pixels to network-input pixels (the letterbox's).
+        image_id: the image's id in the annotation file.
+        k: keep the first K keypoints (17: the body of a whole-body pose).
+        first_index: ``index`` of the first prediction.
+
+    Returns:
+        (prediction, instance score) per pose, as :func:`training.evaluate.coco_results`
+        takes them.
+    """
+    back = cv2.invertAffineTransform(matrix)
+    predictions = []
+    for n in range(len(poses)):
+        x1, y1, x2, y2 = transform_points(poses.boxes[n].reshape(2, 2), back).ravel()
+        score = float(poses.scores[n])
+        prediction = PosePrediction(
+            image_id,
+            transform_points(poses.keypoints[n, :k], back).astype(np.float32),
+            poses.keypoint_scores[n, :k],
+            score,
+            float((x2 - x1) * (y2 - y1)),
+            first_index + n,
+        )
+        predictions.append((prediction, score))
+    return predictions
+
+
 class Trainer:
-    """Trains the top-down zoo model a :class:`TrainConfig` names.
+    """Trains the zoo model a :class:`TrainConfig` names (top-down, bottom-up or one-stage).
 
     Args:
         config: the run.
@@ -177,25 +241,25 @@ class Trainer:
         seed_everything(config.seed)
 
         self.skeleton = skeletons.get(config.skeleton)
-        self.model, self.spec = build(
-            config.model,
-            **{"num_keypoints": self.skeleton.num_keypoints, **config.model_overrides},
-        )
-        if self.spec.paradigm != "topdown":
-            raise ValueError(
-                f"{config.model} is a {self.spec.paradigm} model; this trainer trains top-down "
-                "models (hrnet, de_hrnet, simplebaseline, regression)"
-            )
-        self.codec = codecs.build(self.spec.codec, **self.spec.codec_kwargs)
-        if self.spec.codec in HEATMAP_CODECS:
+        self.model, self.spec = self._build_model()
+        self.paradigm = self.spec.paradigm
+        self.codec = codecs.build(self.spec.codec, **self._codec_kwargs())
+        self.collate: Any = None
+        if self.paradigm == "topdown" and self.spec.codec in HEATMAP_CODECS:
             init_weights(self.model)
             self.loss: nn.Module = JointsMSELoss()
             self.target_key = "heatmaps"
-        elif self.spec.codec in COORDINATE_CODECS:
+        elif self.paradigm == "topdown" and self.spec.codec in COORDINATE_CODECS:
             self.loss = CoordinateMSELoss()
             self.target_key = "keypoint_labels"
+        elif self.paradigm == "bottomup" and self.spec.codec == "hprnet":
+            self.loss, self.collate = HPRNetLoss(), collate_hprnet
+        elif self.paradigm == "onestage" and self.spec.codec == "erpose":
+            strides = self.spec.codec_kwargs["strides"]
+            self.loss = ERPoseLoss(self.skeleton.sigmas, strides=strides)
+            self.collate = collate_erpose
         else:
-            raise ValueError(f"no top-down loss for codec {self.spec.codec!r}")
+            raise ValueError(f"no {self.paradigm} loss for codec {self.spec.codec!r}")
         self.model.to(self.device)
         self.ema = (
             ModelEMA(self.model, config.ema.decay, config.ema.tau) if config.ema.enabled else None
@@ -214,14 +278,48 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if cuda else None
             )
 
+    def _build_model(self) -> tuple[nn.Module, ModelSpec]:
+        """The zoo model with the config's overrides, its K set to the skeleton's.
+
+        ``num_keypoints`` is overridden only where the model's own K differs; HPRNet's
+        keypoint set is fixed (its heads are wholebody133's), so its config must name it.
+        """
+        config = self.config
+        overrides = dict(config.model_overrides)
+        spec = spec_of(config.model, **overrides)
+        if spec.num_keypoints != self.skeleton.num_keypoints:
+            if spec.paradigm == "bottomup":
+                raise ValueError(
+                    f"{config.model} predicts the {spec.num_keypoints} {spec.skeleton} "
+                    f"keypoints, not {config.skeleton}'s; set skeleton: {spec.skeleton}"
+                )
+            overrides["num_keypoints"] = self.skeleton.num_keypoints
+        return build(config.model, **overrides)
+
+    def _codec_kwargs(self, validation: bool = False) -> dict[str, Any]:
+        """The spec's codec arguments; ER-Pose's codec also takes the skeleton (its K)."""
+        kwargs = dict(self.spec.codec_kwargs)
+        if self.spec.codec == "erpose":
+            kwargs["skeleton"] = self.config.skeleton
+        if validation:
+            kwargs.update(VALIDATION_CODEC_KWARGS.get(self.spec.codec, {}))
+        return kwargs
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         opt = self.config.optimizer
         params = self.model.parameters()
+        betas = (opt.momentum, 0.999)
         if opt.name == "adam":
-            return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay)
+            return torch.optim.Adam(params, lr=opt.lr, betas=betas, weight_decay=opt.weight_decay)
         if opt.name == "adamw":
-            return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
-        return torch.optim.SGD(params, lr=opt.lr, momentum=0.9, weight_decay=opt.weight_decay)
+            return torch.optim.AdamW(params, lr=opt.lr, betas=betas, weight_decay=opt.weight_decay)
+        return torch.optim.SGD(
+            params,
+            lr=opt.lr,
+            momentum=opt.momentum,
+            nesterov=opt.nesterov,
+            weight_decay=opt.weight_decay,
+        )
 
     def _transform(self, train: bool) -> TopDownAffine:
         aug = self.config.augmentation
@@ -244,7 +342,11 @@ class Trainer:
             augmentation=augmentation,
         )
 
-    def _dataset(self, source: DataSource, train: bool) -> TopDownDataset | SyntheticTopDown:
+    def _dataset(
+        self, source: DataSource, train: bool
+    ) -> TopDownDataset | SyntheticTopDown | BottomUpDataset:
+        if self.paradigm in WHOLE_IMAGE_PARADIGMS:
+            return self._whole_images(source, train)
         transform = self._transform(train)
         if source.kind == "synthetic":
             scene = SceneConfig(*source.image_size, people=source.people, crowd_p=0.0)
@@ -263,6 +365,45 @@ class Trainer:
         else:
             instances = self._coco(source).instances
         return TopDownDataset(instances, transform, self.codec.encode, seed=self.config.seed)
+
+    def _square_input(self) -> int:
+        """The side of a whole-image model's square training input."""
+        width, height = self.spec.input_size
+        if width != height:
+            raise ValueError(
+                f"{self.config.model}: input_size {self.spec.input_size}; whole-image models "
+                "train on a square input (model_overrides.input_size: [S, S])"
+            )
+        return width
+
+    def _whole_images(self, source: DataSource, train: bool) -> BottomUpDataset:
+        """Whole images with the paper's augmentation (train) or letterboxed, and targets."""
+        if source.kind == "synthetic":
+            scene = SceneConfig(*source.image_size, people=source.people, crowd_p=0.0)
+            images: Any = SyntheticImages(source.length, source.seed, scene)
+        elif source.kind == "coco" and source.annotations is not None:
+            images = CocoImages(Path(source.annotations), source.images, with_people_only=train)
+        else:
+            raise ValueError(
+                f"whole-image models read data of kind coco (with `annotations`) or synthetic, "
+                f"not {source.kind!r}"
+            )
+        size = self._square_input()
+        aug = self.config.augmentation
+        affine, mosaic_p = None, 0.0
+        if train and aug.enabled:
+            preset = RandomAffine.hprnet if self.paradigm == "bottomup" else RandomAffine.erpose
+            affine, mosaic_p = preset(self.skeleton.flip_indices, size), aug.mosaic_p
+        return BottomUpDataset(
+            images,
+            self.codec,
+            self.config.skeleton,
+            size,
+            affine,
+            mosaic_p=mosaic_p,
+            mosaic_epochs=self.config.schedule.epochs - aug.close_mosaic,
+            seed=self.config.seed,
+        )
 
     def _coco(self, source: DataSource) -> CocoPersons:
         return CocoPersons(
@@ -290,6 +431,7 @@ class Trainer:
             batch_size=self.config.batch_size,
             sampler=sampler,
             num_workers=self.config.workers,
+            collate_fn=self.collate,
             pin_memory=self.device.type == "cuda",
             drop_last=True,
         )
@@ -305,16 +447,22 @@ class Trainer:
         return self.config.schedule.steps_per_epoch or full
 
     def learning_rate(self, epoch: int, step: int) -> float:
-        """Step decay at the milestone epochs, with a linear warm-up over the first steps."""
+        """The schedule's rate at ``epoch`` (step, linear or cosine; see
+        :class:`training.config.ScheduleConfig`), with a linear warm-up over the first steps."""
         schedule = self.config.schedule
-        lr = self.config.optimizer.lr * schedule.gamma ** sum(
-            epoch >= m for m in schedule.milestones
-        )
+        lr = self.config.optimizer.lr
+        done = epoch / schedule.epochs
+        if schedule.kind == "step":
+            lr *= schedule.gamma ** sum(epoch >= m for m in schedule.milestones)
+        elif schedule.kind == "linear":
+            lr *= 1 - (1 - schedule.final_lr) * done
+        else:
+            lr *= schedule.final_lr + (1 - schedule.final_lr) * (1 + math.cos(math.pi * done)) / 2
         if schedule.warmup_steps and step < schedule.warmup_steps:
             lr *= (step + 1) / schedule.warmup_steps
         return lr
 
-    def _batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+    def _batches(self, epoch: int) -> Iterator[dict[str, Any]]:
         """The epoch's batches; more steps than one pass holds take further passes (a small
         set then still makes epochs of a useful length, without a checkpoint per pass)."""
         steps, done, repeat = self.steps_per_epoch(), 0, 0
@@ -337,11 +485,8 @@ class Trainer:
         for batch in self._batches(epoch):
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(epoch, self.step)
-            x = to_tensor(batch["image"].to(self.device, non_blocking=True), self.spec)
-            targets = batch[self.target_key].to(self.device, non_blocking=True)
-            weights = batch["keypoint_weights"].to(self.device, non_blocking=True)
             with autocast:
-                loss = self.loss(self.net(x), targets, weights)
+                loss = self.batch_loss(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss is {loss.item()} at epoch {epoch}, step {self.step}; lower the "
@@ -360,9 +505,29 @@ class Trainer:
             total += loss.item()
             count += 1
             if progress is not None:
-                rate = count * x.shape[0] * self.dist.world_size / (time.perf_counter() - started)
+                images = count * len(batch["image"]) * self.dist.world_size
+                rate = images / (time.perf_counter() - started)
                 progress.update(task, advance=1, loss=total / count, rate=rate)
         return total / max(count, 1)
+
+    def batch_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The scalar loss of one collated batch, by paradigm.
+
+        Top-down batches carry targets and ``keypoint_weights`` tensors; HPRNet's a dict of
+        stacked target tensors; ER-Pose's a list of per-image target dicts (numpy), which the
+        loss's assignment reads on the CPU.
+        """
+        x = to_tensor(batch["image"].to(self.device, non_blocking=True), self.spec)
+        outputs = self.net(x)
+        if self.paradigm == "topdown":
+            targets = batch[self.target_key].to(self.device, non_blocking=True)
+            weights = batch["keypoint_weights"].to(self.device, non_blocking=True)
+            return self.loss(outputs, targets, weights)
+        targets = batch["targets"]
+        if self.paradigm == "bottomup":
+            targets = {name: t.to(self.device, non_blocking=True) for name, t in targets.items()}
+        total, _ = self.loss(outputs, targets)
+        return total
 
     def eval_model(self) -> nn.Module:
         """The weights that are evaluated and kept as best: the EMA if there is one."""
@@ -373,6 +538,8 @@ class Trainer:
         source = self.config.data.val
         if source is None:
             return {}
+        if self.paradigm in WHOLE_IMAGE_PARADIGMS:
+            return self.validate_whole_images(source)
         model, flip = self.eval_model(), self.config.flip_test
         batch = self.config.batch_size
         if source.kind == "mpii":
@@ -386,6 +553,47 @@ class Trainer:
                 "(training.datasets.synthetic.write_synthetic_coco) and use kind: coco"
             )
         return evaluate_coco(model, self.spec, self._coco(source), flip, batch, self.device)
+
+    @torch.no_grad()
+    def validate_whole_images(self, source: DataSource) -> dict[str, float]:
+        """COCO OKS AP of a whole-image model on a COCO-format file.
+
+        Each image is letterboxed to the training side, decoded by the codec, and mapped back
+        to the image's pixels; HPRNet is scored on its 17 body keypoints (pycocotools),
+        ER-Pose on its skeleton. No flip test.
+        """
+        if source.kind != "coco" or source.annotations is None:
+            raise ValueError(
+                "validation needs a fixed set: write synthetic people to disk "
+                "(training.datasets.synthetic.write_synthetic_coco) and use kind: coco"
+            )
+        images = CocoImages(Path(source.annotations), source.images, with_people_only=False)
+        scored_skeleton = "coco17" if self.paradigm == "bottomup" else self.config.skeleton
+        k = skeletons.get(scored_skeleton).num_keypoints
+        codec = codecs.build(self.spec.codec, **self._codec_kwargs(validation=True))
+        model, size = self.eval_model(), self._square_input()
+        was_training = model.training
+        model.eval()
+        scored: list[tuple[PosePrediction, float]] = []
+        try:
+            for start in range(0, len(images), self.config.batch_size):
+                indices = range(start, min(start + self.config.batch_size, len(images)))
+                boxed = [letterbox(images[i], size) for i in indices]
+                x = to_tensor(np.stack([b.image for b in boxed]), self.spec).to(self.device)
+                outputs = model(x)
+                for row, (index, sample) in enumerate(zip(indices, boxed, strict=True)):
+                    if isinstance(outputs, dict):
+                        output: Any = {h: m[row].float().cpu().numpy() for h, m in outputs.items()}
+                    else:
+                        output = outputs[row].float().cpu().numpy()
+                    image_id = images.records[index].image_id
+                    scored += image_predictions(
+                        codec.decode(output), sample.matrix, image_id, k, len(scored)
+                    )
+        finally:
+            model.train(was_training)
+        results = coco_results(scored, scored_skeleton)
+        return coco_keypoint_ap(images.annotations, results, scored_skeleton)
 
     def save(self, metrics: dict[str, float]) -> None:
         """Write the epoch's checkpoint (rank 0 only) and the best one if AP improved."""
