@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from training.transforms.topdown import Augmentation
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says where and why."""
@@ -60,25 +62,25 @@ class DataConfig:
 
 
 @dataclass
-class AugmentationConfig:
+class AugmentationConfig(Augmentation):
     """Training augmentation; ``enabled: false`` turns all off.
 
-    Top-down models: see :class:`training.transforms.topdown.Augmentation`. Whole-image
-    models take their paper's random affine (:meth:`RandomAffine.hprnet`,
-    :meth:`RandomAffine.erpose`) and, for ER-Pose, a YOLO mosaic with probability
-    ``mosaic_p``, off for the last ``close_mosaic`` epochs.
+    Top-down models take the fields of :class:`training.transforms.topdown.Augmentation`
+    (inherited, so the defaults stand in one place). Whole-image models take their
+    paper's random affine (:meth:`RandomAffine.hprnet`, :meth:`RandomAffine.erpose`) and,
+    for ER-Pose, a YOLO mosaic with probability ``mosaic_p``, off for the last
+    ``close_mosaic`` epochs.
     """
 
     enabled: bool = True
-    scale_factor: float = 0.35
-    rotation_factor: float = 45.0
-    rotation_p: float = 0.6
-    flip_p: float = 0.5
-    half_body_p: float = 0.3
-    half_body_min_keypoints: int = 8
-    color_strength: float = 0.2
     mosaic_p: float = 0.0
     close_mosaic: int = 0
+
+    def topdown(self) -> Augmentation:
+        """The top-down augmentation these settings describe."""
+        return Augmentation(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(Augmentation)}
+        )
 
 
 @dataclass

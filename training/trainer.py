@@ -69,7 +69,7 @@ from training.losses.hprnet import HPRNetLoss
 from training.losses.topdown import CoordinateMSELoss, JointsMSELoss
 from training.synth import SceneConfig
 from training.transforms.bottomup import RandomAffine, letterbox, transform_points
-from training.transforms.topdown import Augmentation, TopDownAffine, upper_body_mask
+from training.transforms.topdown import TopDownAffine, upper_body_mask
 
 logger = logging.getLogger(__name__)
 
@@ -325,15 +325,7 @@ class Trainer:
         aug = self.config.augmentation
         augmentation = None
         if train and aug.enabled:
-            augmentation = Augmentation(
-                scale_factor=aug.scale_factor,
-                rotation_factor=aug.rotation_factor,
-                rotation_p=aug.rotation_p,
-                flip_p=aug.flip_p,
-                half_body_p=aug.half_body_p,
-                half_body_min_keypoints=aug.half_body_min_keypoints,
-                color_strength=aug.color_strength,
-            )
+            augmentation = aug.topdown()
         k = self.skeleton.num_keypoints
         return TopDownAffine(
             self.spec.input_size,
