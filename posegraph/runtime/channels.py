@@ -47,7 +47,6 @@ class Inbox:
         self._frames = 0
         self._cond = threading.Condition()
         self.closed = False
-        self.dropped = 0
 
     def __len__(self) -> int:
         return self._frames
@@ -84,7 +83,6 @@ class Inbox:
             self._q.append(item)
             self._cond.notify()
         for f in dropped:
-            self.dropped += 1
             self.on_drop(f)
         return True
 
@@ -343,7 +341,6 @@ class Outlet:
         self.endpoints = endpoints
         self.block = block
         self._next = 0
-        self.dropped = 0
 
     @property
     def remote(self) -> bool:
@@ -369,10 +366,7 @@ class Outlet:
                     self._next += k
                     break
         self._next += 1
-        ok = ep.send(src, frame, payload, self.block, stop)
-        if not ok:
-            self.dropped += 1
-        return int(ok)
+        return int(ep.send(src, frame, payload, self.block, stop))
 
     def close(self) -> None:
         for ep in self.endpoints:
