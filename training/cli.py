@@ -15,7 +15,10 @@ from rich.logging import RichHandler
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="posegraph train", description="train a top-down model")
+    parser = argparse.ArgumentParser(
+        prog="posegraph train",
+        description="train a zoo model (top-down, bottom-up or one-stage) from a config",
+    )
     parser.add_argument(
         "config", type=Path, help="YAML file, e.g. training/configs/hrnet_w32_coco.yaml"
     )

@@ -1,4 +1,5 @@
-"""Top-down evaluation: predictions on person crops, COCO OKS AP/AR, PCKh and PCK.
+"""Evaluation: COCO OKS AP/AR of top-down models on person crops and of whole-image models
+(HPRNet, ER-Pose) on letterboxed images, PCKh and PCK.
 
 The test protocol of the official HRNet (``lib/core/function.py`` ``validate`` and
 ``lib/dataset/coco.py`` ``evaluate``): crops from ground-truth or detection boxes, the flip
@@ -6,6 +7,9 @@ test (heatmaps of the mirrored crop flipped back and averaged), keypoints mapped
 image through the inverse crop, each pose rescored by the mean confidence of its keypoints
 above 0.2 times the box score, OKS-NMS at 0.9 per image, then pycocotools' COCOeval
 (xtcocotools for COCO-WholeBody parts and CrowdPose).
+
+Whole-image models are scored without flip test on their decoded poses (HPRNet on its 17
+body keypoints) after letterboxing to their square input.
 
 ``posegraph eval MODEL --weights W --data ANNOTATIONS.json [--images DIR]
 [--boxes gt|DETECTIONS.json] [--json]``.
@@ -23,14 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from posegraph import codecs, skeletons
-from posegraph.models import ModelSpec, build, load_checkpoint
+from posegraph.codecs import PoseInstances
+from posegraph.models import ModelSpec, build, load_checkpoint, spec_of
+from training.datasets.bottomup import CocoImages
 from training.datasets.coco import CocoPersons, PersonInstance, TopDownDataset, guess_skeleton
 from training.datasets.mpii import load_mpii
+from training.transforms.bottomup import letterbox, transform_points
 from training.transforms.topdown import PIXEL_STD, TopDownAffine
 
 logger = logging.getLogger(__name__)
@@ -341,6 +349,96 @@ def evaluate_mpii(
     return {"PCKh": pckh(predictions, instances)}
 
 
+#: Paradigms that train and evaluate on whole images (HPRNet, ER-Pose).
+WHOLE_IMAGE_PARADIGMS = ("bottomup", "onestage")
+#: Decoding thresholds in validation: low, so that COCO AP sees the whole ranking (the
+#: Ultralytics validator decodes at 0.001; CenterNet keeps the top 100 centres).
+VALIDATION_CODEC_KWARGS = {
+    "hprnet": {"center_threshold": 0.001},
+    "erpose": {"score_threshold": 0.001},
+}
+
+
+def image_predictions(
+    poses: PoseInstances, matrix: np.ndarray, image_id: int, k: int, first_index: int
+) -> list[tuple[PosePrediction, float]]:
+    """Decoded poses of one letterboxed image, mapped back to the image's pixels.
+
+    Args:
+        poses: the codec's output, in network-input pixels.
+        matrix: (2, 3) affine from image pixels to network-input pixels (the letterbox's).
+        image_id: the image's id in the annotation file.
+        k: keep the first K keypoints (17: the body of a whole-body pose).
+        first_index: ``index`` of the first prediction.
+
+    Returns:
+        (prediction, instance score) per pose, as :func:`training.evaluate.coco_results`
+        takes them.
+    """
+    back = cv2.invertAffineTransform(matrix)
+    predictions = []
+    for n in range(len(poses)):
+        x1, y1, x2, y2 = transform_points(poses.boxes[n].reshape(2, 2), back).ravel()
+        score = float(poses.scores[n])
+        prediction = PosePrediction(
+            image_id,
+            transform_points(poses.keypoints[n, :k], back).astype(np.float32),
+            poses.keypoint_scores[n, :k],
+            score,
+            float((x2 - x1) * (y2 - y1)),
+            first_index + n,
+        )
+        predictions.append((prediction, score))
+    return predictions
+
+
+@torch.no_grad()
+def evaluate_whole_images(
+    model: nn.Module,
+    spec: ModelSpec,
+    images: CocoImages,
+    skeleton: str,
+    size: int,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """COCO OKS AP of a whole-image model (HPRNet, ER-Pose) on a COCO-format file.
+
+    Each image is letterboxed to ``size`` (a square), decoded by the model's codec at low
+    thresholds, and mapped back to the image's pixels; HPRNet is scored on its 17 body
+    keypoints (pycocotools), ER-Pose on ``skeleton``. No flip test.
+    """
+    kwargs = dict(spec.codec_kwargs)
+    if spec.codec == "erpose":
+        kwargs["skeleton"] = skeleton
+    kwargs.update(VALIDATION_CODEC_KWARGS.get(spec.codec, {}))
+    codec = codecs.build(spec.codec, **kwargs)
+    scored_skeleton = "coco17" if spec.paradigm == "bottomup" else skeleton
+    k = skeletons.get(scored_skeleton).num_keypoints
+    was_training = model.training
+    model.eval()
+    scored: list[tuple[PosePrediction, float]] = []
+    try:
+        for start in range(0, len(images), batch_size):
+            indices = range(start, min(start + batch_size, len(images)))
+            boxed = [letterbox(images[i], size) for i in indices]
+            x = to_tensor(np.stack([b.image for b in boxed]), spec).to(device)
+            outputs = model(x)
+            for row, (index, sample) in enumerate(zip(indices, boxed, strict=True)):
+                if isinstance(outputs, dict):
+                    output: Any = {h: m[row].float().cpu().numpy() for h, m in outputs.items()}
+                else:
+                    output = outputs[row].float().cpu().numpy()
+                image_id = images.records[index].image_id
+                scored += image_predictions(
+                    codec.decode(output), sample.matrix, image_id, k, len(scored)
+                )
+    finally:
+        model.train(was_training)
+    results = coco_results(scored, scored_skeleton)
+    return coco_keypoint_ap(images.annotations, results, scored_skeleton)
+
+
 def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
     import yaml
 
@@ -382,11 +480,20 @@ def main(argv: list[str]) -> int:
         is_mpii = isinstance(doc, list)
         skeleton = "mpii16" if is_mpii else args.skeleton or guess_skeleton(doc)
         overrides = _parse_overrides(args.set)
-        overrides.setdefault("num_keypoints", skeletons.get(skeleton).num_keypoints)
+        whole_image = spec_of(args.model).paradigm in WHOLE_IMAGE_PARADIGMS
+        if not whole_image:
+            overrides.setdefault("num_keypoints", skeletons.get(skeleton).num_keypoints)
         model, spec = build(args.model, **overrides)
         load_checkpoint(model, args.weights)
         model.to(args.device)
-        if is_mpii:
+        if whole_image:
+            if is_mpii:
+                raise ValueError(f"{args.model} evaluates on COCO-format files, not MPII lists")
+            width, height = spec.input_size
+            if width != height:
+                raise ValueError(f"{args.model}: whole-image evaluation needs a square input")
+            images = CocoImages(args.data, args.images, with_people_only=False)
+        elif is_mpii:
             instances = load_mpii(args.data, args.images)
         else:
             persons = CocoPersons(
@@ -401,7 +508,11 @@ def main(argv: list[str]) -> int:
         Console(stderr=True).print(f"error: {error}", markup=False, highlight=False)
         return 2
     flip = not args.no_flip
-    if is_mpii:
+    if whole_image:
+        metrics = evaluate_whole_images(
+            model, spec, images, skeleton, width, args.batch_size, args.device
+        )
+    elif is_mpii:
         metrics = evaluate_mpii(model, spec, instances, flip, args.batch_size, args.device)
     else:
         metrics = evaluate_coco(model, spec, persons, flip, args.batch_size, args.device)

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -43,7 +42,6 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from posegraph import codecs, skeletons
-from posegraph.codecs import PoseInstances
 from posegraph.models import ModelSpec, build, load_checkpoint, save_checkpoint, spec_of
 from training.config import DataSource, TrainConfig
 from training.datasets.bottomup import (
@@ -57,18 +55,18 @@ from training.datasets.coco import CocoPersons, TopDownDataset
 from training.datasets.mpii import load_mpii
 from training.datasets.synthetic import SyntheticTopDown
 from training.evaluate import (
-    PosePrediction,
-    coco_keypoint_ap,
-    coco_results,
+    VALIDATION_CODEC_KWARGS,
+    WHOLE_IMAGE_PARADIGMS,
     evaluate_coco,
     evaluate_mpii,
+    evaluate_whole_images,
     to_tensor,
 )
 from training.losses.erpose import ERPoseLoss
 from training.losses.hprnet import HPRNetLoss
 from training.losses.topdown import CoordinateMSELoss, JointsMSELoss
 from training.synth import SceneConfig
-from training.transforms.bottomup import RandomAffine, letterbox, transform_points
+from training.transforms.bottomup import RandomAffine
 from training.transforms.topdown import TopDownAffine, upper_body_mask
 
 logger = logging.getLogger(__name__)
@@ -76,14 +74,6 @@ logger = logging.getLogger(__name__)
 #: Top-down codecs whose targets are heatmaps (JointsMSE) or coordinates (MSE).
 HEATMAP_CODECS = ("msra_heatmap", "udp_heatmap")
 COORDINATE_CODECS = ("regression_label",)
-#: Paradigms that train and validate on whole images (HPRNet, ER-Pose).
-WHOLE_IMAGE_PARADIGMS = ("bottomup", "onestage")
-#: Decoding thresholds in validation: low, so that COCO AP sees the whole ranking (the
-#: Ultralytics validator decodes at 0.001; CenterNet keeps the top 100 centres).
-VALIDATION_CODEC_KWARGS = {
-    "hprnet": {"center_threshold": 0.001},
-    "erpose": {"score_threshold": 0.001},
-}
 
 
 class ModelEMA:
@@ -184,39 +174,6 @@ def _write_atomically(path: Path, write: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     tmp.replace(path)
-
-
-def image_predictions(
-    poses: PoseInstances, matrix: np.ndarray, image_id: int, k: int, first_index: int
-) -> list[tuple[PosePrediction, float]]:
-    """Decoded poses of one letterboxed image, mapped back to the image's pixels.
-
-    Args:
-        poses: the codec's output, in network-input pixels.
-        matrix: (2, 3) affine from image pixels to network-input pixels (the letterbox's).
-        image_id: the image's id in the annotation file.
-        k: keep the first K keypoints (17: the body of a whole-body pose).
-        first_index: ``index`` of the first prediction.
-
-    Returns:
-        (prediction, instance score) per pose, as :func:`training.evaluate.coco_results`
-        takes them.
-    """
-    back = cv2.invertAffineTransform(matrix)
-    predictions = []
-    for n in range(len(poses)):
-        x1, y1, x2, y2 = transform_points(poses.boxes[n].reshape(2, 2), back).ravel()
-        score = float(poses.scores[n])
-        prediction = PosePrediction(
-            image_id,
-            transform_points(poses.keypoints[n, :k], back).astype(np.float32),
-            poses.keypoint_scores[n, :k],
-            score,
-            float((x2 - x1) * (y2 - y1)),
-            first_index + n,
-        )
-        predictions.append((prediction, score))
-    return predictions
 
 
 class Trainer:
@@ -546,46 +503,29 @@ class Trainer:
             )
         return evaluate_coco(model, self.spec, self._coco(source), flip, batch, self.device)
 
-    @torch.no_grad()
     def validate_whole_images(self, source: DataSource) -> dict[str, float]:
-        """COCO OKS AP of a whole-image model on a COCO-format file.
-
-        Each image is letterboxed to the training side, decoded by the codec, and mapped back
-        to the image's pixels; HPRNet is scored on its 17 body keypoints (pycocotools),
-        ER-Pose on its skeleton. No flip test.
-        """
+        """COCO OKS AP of a whole-image model on a COCO-format file (see
+        :func:`training.evaluate.evaluate_whole_images`)."""
         if source.kind != "coco" or source.annotations is None:
             raise ValueError(
                 "validation needs a fixed set: write synthetic people to disk "
                 "(training.datasets.synthetic.write_synthetic_coco) and use kind: coco"
             )
         images = CocoImages(Path(source.annotations), source.images, with_people_only=False)
-        scored_skeleton = "coco17" if self.paradigm == "bottomup" else self.config.skeleton
-        k = skeletons.get(scored_skeleton).num_keypoints
-        codec = codecs.build(self.spec.codec, **self._codec_kwargs(validation=True))
-        model, size = self.eval_model(), self._square_input()
+        model = self.eval_model()
         was_training = model.training
-        model.eval()
-        scored: list[tuple[PosePrediction, float]] = []
         try:
-            for start in range(0, len(images), self.config.batch_size):
-                indices = range(start, min(start + self.config.batch_size, len(images)))
-                boxed = [letterbox(images[i], size) for i in indices]
-                x = to_tensor(np.stack([b.image for b in boxed]), self.spec).to(self.device)
-                outputs = model(x)
-                for row, (index, sample) in enumerate(zip(indices, boxed, strict=True)):
-                    if isinstance(outputs, dict):
-                        output: Any = {h: m[row].float().cpu().numpy() for h, m in outputs.items()}
-                    else:
-                        output = outputs[row].float().cpu().numpy()
-                    image_id = images.records[index].image_id
-                    scored += image_predictions(
-                        codec.decode(output), sample.matrix, image_id, k, len(scored)
-                    )
+            return evaluate_whole_images(
+                model,
+                self.spec,
+                images,
+                self.config.skeleton,
+                self._square_input(),
+                self.config.batch_size,
+                self.device,
+            )
         finally:
             model.train(was_training)
-        results = coco_results(scored, scored_skeleton)
-        return coco_keypoint_ap(images.annotations, results, scored_skeleton)
 
     def save(self, metrics: dict[str, float]) -> None:
         """Write the epoch's checkpoint (rank 0 only) and the best one if AP improved."""
