@@ -1,4 +1,5 @@
-"""The ``posegraph`` command: run | validate | graph | models | bench | synth."""
+"""The ``posegraph`` command: run | validate | graph | score | models | bench | synth | train
+| eval | export."""
 
 from __future__ import annotations
 
@@ -130,6 +131,26 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    from posegraph import scoring
+
+    try:
+        truth = scoring.Truth(args.truth)
+        result = scoring.score(scoring.read_jsonl(args.poses), truth, args.stream)
+    except (OSError, ValueError, KeyError) as exc:
+        return _err(f"{args.poses}: {exc}")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['frames']} frames, {result['people']} people: mean OKS "
+            f"{result['mean_oks']:.3f}, recall@OKS0.5 {result['recall_50']:.3f}, "
+            f"{result['extra']} extra; AP {result['AP']:.3f} AP50 {result['AP50']:.3f} "
+            f"AR {result['AR']:.3f}"
+        )
+    return 0
+
+
 def cmd_bench(args) -> int:
     from posegraph import benchmarks
 
@@ -170,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dot", help="where to write the DOT file (default: FILE.dot here)")
     g.set_defaults(fn=cmd_graph)
 
+    s = sub.add_parser("score", help="score published poses (JSON lines) against a clip's truth")
+    s.add_argument("poses", help="the JSON lines a sink.jsonl wrote")
+    s.add_argument("--truth", required=True, help="the clip's ground truth (synth video .json)")
+    s.add_argument("--stream", help="score this stream only (default: all frames)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(fn=cmd_score)
+
     b = sub.add_parser("bench", help="benchmarks; each prints ratios against a baseline")
     bsub = b.add_subparsers(dest="bench", metavar="NAME", required=True)
     t = bsub.add_parser("transport", help="frames through 4 pass-through processes: shm vs inline")
@@ -178,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--height", type=int, default=1080)
     t.add_argument("--clip", help="a video clip to use instead of a generated one")
     t.add_argument("--json", action="store_true")
+    pl = bsub.add_parser("pipeline", help="the surveillance pipeline on 1, 4 and 16 people")
+    pl.add_argument("--people", default="1,4,16", help="people per clip, comma-separated")
+    pl.add_argument("--seconds", type=float, default=4.0, help="length of each clip")
+    pl.add_argument("--no-flip", action="store_true", help="pose without the flip test")
+    pl.add_argument("--json", action="store_true")
     for name, (_module, help_text) in DELEGATED_BENCH.items():
         bsub.add_parser(name, help=help_text, add_help=False)
     b.set_defaults(fn=cmd_bench)

@@ -1,0 +1,156 @@
+"""Score a pipeline's published poses against a clip's ground truth.
+
+The ground truth is a COCO keypoints file whose images carry ``frame_index`` (what
+``posegraph synth video`` writes next to each clip); the poses are the JSON lines
+``sink.jsonl`` writes. Per frame, predictions and ground-truth people are matched one to
+one by OKS (Hungarian); a missed person counts OKS 0. Reported:
+
+- ``mean_oks``: the mean OKS over all ground-truth people (misses included);
+- ``recall_50``: the share of ground-truth people matched at OKS >= 0.5;
+- ``extra``: predicted people matched to nobody (at OKS >= 0.5);
+- ``AP``, ``AP50``, ``AR``: COCO keypoint AP over the clip's frames (pycocotools).
+
+Only the 17 body keypoints are scored; a whole-body pose's first 17 are its body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from posegraph import skeletons
+from posegraph.codecs.oks import oks
+
+BODY = 17
+
+
+class Truth:
+    """A clip's ground truth, by frame index."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read ground truth {self.path}: {exc}") from None
+        if not doc.get("images") or "frame_index" not in doc["images"][0]:
+            raise ValueError(
+                f"{self.path}: no frame_index on its images; give the .json that "
+                "`posegraph synth video` wrote next to the clip"
+            )
+        self.doc = doc
+        self.image_of = {im["frame_index"]: im["id"] for im in doc["images"]}
+        people: dict[int, list[dict]] = {}
+        for a in doc["annotations"]:
+            if a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0):
+                people.setdefault(a["image_id"], []).append(a)
+        self.people = people
+
+    def frame(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """((N, 17, 3) keypoints, (N,) areas) of frame ``index``; empty if none."""
+        found = self.people.get(self.image_of.get(index, -1), [])
+        if not found:
+            return np.zeros((0, BODY, 3), np.float32), np.zeros(0, np.float32)
+        kpts = np.array([a["keypoints"] for a in found], np.float32).reshape(-1, BODY, 3)
+        areas = np.array([a["area"] for a in found], np.float32)
+        return kpts, areas
+
+
+def _predicted(message: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    people = [p for p in message.get("people", []) if p.get("keypoints")]
+    if not people:
+        return np.zeros((0, BODY, 3), np.float32), np.zeros(0, np.float32)
+    kpts = np.array([np.asarray(p["keypoints"], np.float32)[:BODY] for p in people])
+    scores = np.array([p.get("score", 1.0) for p in people], np.float32)
+    return kpts, scores
+
+
+def score(messages: list[dict[str, Any]], truth: Truth, stream: str | None = None) -> dict:
+    """Score the frame messages of one stream (all when ``stream`` is None)."""
+    sigmas = skeletons.get("coco17").sigmas
+    total, matched_oks, hits, extra, frames = 0, 0.0, 0, 0, 0
+    results: list[dict[str, Any]] = []
+    image_ids: list[int] = []
+    for m in messages:
+        if "event" in m or (stream is not None and m.get("stream") != stream):
+            continue
+        if m["index"] not in truth.image_of:
+            continue
+        frames += 1
+        gt, areas = truth.frame(m["index"])
+        pred, scores = _predicted(m)
+        image_id = truth.image_of[m["index"]]
+        image_ids.append(image_id)
+        total += len(gt)
+        for k, s in zip(pred, scores, strict=True):
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "keypoints": np.concatenate([k[:, :2], np.ones((BODY, 1))], 1)
+                    .ravel()
+                    .round(2)
+                    .tolist(),
+                    "score": float(s),
+                }
+            )
+        if len(gt) == 0 or len(pred) == 0:
+            extra += len(pred)
+            continue
+        sim = oks(pred[..., :2], gt[..., :2], areas, sigmas, gt[..., 2])
+        rows, cols = linear_sum_assignment(-sim)
+        good = sim[rows, cols]
+        matched_oks += float(good.sum())
+        hits += int((good >= 0.5).sum())
+        extra += len(pred) - int((good >= 0.5).sum())
+    if frames == 0:
+        raise ValueError(
+            f"no frame of {stream or 'any stream'} has ground truth in {truth.path}: is it "
+            "the clip the pipeline ran on?"
+        )
+    out = {
+        "frames": frames,
+        "people": total,
+        "mean_oks": matched_oks / max(total, 1),
+        "recall_50": hits / max(total, 1),
+        "extra": extra,
+    }
+    out.update(_coco_ap(truth, results, image_ids))
+    return out
+
+
+def _coco_ap(truth: Truth, results: list[dict], image_ids: list[int]) -> dict[str, float]:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:
+        return {"AP": 0.0, "AP50": 0.0, "AR": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {
+            "images": truth.doc["images"],
+            "annotations": [
+                {**a, "keypoints": a["keypoints"][: BODY * 3]} for a in truth.doc["annotations"]
+            ],
+            "categories": truth.doc["categories"],
+        }
+        gt.createIndex()
+        dt = gt.loadRes(results)
+        ev = COCOeval(gt, dt, "keypoints")
+        ev.params.imgIds = sorted(set(image_ids))
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1]), "AR": float(ev.stats[5])}
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The messages of a ``sink.jsonl`` file."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
