@@ -336,6 +336,42 @@ class CameraSource(Source):
             yield self.event("source_up")
 
 
+@register("source.auto")
+class AutoSource(Source):
+    """A camera, a stream or a file, picked from ``uri``, for pipelines that take any of
+    them from one setting (``uri: "${CAM1:-media/street.mp4}"``):
+
+    - ``rtsp://``, ``rtsps://``: ``source.rtsp`` (reconnects);
+    - a device index (``0``) or ``/dev/videoN``: ``source.camera``;
+    - anything else: ``source.video`` (``realtime`` and ``loop`` apply to files only).
+    """
+
+    def __new__(
+        cls,
+        uri: str | int,
+        realtime: bool = False,
+        loop: bool = False,
+        stream: str | None = None,
+    ) -> Source:
+        text = str(uri)
+        if text.startswith(("rtsp://", "rtsps://")):
+            return RtspSource(text, stream=stream)
+        if text.isdigit():
+            return CameraSource(int(text), stream=stream)
+        if text.startswith("/dev/video"):
+            return CameraSource(text, stream=stream)
+        return VideoSource(text, loop=loop, realtime=realtime, stream=stream)
+
+    def __init__(
+        self,
+        uri: str | int,
+        realtime: bool = False,
+        loop: bool = False,
+        stream: str | None = None,
+    ):  # never runs: __new__ returns the concrete source; here for the parameter list
+        super().__init__(stream)
+
+
 @register("source.images")
 class ImageSource(Source):
     """Images from a folder or a glob pattern, in name order, at ``fps`` media rate."""

@@ -315,3 +315,22 @@ def test_validate_and_graph_commands(tmp_path, posegraph):
     assert code == 0, stderr
     assert "jsonl (sink.jsonl) <- cam" in stdout
     assert '"cam" -> "jsonl"' in Path(tmp_path / "g.dot").read_text()
+
+
+def test_source_auto_picks_the_source_from_the_uri(tmp_path):
+    from nodes.sources import AutoSource, CameraSource, RtspSource, VideoSource
+    from posegraph.runtime.supervisor import PipelineError
+
+    rtsp = AutoSource("rtsp://10.0.0.5:8554/live", stream="door")
+    assert isinstance(rtsp, RtspSource) and rtsp.uri.endswith("/live")
+    assert isinstance(AutoSource(0), CameraSource) and AutoSource("0").device == 0
+    assert AutoSource("/dev/video2").device == "/dev/video2"
+    clip = AutoSource("clip.mp4", realtime=True, loop=True)
+    assert isinstance(clip, VideoSource) and clip.realtime and clip.loop
+
+    # in a pipeline, a missing file is the video source's clear error
+    g = Graph("auto")
+    cam = g.add("cam", "source.auto", uri=str(tmp_path / "missing.mp4"))
+    g.add("out", "sink.null", cam)
+    with pytest.raises(PipelineError, match="node 'cam': video file not found"):
+        g.run(executor="inproc")
