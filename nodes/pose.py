@@ -281,15 +281,23 @@ class _ModelNode(Node):
 
     def _load_zoo_model(self) -> Any:
         """The zoo model with its weights, on the CPU."""
+        from posegraph import weights as shipped
         from posegraph.models import build, load_checkpoint
 
         if self.weights is None and not self.allow_random:
+            have = ", ".join(shipped.available()) or "none"
             raise NodeError(
                 f"{self.ctx.name}: no weights for {self.model_name}: give weights: PATH "
-                "(.pth or .safetensors), or allow_random: true to run random weights on "
-                "purpose (tests, benchmarks)"
+                f"(.pth or .safetensors), weights: builtin (shipped for: {have}), or "
+                "allow_random: true to run random weights on purpose (tests, benchmarks)"
             )
-        path = None if self.weights is None else resolve_path(self.ctx, self.weights)
+        if self.weights == shipped.BUILTIN:
+            try:
+                path = shipped.path(self.model_name)
+            except ValueError as exc:
+                raise NodeError(f"{self.ctx.name}: {exc}") from None
+        else:
+            path = None if self.weights is None else resolve_path(self.ctx, self.weights)
         if path is not None and not path.is_file():
             raise NodeError(f"{self.ctx.name}: weights file not found: {self.weights}")
         try:
@@ -356,7 +364,8 @@ class TopDownPose(_ModelNode):
     Parameters:
         model: zoo name (hrnet_w32, de_hrnet_w32, simplebaseline_res50...); the default
             model when no onnx is given. With onnx it only supplies the settings below.
-        weights: ``.pth`` (official release) or ``.safetensors`` for the zoo model.
+        weights: ``.pth`` (official release) or ``.safetensors`` for the zoo model, or
+            ``builtin`` for the weights shipped with posegraph (``posegraph models``).
         allow_random: run without weights (random ones), for tests and benchmarks.
         overrides: zoo config overrides, e.g. ``{input_size: [96, 128]}``.
         onnx: path of an ONNX top-down model (input (B, 3, h, w); outputs ``heatmaps``, or
@@ -623,7 +632,7 @@ class _WholeImagePose(_ModelNode):
 _WHOLE_DOC = """
     Parameters:
         model: zoo name ({models}).
-        weights: ``.pth`` (official release) or ``.safetensors``.
+        weights: ``.pth`` (official release), ``.safetensors`` or ``builtin``.
         allow_random: run without weights (random ones), for tests and benchmarks.
         overrides: zoo config overrides.
         onnx: an ONNX export of the zoo model (its outputs named as the export names
@@ -718,3 +727,62 @@ class OneStagePose(_WholeImagePose):
             threads,
         )
         self._take_whole(input_size, pad_value)
+
+
+@register("detect.synthetic")
+class SyntheticDetector(OneStagePose):
+    """The default person detector: ER-Pose-n trained on synthetic people (the weights that
+    ship with posegraph), keeping only its person boxes for a top-down pose model.
+
+    Its boxes are the extent of each person's confident keypoints; ``crop.topdown`` pads
+    them. It was trained on rendered people: on real video use ``detect.onnx`` with a real
+    detector.
+
+    Parameters:
+        score_threshold: minimum person score.
+        max_people: keep at most this many boxes, the highest scored.
+        keep_poses: also write ER-Pose's own poses to ``frame.poses``.
+        model, weights, input_size, pad_value, backend, device, fp16, threads, overrides,
+            onnx: as for ``pose.onestage``; by default the shipped ``erpose_n_320``.
+    """
+
+    def __init__(
+        self,
+        score_threshold: float = 0.3,
+        max_people: int = 100,
+        keep_poses: bool = False,
+        model: str = "erpose_n_320",
+        weights: str | None = "builtin",
+        overrides: dict | None = None,
+        onnx: str | None = None,
+        input_size: tuple[int, ...] | None = None,
+        pad_value: int = 114,
+        backend: str | None = None,
+        device: str = "cpu",
+        fp16: bool = False,
+        threads: int = 0,
+    ):
+        if not 0.0 <= score_threshold < 1.0:
+            raise NodeError(f"score_threshold {score_threshold}: use a value in [0, 1)")
+        if max_people < 1:
+            raise NodeError(f"max_people {max_people}: use at least 1")
+        super().__init__(
+            model=model,
+            weights=None if onnx is not None else weights,
+            overrides=overrides,
+            onnx=onnx,
+            input_size=input_size,
+            pad_value=pad_value,
+            codec_kwargs={"score_threshold": score_threshold, "max_people": max_people},
+            backend=backend,
+            device=device,
+            fp16=fp16,
+            threads=threads,
+        )
+        self.keep_poses = keep_poses
+
+    def process(self, frame: Frame) -> Frame:
+        found = super().process(frame)
+        if self.keep_poses:
+            return found
+        return frame.replace(detections=found.detections)

@@ -349,9 +349,10 @@ def test_cli_json(capsys) -> None:
     assert models_cli(["--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [row["name"] for row in rows] == models.names()
-    assert all(
-        set(row) == {"name", "paradigm", "skeleton", "input", "params", "gflops"} for row in rows
-    )
+    keys = {"name", "paradigm", "skeleton", "input", "params", "gflops", "builtin"}
+    assert all(set(row) == keys for row in rows)
+    shipped = {row["name"] for row in rows if row["builtin"]}
+    assert shipped == {"hrnet_w16_128x96", "erpose_n_320"}
 
 
 def test_cli_table(capsys) -> None:

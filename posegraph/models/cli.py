@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from posegraph import models
+from posegraph import weights as shipped
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,16 +27,18 @@ def main(argv: list[str]) -> int:
     """Print the zoo; returns the exit status.
 
     With ``--json`` the output is one JSON list of objects with keys
-    ``name, paradigm, skeleton, input, params, gflops`` (params as an integer,
-    GFLOPs as the HRNet paper counts them, see :mod:`posegraph.models.flops`).
+    ``name, paradigm, skeleton, input, params, gflops, builtin`` (params as an integer,
+    GFLOPs as the HRNet paper counts them, see :mod:`posegraph.models.flops`; builtin:
+    whether weights ship with posegraph, ``weights: builtin`` in a pipeline).
     """
     args = _parser().parse_args(argv)
-    rows = [models.describe(name) for name in models.names()]
+    have = shipped.available()
+    rows = [{**models.describe(name), "builtin": name in have} for name in models.names()]
     if args.json:
         sys.stdout.write(json.dumps(rows) + "\n")
         return 0
     table = Table(title="posegraph model zoo")
-    for column in ("name", "paradigm", "skeleton", "input", "params", "GFLOPs"):
+    for column in ("name", "paradigm", "skeleton", "input", "params", "GFLOPs", "weights"):
         table.add_column(column, justify="right" if column in ("params", "GFLOPs") else "left")
     for row in rows:
         table.add_row(
@@ -45,8 +48,12 @@ def main(argv: list[str]) -> int:
             row["input"],
             f"{row['params'] / 1e6:.1f}M",
             f"{row['gflops']:.2f}",
+            "builtin" if row["builtin"] else "",
         )
     console = Console()
     console.print(table)
-    console.print(f"{len(rows)} models; GFLOPs = multiply-accumulates / 2**30 at the listed input")
+    console.print(
+        f"{len(rows)} models; GFLOPs = multiply-accumulates / 2**30 at the listed input; "
+        "builtin: trained weights ship with posegraph (weights: builtin)"
+    )
     return 0

@@ -157,6 +157,8 @@ VARIANTS: dict[str, ERPoseConfig] = {
     "erpose_s": ERPoseConfig(0.33, 0.50, 1024),
     "erpose_m": ERPoseConfig(0.67, 0.75, 768),
     "erpose_l": ERPoseConfig(1.00, 1.00, 512),
+    # Ours: the default weights' size (trained on synthetic people, posegraph/weights/).
+    "erpose_n_320": ERPoseConfig(0.33, 0.25, 1024, input_size=(320, 320)),
 }
 
 

@@ -1,0 +1,45 @@
+"""The weights that ship with posegraph, trained on synthetic people.
+
+Each model with shipped weights has ``MODEL.safetensors`` (fp16) and ``MODEL.md``, its model
+card: the training config, data, steps, time, the command that was run and the AP measured
+on a held-out synthetic set. A pose node takes them with ``weights: builtin``; from Python,
+:func:`path` gives the file for :func:`posegraph.models.load_checkpoint`.
+
+They were trained on rendered people only. On real video expect far less than the
+synthetic AP: plug in real weights (an official HRNet ``.pth``, an RTMPose ONNX) for that.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DIR = Path(__file__).parent
+
+#: The name a node's ``weights`` parameter takes for the shipped weights.
+BUILTIN = "builtin"
+
+
+def available() -> dict[str, Path]:
+    """Zoo name -> shipped weights file, for every model that has one."""
+    return {p.stem: p for p in sorted(DIR.glob("*.safetensors"))}
+
+
+def path(model: str) -> Path:
+    """The shipped weights of zoo model ``model``.
+
+    Raises:
+        ValueError: no weights ship for it; the message lists the models that have some.
+    """
+    found = available()
+    if model in found:
+        return found[model]
+    have = ", ".join(found) or "none"
+    raise ValueError(
+        f"no built-in weights for {model!r}: they ship for {have}; give a weights file "
+        "(.pth or .safetensors) instead"
+    )
+
+
+def card(model: str) -> str:
+    """The model card (markdown) of the shipped weights of ``model``."""
+    return path(model).with_suffix(".md").read_text(encoding="utf-8")
