@@ -314,6 +314,9 @@ class ByteTrack(Node):
         coast_frames: see ``coast``.
         smooth: One-Euro smoothing of each track's keypoints.
         min_cutoff, beta, d_cutoff: the One-Euro parameters (Hz, Hz per pixel/s, Hz).
+        fuse_score: weigh the similarity by the person's score in the first round and when
+            confirming new tracks (ByteTrack's ``fuse_score``); turn it off for models whose
+            scores run low, or every match costs too much.
     """
 
     def __init__(
@@ -333,6 +336,7 @@ class ByteTrack(Node):
         min_cutoff: float = 1.0,
         beta: float = 0.2,
         d_cutoff: float = 1.0,
+        fuse_score: bool = True,
     ):
         self.high_thresh = high_thresh
         self.low_thresh = low_thresh
@@ -349,6 +353,7 @@ class ByteTrack(Node):
         self.min_cutoff = min_cutoff
         self.beta = beta
         self.d_cutoff = d_cutoff
+        self.fuse_score = fuse_score
         self.kalman = BoxKalman()
         self.streams: dict[str, StreamState] = {}
         self._unknown_skeletons: set[str] = set()
@@ -525,7 +530,7 @@ class ByteTrack(Node):
                 similarity[rows] = np.where(
                     confident.sum(-1) >= _MIN_SHARED_KEYPOINTS, pose_similarity, similarity[rows]
                 )
-        if weigh:
+        if weigh and self.fuse_score:
             similarity = similarity * people.scores[cols][None]
         return 1.0 - similarity
 

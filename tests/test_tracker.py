@@ -209,6 +209,25 @@ def test_an_id_outlives_an_occlusion_shorter_than_the_buffer_only():
     assert ids_after_hiding(range(30, 60)) == {1, 2}
 
 
+def test_without_score_fusion_people_of_a_low_scoring_model_keep_their_ids():
+    """Two people, scored 0.3 by their model, appear on the second frame: weighing the
+    box overlap (about 0.9) by the score makes the confirming match cost more than its
+    limit, so their tracks are dropped again and again."""
+    empty = Observed(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 17, 2)), np.zeros((0, 17)))
+    pairs = zip(walker((20, 50), (2, 0), 10), walker((200, 50), (-2, 0), 10), strict=True)
+    people = [empty] + [together(a, b) for a, b in pairs]
+    for obs in people[1:]:
+        obs.scores = np.array([0.3, 0.3])
+
+    def ids(**params) -> list[list[int]]:
+        node = tracker(high_thresh=0.25, new_track_thresh=0.3, **params)
+        frames = [node.process(as_frame(o, n, poses=False)).poses for n, o in enumerate(people)]
+        return [sorted(p.track_ids[p.track_ids >= 0].tolist()) for p in frames[2:]]
+
+    assert ids() == [[]] * 9
+    assert ids(fuse_score=False) == [[1, 2]] * 9
+
+
 def test_gap_event_moves_predictions_on_by_the_missing_frames():
     person = walker((10, 50), (6, 0), 60)  # 6 px a frame: 10 missing frames move it 1.5 widths
     node = tracker()
