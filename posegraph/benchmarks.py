@@ -163,7 +163,15 @@ def surveillance_graph(clip: Path, jsonl: Path, flip_test: bool = True, name: st
         weights="builtin",
         flip_test=flip_test,
     )
-    track = g.add("track", "track.bytetrack", pose)
+    track = g.add(  # as in surveillance.yaml, for the shipped HRNet's low scores
+        "track",
+        "track.bytetrack",
+        pose,
+        high_thresh=0.25,
+        new_track_thresh=0.3,
+        fuse_score=False,
+        keypoint_thresh=0.5,
+    )
     g.add("jsonl", "sink.jsonl", track, path=str(jsonl))
     return g
 
