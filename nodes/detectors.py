@@ -35,7 +35,8 @@ import numpy as np
 
 from nodes.sources import resolve_path
 from posegraph.node import Context, Node, NodeError, register
-from posegraph.packet import Detections, Frame
+from posegraph.packet import DETECT_SKIPPED, Detections, Frame
+from posegraph.scheduler import Client, bucket_sizes, model_key
 
 log = logging.getLogger(__name__)
 
@@ -228,10 +229,16 @@ class OnnxDetector(Node):
         pad_value: grey level of the letterbox padding.
         center: pad on both sides (Ultralytics) instead of right and bottom (MMDetection).
         device: ``cpu`` or ``cuda`` / ``cuda:N`` (needs onnxruntime-gpu).
+        batch: most images per session call when several streams or replicas share the
+            model on the device scheduler (a model with a fixed batch takes only that).
         threads: onnxruntime intra-op threads, 0 for its default.
 
-    Batched use (the scheduler): :meth:`detect_batch` runs B images in one session call.
+    The model runs through the device scheduler (:mod:`posegraph.scheduler`); a frame whose
+    deadline cannot be met leaves without detections and ``meta["detect_skipped"]``, for
+    the tracker to coast. :meth:`detect_batch` runs B images directly, in one session call.
     """
+
+    uses_device = True
 
     def __init__(
         self,
@@ -248,6 +255,7 @@ class OnnxDetector(Node):
         pad_value: int | None = None,
         center: bool | None = None,
         device: str = "cpu",
+        batch: int = 1,
         threads: int = 0,
     ):
         for name, value in (("input_size", input_size), ("mean", mean), ("std", std)):
@@ -258,6 +266,9 @@ class OnnxDetector(Node):
             raise NodeError(f"device {device!r}: use cpu, cuda or cuda:N")
         if max_detections < 1:
             raise NodeError(f"max_detections must be at least 1, got {max_detections}")
+        if batch < 1:
+            raise NodeError(f"batch must be at least 1, got {batch}")
+        self.batch = batch
         self.model = model
         self.score_threshold = score_threshold
         self.iou_threshold = iou_threshold
@@ -318,6 +329,15 @@ class OnnxDetector(Node):
         self._configure(path, (w, h) if w and h else None, outputs, extra)
         if self.fixed_batch is None:
             self._probe_batch(ort, path)
+        w, h = self.input_size
+        self.client = Client.attach(
+            self.device,
+            model_key(path.stem, str(path.resolve()), w, h),
+            self._session_outputs,
+            (self.fixed_batch,) if self.fixed_batch else bucket_sizes(self.batch),
+            np.zeros((3, h, w), np.float32),
+            role="image",
+        )
         log.info(
             "detect.onnx %s: %s layout, input %dx%d, batch %s, %s",
             path.name,
@@ -448,30 +468,40 @@ class OnnxDetector(Node):
             per_image.extend([out[b] for out in outputs] for b in range(real))
         return per_image
 
+    def _session_outputs(self, blob: np.ndarray) -> dict[str, np.ndarray]:
+        """One session call on a batch (B, 3, h, w): output name -> (B, ...)."""
+        outputs = self.session.run(self.output_names, {self.input_name: blob})
+        return dict(zip(self.output_names, outputs, strict=True))
+
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detections of B images (H_i, W_i, 3) uint8 BGR, in image pixels, in one model call
         (or one per image for a model that takes no batches, see :meth:`_probe_batch`)."""
         if not images:
             return []
         blob, mappings = self.preprocess(images)
-        results = []
-        for outputs, mapping in zip(self._run(blob), mappings, strict=True):
-            if self.layout == "mmdeploy":
-                xyxy, scores, labels = self._select_mmdeploy(*outputs)
-            else:
-                xyxy, scores, labels = nms_yolov8(
-                    outputs[0],
-                    self.score_threshold,
-                    self.iou_threshold,
-                    self.classes,
-                    self.class_agnostic,
-                    self.max_detections,
-                )
-            xyxy = mapping.to_image(xyxy)
-            # boxes that lay wholly in the padding are empty once clipped to the image
-            real = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
-            results.append(Detections(xyxy[real], scores[real], labels[real]))
-        return results
+        return [
+            self._detections(outputs, mapping)
+            for outputs, mapping in zip(self._run(blob), mappings, strict=True)
+        ]
+
+    def _detections(self, outputs: Sequence[np.ndarray], mapping: Letterbox) -> Detections:
+        """One image's detections in image pixels from its model outputs (in the order of
+        ``output_names``)."""
+        if self.layout == "mmdeploy":
+            xyxy, scores, labels = self._select_mmdeploy(*outputs)
+        else:
+            xyxy, scores, labels = nms_yolov8(
+                outputs[0],
+                self.score_threshold,
+                self.iou_threshold,
+                self.classes,
+                self.class_agnostic,
+                self.max_detections,
+            )
+        xyxy = mapping.to_image(xyxy)
+        # boxes that lay wholly in the padding are empty once clipped to the image
+        real = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+        return Detections(xyxy[real], scores[real], labels[real])
 
     def _select_mmdeploy(
         self, dets: np.ndarray, labels: np.ndarray
@@ -485,4 +515,19 @@ class OnnxDetector(Node):
         return dets[order, :4], dets[order, 4], labels[order].astype(np.int64)
 
     def process(self, frame: Frame) -> Frame:
-        return frame.replace(detections=self.detect_batch([frame.image])[0])
+        blob, (mapping,) = self.preprocess([frame.image])
+        result = self.client.run(
+            blob, self.client.image_deadline(frame.deadline, frame.captured_at), frame.stream
+        )
+        if not result.done[0]:
+            return frame.replace(
+                detections=Detections.empty(), meta={**frame.meta, DETECT_SKIPPED: True}
+            )
+        outputs = [result.outputs[name][0] for name in self.output_names]
+        return frame.replace(detections=self._detections(outputs, mapping))
+
+    def close(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
+            self.client = None

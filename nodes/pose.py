@@ -7,10 +7,12 @@ letterboxed into the network input. Each either decodes in place (``decode: true
 default) or leaves the raw outputs in ``frame.meta["pose_outputs"]`` for a ``decode.*``
 node (:mod:`nodes.decoders`, which holds the one decoding path both use).
 
-Models run through a :class:`BatchRunner`: batches are cut to at most the largest bucket
-size and padded up to the next bucket, so the model only ever sees a few fixed shapes (what
-CUDA graphs, cudnn autotuning and onnxruntime's shape caches want). The device scheduler
-replaces this policy; the runner's ``run`` and ``buckets`` are its interface.
+Models run through their device's scheduler (:mod:`posegraph.scheduler`): a frame's crops
+(or its image) are one request with the frame's deadline; batches hold items of many frames
+and streams, padded to fixed bucket sizes, so the model only ever sees a few shapes (what
+CUDA graphs, cudnn autotuning and onnxruntime's shape caches want). Work that cannot meet
+the deadline is skipped and marked in ``frame.meta`` (``pose_skipped``: person rows;
+``detect_skipped``: the whole frame) for the tracker to coast.
 
 Weights: the zoo models load an official ``.pth`` or our ``.safetensors``; a file that does
 not fit the model stops the node at setup. No weights at all is allowed only with
@@ -19,6 +21,7 @@ not fit the model stops the node at setup. No weights at all is allowed only wit
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,51 +34,13 @@ from nodes.detectors import letterbox, onnx_providers
 from nodes.sources import resolve_path
 from posegraph import codecs, skeletons
 from posegraph.node import Context, Node, NodeError, register
-from posegraph.packet import Frame
+from posegraph.packet import DETECT_SKIPPED, POSE_SKIPPED, Detections, Frame
+from posegraph.scheduler import Client, bucket_sizes, model_key
 
 log = logging.getLogger(__name__)
 
 #: The model's outputs by name, each (B, ...) float32.
 Outputs = dict[str, np.ndarray]
-
-
-def bucket_sizes(batch: int) -> tuple[int, ...]:
-    """Powers of two below ``batch``, then ``batch``: (1, 2, 4, 8) for 8, (1, 2, 4, 6) for 6."""
-    sizes = [1 << i for i in range(batch.bit_length()) if 1 << i < batch]
-    return (*sizes, batch)
-
-
-class BatchRunner:
-    """Runs a model on batches of fixed sizes.
-
-    ``model`` maps a batch (B, ...) to named outputs, each (B, ...). :meth:`run` cuts a
-    batch into chunks of the largest bucket, pads each chunk with zeros up to the smallest
-    bucket that holds it, and returns the outputs of the real items only.
-    """
-
-    def __init__(self, model: Callable[[np.ndarray], Outputs], buckets: Sequence[int]):
-        if not buckets or min(buckets) < 1:
-            raise ValueError(f"bucket sizes must be positive, got {list(buckets)}")
-        self.model = model
-        self.buckets = tuple(sorted(set(int(b) for b in buckets)))
-
-    def bucket_for(self, n: int) -> int:
-        """The smallest bucket that holds ``n`` items (n <= the largest bucket)."""
-        return next(b for b in self.buckets if b >= n)
-
-    def run(self, batch: np.ndarray) -> Outputs:
-        """Outputs of every item of ``batch`` (B, ...), in order, each (B, ...)."""
-        step = self.buckets[-1]
-        parts: list[Outputs] = []
-        for start in range(0, len(batch), step):
-            chunk = batch[start : start + step]
-            real = len(chunk)
-            size = self.bucket_for(real)
-            if size > real:
-                pad = np.zeros((size - real, *chunk.shape[1:]), chunk.dtype)
-                chunk = np.concatenate([chunk, pad])
-            parts.append({k: v[:real] for k, v in self.model(chunk).items()})
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 class Normalise:
@@ -148,16 +113,28 @@ class OnnxModel:
         return {k: np.asarray(v, np.float32) for k, v in zip(self.wanted, out, strict=True)}
 
 
+def _pairwise(model: Callable[[np.ndarray], Outputs]) -> Callable[[np.ndarray], Outputs]:
+    """A model on pairs (B, 2, h, w, 3) -> outputs (B, 2, ...): one call on 2B images."""
+
+    def run(pairs: np.ndarray) -> Outputs:
+        out = model(pairs.reshape(-1, *pairs.shape[2:]))
+        return {k: v.reshape(len(pairs), 2, *v.shape[1:]) for k, v in out.items()}
+
+    return run
+
+
 def _static(dim: Any) -> int | None:
     return dim if isinstance(dim, int) else None
 
 
 class _ModelNode(Node):
-    """What every pose model node shares: weights, backend, device, the batch runner.
+    """What every pose model node shares: weights, backend, device, the scheduler client.
 
     Subclasses settle ``self.settled`` (input_size, mean, std, color, skeleton, codec,
     codec_kwargs) and call :meth:`_start_model`.
     """
+
+    uses_device = True
 
     def _take_common(
         self,
@@ -300,6 +277,7 @@ class _ModelNode(Node):
             path = None if self.weights is None else resolve_path(self.ctx, self.weights)
         if path is not None and not path.is_file():
             raise NodeError(f"{self.ctx.name}: weights file not found: {self.weights}")
+        self.weights_path = None if path is None else str(path.resolve())
         try:
             model, _ = build(self.model_name, **self.overrides)
         except ValueError as exc:
@@ -317,8 +295,14 @@ class _ModelNode(Node):
             raise NodeError(f"{self.ctx.name}: cannot read weights {path}: {exc}") from None
         return model
 
-    def _start_model(self, buckets: Sequence[int]) -> None:
-        """The model behind a :class:`BatchRunner`, and the codec, from ``self.settled``."""
+    def _start_model(
+        self, buckets: Sequence[int], example: np.ndarray, pairs: bool = False
+    ) -> None:
+        """The model on its device's scheduler, and the codec, from ``self.settled``.
+
+        ``example`` is one item (for the warm-up of every bucket); with ``pairs`` an item is
+        a crop and its mirror, (2, h, w, 3), and outputs come back (B, 2, ...).
+        """
         s = self.settled
         normalise = Normalise(s["mean"], s["std"], s["color"])
         self._check_device()
@@ -334,14 +318,36 @@ class _ModelNode(Node):
             fixed_batch, _ = self._onnx_input()
             if fixed_batch is not None:
                 # a graph exported for one batch size takes only that size
-                buckets = (fixed_batch,)
+                buckets = (fixed_batch // 2 if pairs else fixed_batch,)
             names = self._onnx_names(s["codec"])
             self._check_onnx_keypoints(names)
-            model = OnnxModel(self.session, normalise, names)
+            model: Callable[[np.ndarray], Outputs] = OnnxModel(self.session, normalise, names)
+            name, origin = self.onnx_path.stem, str(self.onnx_path.resolve())
         else:
             single = decoders.output_names(s["codec"])[0]
-            model = TorchModel(self._load_zoo_model(), normalise, self.device, self.fp16, single)
-        self.runner = BatchRunner(model, buckets)
+            loaded = self._load_zoo_model()
+            model = TorchModel(loaded, normalise, self.device, self.fp16, single)
+            # nodes that load the same weights share one model on the scheduler; random
+            # weights are never shared
+            name = self.model_name
+            origin = self.weights_path or f"random:{id(loaded)}"
+        if pairs:
+            model = _pairwise(model)
+        settings = (origin, self.backend, sorted(self.overrides.items()), self.fp16, pairs)
+        self.client = Client.attach(
+            self.device,
+            model_key(name, *settings, self.input_size, s["mean"], s["std"], s["color"]),
+            model,
+            buckets,
+            example,
+            role=self.role,
+        )
+
+    def _run(self, items: np.ndarray, frame: Frame, deadline: float | None = None) -> Any:
+        """The scheduler's :class:`~posegraph.scheduler.Result` for this frame's items."""
+        return self.client.run(
+            items, frame.deadline if deadline is None else deadline, frame.stream
+        )
 
     def _pose_outputs(self, outputs: Outputs, **extra: Any) -> dict[str, Any]:
         return {
@@ -353,7 +359,10 @@ class _ModelNode(Node):
         }
 
     def close(self) -> None:
-        self.runner = None
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
+        self.client = None
         self.session = None
 
 
@@ -377,12 +386,19 @@ class TopDownPose(_ModelNode):
         backend: ``torch`` or ``onnxruntime``; by default onnxruntime when onnx is given.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         fp16: half precision (torch on CUDA).
-        batch: most crops per model call; calls are padded to bucket sizes (1, 2, 4...).
+        batch: most crops per model call (a batch may hold crops of several frames and
+            streams); calls are padded to bucket sizes (1, 2, 4...).
         flip_test: also run the mirrored crops and average (twice the model work).
         decode: decode here; off, raw outputs go to ``meta["pose_outputs"]``.
         keypoint_threshold: keypoint score that counts in the instance score.
         threads: onnxruntime intra-op threads, 0 for its default.
+
+    Crops run in order of detection score; those the scheduler cannot run by the frame's
+    deadline are skipped (listed in ``meta["pose_skipped"]``, keypoint scores 0, instance
+    score the box's) and the tracker coasts them.
     """
+
+    role = "crops"  # one request per frame, an item per person
 
     def __init__(
         self,
@@ -506,7 +522,9 @@ class TopDownPose(_ModelNode):
         settled["codec_kwargs"] = kwargs
         self.settled = settled
         self.input_size = (int(w), int(h))
-        self._start_model(bucket_sizes(self.batch))
+        crop = np.zeros((int(h), int(w), 3), np.uint8)
+        example = np.stack([crop, crop]) if self.flip_test else crop
+        self._start_model(bucket_sizes(self.batch), example, pairs=self.flip_test)
         log.info(
             "pose.topdown %s: %s, %s on %s, input %dx%d, buckets %s",
             ctx.name,
@@ -515,7 +533,7 @@ class TopDownPose(_ModelNode):
             self.device,
             w,
             h,
-            self.runner.buckets,
+            self.client.handle.buckets,
         )
 
     def process(self, frame: Frame) -> Frame:
@@ -539,22 +557,56 @@ class TopDownPose(_ModelNode):
         if images is None:
             images = warp_crops(frame.image, crops["affine"], self.input_size)
         if self.flip_test:
-            # one call for the crops and their mirrors: larger batches, fewer calls
-            images = np.concatenate([images, images[:, :, ::-1]])
-        raw = self.runner.run(images)
-        outputs = {k: v[:n] for k, v in raw.items()}
+            # an item is a crop and its mirror: one batch runs both
+            images = np.stack([images, images[:, :, ::-1]], axis=1)
+        result = self._run(images, frame)
+        if not result.done.any():
+            # nothing ran in time: the people keep their boxes, the tracker their keypoints
+            k = self.skeleton.num_keypoints
+            meta[POSE_SKIPPED] = list(range(n))
+            poses = decoders.topdown_poses(
+                np.zeros((n, k, 2), np.float32),
+                np.zeros((n, k), np.float32),
+                crops,
+                frame.detections,
+                self.skeleton.name,
+                self.keypoint_threshold,
+            )
+            return frame.replace(poses=_keep_box_scores(poses, crops, frame), meta=meta)
         if self.flip_test:
-            outputs.update({k + decoders.FLIPPED: v[n:] for k, v in raw.items()})
+            outputs = {k: v[:, 0] for k, v in result.outputs.items()}
+            outputs.update({k + decoders.FLIPPED: v[:, 1] for k, v in result.outputs.items()})
+        else:
+            outputs = dict(result.outputs)
+        skipped = np.flatnonzero(~result.done)
+        if len(skipped):
+            meta[POSE_SKIPPED] = skipped.tolist()
         if not self.decode:
             meta["pose_outputs"] = self._pose_outputs(
                 outputs, keypoint_threshold=self.keypoint_threshold
             )
             return frame.replace(meta=meta)
         keypoints, scores = decoders.decode_crops(self.codec, outputs, self.skeleton.flip_indices)
+        if len(skipped):
+            keypoints[skipped], scores[skipped] = 0.0, 0.0
         poses = decoders.topdown_poses(
             keypoints, scores, crops, frame.detections, self.skeleton.name, self.keypoint_threshold
         )
-        return frame.replace(poses=poses)
+        if len(skipped):
+            poses = _keep_box_scores(poses, crops, frame, skipped)
+        return frame.replace(poses=poses, meta=meta)
+
+
+def _keep_box_scores(
+    poses: Any, crops: dict[str, Any], frame: Frame, rows: np.ndarray | None = None
+) -> Any:
+    """People whose pose was skipped score as their detection box (not as keypoints that
+    were never computed), so the tracker weighs them as it would a detection."""
+    scores = poses.instance_scores.copy()
+    detection = np.asarray(crops["detection"], np.int64)
+    rows = np.arange(len(scores)) if rows is None else rows
+    scores[rows] = frame.detections.scores[detection[rows]]
+    return dataclasses.replace(poses, instance_scores=scores)
 
 
 class _WholeImagePose(_ModelNode):
@@ -564,14 +616,19 @@ class _WholeImagePose(_ModelNode):
     """
 
     paradigm = ""
+    role = "image"  # one request per frame, ahead of any top-down model on the device
 
     def _take_whole(
         self,
         input_size: tuple[int, ...] | None,
         pad_value: int,
+        batch: int,
     ) -> None:
         if input_size is not None and len(input_size) != 2:
             raise NodeError(f"input_size needs 2 numbers, got {list(input_size)}")
+        if batch < 1:
+            raise NodeError(f"batch must be at least 1, got {batch}")
+        self.batch = batch
         self.given_size = None if input_size is None else tuple(int(v) for v in input_size)
         self.pad_value = pad_value
 
@@ -612,12 +669,23 @@ class _WholeImagePose(_ModelNode):
                 **self.codec_kwargs,
             },
         }
-        # one image per frame: a single bucket
-        self._start_model((1,))
+        w, h = self.input_size
+        self._start_model(bucket_sizes(self.batch), np.zeros((h, w, 3), np.uint8))
 
     def process(self, frame: Frame) -> Frame:
         canvas, placed = letterbox(frame.image, self.input_size, self.pad_value)
-        outputs = self.runner.run(canvas[None])
+        result = self._run(
+            canvas[None], frame, self.client.image_deadline(frame.deadline, frame.captured_at)
+        )
+        if not result.done[0]:
+            meta = {**frame.meta, DETECT_SKIPPED: True}
+            k = self.skeleton.num_keypoints
+            return frame.replace(
+                poses=decoders.empty_poses(k, self.skeleton.name),
+                detections=Detections.empty(),
+                meta=meta,
+            )
+        outputs = result.outputs
         if not self.decode:
             meta = dict(frame.meta)
             meta["pose_outputs"] = self._pose_outputs(
@@ -641,6 +709,8 @@ _WHOLE_DOC = """
             is letterboxed into it (padded right and bottom with ``pad_value``). Default:
             the model's training size.
         codec_kwargs: decoding settings that replace the model's (thresholds, top-k...).
+        batch: most images per model call when several streams or replicas share the
+            model on the device scheduler; calls are padded to bucket sizes (1, 2, 4...).
         backend, device, fp16, decode, threads: as for ``pose.topdown``.
 """
 
@@ -668,6 +738,7 @@ class BottomUpPose(_WholeImagePose):
         backend: str | None = None,
         device: str = "cpu",
         fp16: bool = False,
+        batch: int = 1,
         decode: bool = True,
         threads: int = 0,
     ):
@@ -684,7 +755,7 @@ class BottomUpPose(_WholeImagePose):
             codec_kwargs,
             threads,
         )
-        self._take_whole(input_size, pad_value)
+        self._take_whole(input_size, pad_value, batch)
 
 
 @register("pose.onestage")
@@ -710,6 +781,7 @@ class OneStagePose(_WholeImagePose):
         backend: str | None = None,
         device: str = "cpu",
         fp16: bool = False,
+        batch: int = 1,
         decode: bool = True,
         threads: int = 0,
     ):
@@ -726,7 +798,7 @@ class OneStagePose(_WholeImagePose):
             codec_kwargs,
             threads,
         )
-        self._take_whole(input_size, pad_value)
+        self._take_whole(input_size, pad_value, batch)
 
 
 @register("detect.synthetic")
@@ -742,7 +814,7 @@ class SyntheticDetector(OneStagePose):
         score_threshold: minimum person score.
         max_people: keep at most this many boxes, the highest scored.
         keep_poses: also write ER-Pose's own poses to ``frame.poses``.
-        model, weights, input_size, pad_value, backend, device, fp16, threads, overrides,
+        model, weights, input_size, pad_value, backend, device, fp16, batch, threads, overrides,
             onnx: as for ``pose.onestage``; by default the shipped ``erpose_n_320``.
     """
 
@@ -760,6 +832,7 @@ class SyntheticDetector(OneStagePose):
         backend: str | None = None,
         device: str = "cpu",
         fp16: bool = False,
+        batch: int = 1,
         threads: int = 0,
     ):
         if not 0.0 <= score_threshold < 1.0:
@@ -777,6 +850,7 @@ class SyntheticDetector(OneStagePose):
             backend=backend,
             device=device,
             fp16=fp16,
+            batch=batch,
             threads=threads,
         )
         self.keep_poses = keep_poses

@@ -82,9 +82,10 @@ class VideoSource(Source):
         start: float = 0.0,
         end: float | None = None,
         stream: str | None = None,
+        latency_budget_ms: float | None = None,
         threads: int = 0,
     ):
-        super().__init__(stream)
+        super().__init__(stream, latency_budget_ms)
         self.uri = uri
         self.loop = loop
         self.realtime = realtime
@@ -207,8 +208,9 @@ class RtspSource(Source):
         backoff: float = 0.5,
         backoff_max: float = 10.0,
         stream: str | None = None,
+        latency_budget_ms: float | None = None,
     ):
-        super().__init__(stream)
+        super().__init__(stream, latency_budget_ms)
         self.uri = uri
         self.transport = transport
         self.stall_timeout = stall_timeout
@@ -287,8 +289,9 @@ class CameraSource(Source):
         height: int | None = None,
         fps: float | None = None,
         stream: str | None = None,
+        latency_budget_ms: float | None = None,
     ):
-        super().__init__(stream)
+        super().__init__(stream, latency_budget_ms)
         self.device = device
         self.width, self.height, self.fps = width, height, fps
 
@@ -352,15 +355,18 @@ class AutoSource(Source):
         realtime: bool = False,
         loop: bool = False,
         stream: str | None = None,
+        latency_budget_ms: float | None = None,
     ) -> Source:
         text = str(uri)
         if text.startswith(("rtsp://", "rtsps://")):
-            return RtspSource(text, stream=stream)
+            return RtspSource(text, stream=stream, latency_budget_ms=latency_budget_ms)
         if text.isdigit():
-            return CameraSource(int(text), stream=stream)
+            return CameraSource(int(text), stream=stream, latency_budget_ms=latency_budget_ms)
         if text.startswith("/dev/video"):
-            return CameraSource(text, stream=stream)
-        return VideoSource(text, loop=loop, realtime=realtime, stream=stream)
+            return CameraSource(text, stream=stream, latency_budget_ms=latency_budget_ms)
+        return VideoSource(
+            text, loop=loop, realtime=realtime, stream=stream, latency_budget_ms=latency_budget_ms
+        )
 
     def __init__(
         self,
@@ -368,8 +374,9 @@ class AutoSource(Source):
         realtime: bool = False,
         loop: bool = False,
         stream: str | None = None,
+        latency_budget_ms: float | None = None,
     ):  # never runs: __new__ returns the concrete source; here for the parameter list
-        super().__init__(stream)
+        super().__init__(stream, latency_budget_ms)
 
 
 @register("source.images")
@@ -385,8 +392,9 @@ class ImageSource(Source):
         loop: bool = False,
         realtime: bool = False,
         stream: str | None = None,
+        latency_budget_ms: float | None = None,
     ):
-        super().__init__(stream)
+        super().__init__(stream, latency_budget_ms)
         self.path = path
         self.fps = fps
         self.loop = loop
@@ -447,8 +455,9 @@ class SyntheticSource(Source):
         shapes: int = 4,
         seed: int = 0,
         stream: str | None = None,
+        latency_budget_ms: float | None = None,
     ):
-        super().__init__(stream)
+        super().__init__(stream, latency_budget_ms)
         self.width, self.height, self.fps = width, height, fps
         self.count = frames
         self.realtime = realtime

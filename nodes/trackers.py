@@ -25,6 +25,11 @@ people (``predicted=True``): box from the Kalman filter, keypoints moved with it
 detections only in a stream that had poses before then gets the stream's keypoints for its
 tracked people too, moved with their boxes and marked predicted, so a frame whose pose step
 was skipped still carries poses.
+
+Frames whose model work the device scheduler skipped (``posegraph.scheduler``) are coasted
+whatever ``coast`` says: with ``meta["detect_skipped"]`` every track seen in the last
+``coast_frames`` frames goes on as a predicted person and none counts as lost; the people
+listed in ``meta["pose_skipped"]`` keep their track's last keypoints, moved with their box.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import numpy as np
 from posegraph import skeletons
 from posegraph.codecs.oks import oks
 from posegraph.node import Context, Node, NodeError, register
-from posegraph.packet import Frame, Poses
+from posegraph.packet import DETECT_SKIPPED, POSE_SKIPPED, Frame, Poses
 
 log = logging.getLogger(__name__)
 
@@ -418,11 +423,34 @@ class ByteTrack(Node):
         if first or frame.index > state.clock_index:
             state.clock_index, state.clock_pts = frame.index, frame.pts
         self._advance(state, frame.index)
+        if frame.meta.get(DETECT_SKIPPED):
+            # The detector did not run on this frame (its deadline could not be met): every
+            # recent track goes on as predicted, and no track counts as lost for it.
+            frame.poses = self._coast_all(state, frame.index)
+            return frame
+        skipped = frozenset(frame.meta.get(POSE_SKIPPED, ()))
         people = self._people(frame, state)
         owners = self._associate(state, people, frame.index, frame.pts, first)
-        self._remember(state, people, owners, frame.index, frame.pts)
-        frame.poses = self._output(frame, state, people, owners)
+        self._remember(state, people, owners, frame.index, frame.pts, skipped)
+        frame.poses = self._output(frame, state, people, owners, skipped)
         return frame
+
+    def _coast_all(self, state: StreamState, index: int) -> Poses:
+        """The confirmed tracks seen in the last ``coast_frames`` frames, all predicted."""
+        k = state.num_keypoints
+        empty = Poses(
+            np.zeros((0, k, 2), np.float32),
+            np.zeros((0, k), np.float32),
+            np.zeros((0, 4), np.float32),
+            np.zeros(0, np.float32),
+            np.zeros(0, np.int64),
+            state.skeleton,
+            np.zeros(0, bool),
+        )
+        for t in state.tracks:
+            if t.confirmed and t.state == _TRACKED:
+                t.last_seen = index  # not lost: the frame was not looked at
+        return _append_coasted(empty, state, index, self.coast_frames, everyone=True)
 
     def _fps(self, state: StreamState) -> float:
         if self.frame_rate is not None:
@@ -591,8 +619,10 @@ class ByteTrack(Node):
         owners: list[Track | None],
         index: int,
         pts: float,
+        skipped: frozenset[int] = frozenset(),
     ) -> None:
-        """Correct the owning tracks with their people; drop duplicated tracks."""
+        """Correct the owning tracks with their people (``skipped``: rows without a pose of
+        their own); drop duplicated tracks."""
         fps = self._fps(state)
         updated = [(j, t) for j, t in enumerate(owners) if t is not None]
         # Seconds since each track's last keypoints, for the smoother; frames count when
@@ -614,7 +644,8 @@ class ByteTrack(Node):
         with_keypoints = people.keypoints is not None and people.keypoints.shape[1] > 0
         for (j, t), dt in zip(updated, elapsed, strict=True):
             t.last_pts = pts
-            if not with_keypoints:
+            if not with_keypoints or j in skipped:
+                # a person whose pose step was skipped keeps the track's last keypoints
                 continue
             t.keypoints = people.keypoints[j].copy()
             t.keypoint_scores = people.keypoint_scores[j].copy()
@@ -644,9 +675,15 @@ class ByteTrack(Node):
     # ------------------------------------------------------------- output
 
     def _output(
-        self, frame: Frame, state: StreamState, people: People, owners: list[Track | None]
+        self,
+        frame: Frame,
+        state: StreamState,
+        people: People,
+        owners: list[Track | None],
+        skipped: frozenset[int] = frozenset(),
     ) -> Poses:
-        """The frame's poses with track ids, plus coasted tracks when ``coast`` is on."""
+        """The frame's poses with track ids, plus coasted tracks when ``coast`` is on; the
+        people in ``skipped`` get their track's keypoints, moved with the box, predicted."""
         alive = {id(t) for t in state.tracks}
         ids = np.array(
             [t.track_id if t is not None and id(t) in alive else -1 for t in owners], np.int64
@@ -655,18 +692,28 @@ class ByteTrack(Node):
         if people.keypoints is not None:
             poses = frame.poses
             keypoints = poses.keypoints.copy()
+            scores, predicted = poses.scores, poses.predicted
             if self.smooth:
                 for j, t in enumerate(owners):
                     if t is not None and t.shown is not None and len(t.shown) == len(keypoints[j]):
                         keypoints[j] = t.shown
+            if skipped:
+                scores, predicted = scores.copy(), predicted.copy()
+                k = keypoints.shape[1]
+                for j in skipped:
+                    t = owners[j] if j < n else None
+                    if t is not None and ids[j] >= 0 and k and _has_keypoints(t, k):
+                        keypoints[j] = move_with_box(t.shown, t.keypoint_box, t.box)
+                        scores[j] = t.keypoint_scores
+                        predicted[j] = True
             measured = Poses(
                 keypoints,
-                poses.scores,
+                scores,
                 poses.boxes,
                 poses.instance_scores,
                 ids,
                 poses.skeleton,
-                poses.predicted,
+                predicted,
             )
         elif self.coast and state.num_keypoints:
             # The pose step skipped this frame: tracked people keep their keypoints, moved
@@ -700,12 +747,15 @@ def _has_keypoints(track: Track, k: int) -> bool:
     return track.shown is not None and len(track.shown) == k and track.keypoint_box is not None
 
 
-def _append_coasted(poses: Poses, state: StreamState, index: int, coast_frames: int) -> Poses:
-    """``poses`` plus the confirmed tracks lost for at most ``coast_frames`` frames."""
+def _append_coasted(
+    poses: Poses, state: StreamState, index: int, coast_frames: int, everyone: bool = False
+) -> Poses:
+    """``poses`` plus the confirmed tracks lost for at most ``coast_frames`` frames (with
+    ``everyone``, the followed ones too)."""
     coasting = [
         t
         for t in state.tracks
-        if t.confirmed and t.state == _LOST and index - t.last_seen <= coast_frames
+        if t.confirmed and (everyone or t.state == _LOST) and index - t.last_seen <= coast_frames
     ]
     if not coasting:
         return poses

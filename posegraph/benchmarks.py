@@ -252,6 +252,22 @@ def _print_pipeline(result: dict) -> None:
 
 
 def main(args) -> int:
+    if args.bench == "latency":
+        from posegraph.scheduler import bench
+
+        result = bench.latency(
+            tuple(int(v) for v in args.streams.split(",")),
+            tuple(int(v) for v in args.people.split(",")),
+            args.fps,
+            args.budget_ms,
+            args.seconds,
+            args.device,
+        )
+        if args.json:
+            print(json.dumps(result))
+        else:
+            bench.print_table(result)
+        return 0
     if args.bench == "pipeline":
         people = tuple(int(v) for v in args.people.split(","))
         result = pipeline(people, args.seconds, not args.no_flip)

@@ -211,6 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--seconds", type=float, default=4.0, help="length of each clip")
     pl.add_argument("--no-flip", action="store_true", help="pose without the flip test")
     pl.add_argument("--json", action="store_true")
+    lt = bsub.add_parser(
+        "latency", help="S streams x P people through detector + pose: scheduler vs baseline"
+    )
+    lt.add_argument("--streams", default="1,2,4,8", help="streams per cell, comma-separated")
+    lt.add_argument("--people", default="1,4,16,32", help="people per frame, comma-separated")
+    lt.add_argument("--fps", type=float, default=5.0, help="frames/s of each stream")
+    lt.add_argument("--budget-ms", type=float, default=400.0, help="per-frame latency budget")
+    lt.add_argument("--seconds", type=float, default=4.0, help="length of each cell")
+    lt.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    lt.add_argument("--json", action="store_true")
     for name, (_module, help_text) in DELEGATED_BENCH.items():
         bsub.add_parser(name, help=help_text, add_help=False)
     b.set_defaults(fn=cmd_bench)

@@ -58,6 +58,9 @@ class Metrics:
         self.e2e_count = 0
         self.window = (float("inf"), 0.0)  # first capture, last delivery, over all sinks
         self.plane: dict[str, dict[str, int]] = {}
+        # (device, model, stream) -> the scheduler's counts (requests, items, done,
+        # skipped, late), as last reported; kept after the model's node has closed
+        self.scheduled: dict[tuple[str, str, str], dict[str, int]] = {}
         self.started = time.monotonic()
         self._lock = threading.Lock()
 
@@ -67,6 +70,12 @@ class Metrics:
             for name, snap in snapshot.items():
                 if name == "_plane":
                     self.plane[group] = snap
+                    continue
+                if name == "_scheduler":
+                    for device, sched in snap.items():
+                        for model, info in sched["models"].items():
+                            for stream, counts in info["streams"].items():
+                                self.scheduled[(device, model, stream)] = counts
                     continue
                 m = self.nodes.setdefault(name, NodeMetrics(name))
                 for key in COUNTERS:
@@ -123,9 +132,20 @@ class Metrics:
         with self._lock:
             return percentiles(self.hop_ms)
 
+    def skipped(self) -> dict[str, dict[str, int]]:
+        """Per stream: model items the scheduler took in, ran, and skipped (deadlines)."""
+        with self._lock:
+            out: dict[str, dict[str, int]] = {}
+            for (_, _, stream), counts in self.scheduled.items():
+                row = out.setdefault(stream, {"items": 0, "done": 0, "skipped": 0})
+                for key in row:
+                    row[key] += counts[key]
+            return out
+
     def summary(self) -> dict[str, Any]:
         rows = self.rows()
         e2e = self.e2e()
+        skipped = self.skipped()
         return {
             "pipeline": self.pipeline,
             "seconds": round(time.monotonic() - self.started, 3),
@@ -137,6 +157,8 @@ class Metrics:
             "lost": sum(r["lost"] for r in rows),
             "errors": sum(r["errors"] for r in rows),
             "restarts": sum(r["restarts"] for r in rows),
+            "skipped": sum(s["skipped"] for s in skipped.values()),
+            "skipped_by_stream": skipped,
             "e2e_ms": e2e,
             "hop_ms": self.hops(),
             "nodes": rows,
@@ -154,7 +176,7 @@ class Metrics:
             f"{s['pipeline']}: {s['delivered']} frames delivered in {s['seconds']:.1f} s, "
             f"end-to-end p50 {ms(e['p50'])} ms p90 {ms(e['p90'])} ms p99 {ms(e['p99'])} ms, "
             f"dropped {s['dropped']}, lost {s['lost']}, errors {s['errors']}, "
-            f"restarts {s['restarts']}"
+            f"restarts {s['restarts']}, skipped {s.get('skipped', 0)} (deadlines)"
         )
 
     def table(self):
@@ -190,9 +212,10 @@ class Metrics:
                 str(r["restarts"]),
             )
         e = self.e2e()
+        skipped = sum(s["skipped"] for s in self.skipped().values())
         t.caption = (
             f"end-to-end latency p50 {_ms(e['p50'])} ms · p90 {_ms(e['p90'])} ms · "
-            f"p99 {_ms(e['p99'])} ms"
+            f"p99 {_ms(e['p99'])} ms · skipped for deadlines {skipped}"
         )
         return t
 
@@ -254,8 +277,19 @@ class Metrics:
         )
         for k, v in self.e2e().items():
             e2e.add_metric([self.pipeline, f"0.{k[1:]}"], v)
+        scheduled = CounterMetricFamily(
+            "posegraph_scheduler_items",
+            "Model work items (an image, a person crop) the device scheduler took in, by "
+            "outcome: done, skipped (the deadline could not be met), late (run, too late)",
+            labels=["pipeline", "device", "model", "stream", "outcome"],
+        )
+        with self._lock:
+            counts = list(self.scheduled.items())
+        for (device, model, stream), c in counts:
+            for outcome in ("done", "skipped", "late"):
+                scheduled.add_metric([self.pipeline, device, model, stream, outcome], c[outcome])
         yield from fams.values()
-        yield from (fps, queue, proc, e2e)
+        yield from (fps, queue, proc, e2e, scheduled)
 
     def serve(self, port: int, addr: str = "127.0.0.1"):
         """Serve the metrics on http://addr:port/metrics; returns the server."""

@@ -250,6 +250,9 @@ class Node:
     """A processing step. Subclass it, give ``__init__`` typed parameters, implement ``process``."""
 
     type_name: str = ""
+    #: runs a model on a device (its ``device`` parameter) through that device's scheduler:
+    #: the ``procs`` executor puts every such node of one device in one process
+    uses_device: bool = False
     ctx: Context
 
     def setup(self, ctx: Context) -> None:
@@ -274,14 +277,37 @@ class Source(Node):
     ``frames`` yields frames made by :meth:`frame` and events made by :meth:`event`;
     the runtime adds ``eos`` when the iterator ends, stops it at ``--max-frames`` and
     when the pipeline stops.
+
+    Every source takes ``stream`` (its id, the node's name by default) and
+    ``latency_budget_ms``, which overrides the pipeline's budget for this stream: each frame's
+    ``deadline`` is its capture time plus the budget, and the device scheduler works to it.
+    Frames of a file read faster than real time (``realtime: false``) have no deadline.
     """
 
     #: live sources (cameras, RTSP) default their downstream edges to ``latest``
     live: bool = False
 
-    def __init__(self, stream: str | None = None):
+    def __init__(self, stream: str | None = None, latency_budget_ms: float | None = None):
+        if latency_budget_ms is not None and not latency_budget_ms > 0:
+            raise NodeError(f"latency_budget_ms must be a positive number, got {latency_budget_ms}")
         self.stream = stream
+        self.latency_budget_ms = latency_budget_ms
         self._next_index = 0
+
+    @property
+    def paced(self) -> bool:
+        """Frames come at the stream's own rate (a camera, or a file read in real time)."""
+        return self.live or bool(getattr(self, "realtime", False))
+
+    @property
+    def latency_budget(self) -> float:
+        """Seconds from capture to the frame's deadline: the source's own budget, else the
+        pipeline's. A file read as fast as it decodes is batch work: no deadline."""
+        if not self.paced:
+            return math.inf
+        if self.latency_budget_ms is not None:
+            return self.latency_budget_ms / 1000.0
+        return self.ctx.latency_budget
 
     def setup(self, ctx: Context) -> None:
         super().setup(ctx)
@@ -299,7 +325,7 @@ class Source(Node):
             index=self._next_index,
             pts=pts,
             captured_at=now,
-            deadline=now + self.ctx.latency_budget,
+            deadline=now + self.latency_budget,
             image=image,
             meta=meta,
         )

@@ -25,6 +25,13 @@ EXT_SHMREF = 2
 
 EVENTS = ("eos", "gap", "source_down", "source_up")
 
+# Frame.meta keys a model node sets when the device scheduler skipped its work on the frame
+# (its deadline could not be met); the tracker then coasts the people (predicted=True).
+#: True: the detector (or whole-image pose model) did not run; the frame has no people.
+DETECT_SKIPPED = "detect_skipped"
+#: list of person rows of ``poses`` whose keypoints were not computed (scores 0).
+POSE_SKIPPED = "pose_skipped"
+
 
 class WireError(ValueError):
     """A message could not be decoded: wrong schema version or a malformed body."""

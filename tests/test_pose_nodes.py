@@ -13,13 +13,14 @@ from torch import nn
 
 from nodes import decoders
 from nodes.crop import TopDownCrop, box_to_center_scale
-from nodes.pose import BatchRunner, BottomUpPose, Normalise, OneStagePose, TopDownPose, bucket_sizes
+from nodes.pose import BottomUpPose, Normalise, OneStagePose, TopDownPose
 from posegraph import Graph, codecs, skeletons
 from posegraph.codecs.common import PoseInstances, gaussian_heatmaps
 from posegraph.models import build, save_checkpoint
 from posegraph.models.export import export_onnx
 from posegraph.node import Context, Node, NodeError
 from posegraph.packet import Detections, Frame
+from posegraph.scheduler import DeviceScheduler, bucket_sizes
 
 # HRNet takes sizes whose quarter is a multiple of 8 (its four branches halve three times).
 SIZE = (64, 96)  # (w, h)
@@ -274,6 +275,7 @@ def test_flip_test_node_averages_the_crops_and_their_mirrors(hrnet):
 
 
 def test_bucket_padding_gives_the_unpadded_result(hrnet):
+    """Crops padded up to a bucket give the outputs they give alone."""
     assert bucket_sizes(8) == (1, 2, 4, 8) and bucket_sizes(6) == (1, 2, 4, 6)
     assert bucket_sizes(1) == (1,)
     spec = hrnet["spec"]
@@ -286,13 +288,18 @@ def test_bucket_padding_gives_the_unpadded_result(hrnet):
             return {"heatmaps": hrnet["model"](torch.from_numpy(normalise.numpy(images))).numpy()}
 
     crops = np.random.default_rng(3).integers(0, 256, (5, SIZE[1], SIZE[0], 3), np.uint8)
-    padded = BatchRunner(model, (2, 4)).run(crops)["heatmaps"]
-    assert seen == [4, 2]  # 5 crops: a full bucket of 4, then 1 padded up to 2
-    seen.clear()
-    alone = BatchRunner(model, (1,)).run(crops)["heatmaps"]
-    assert seen == [1] * 5
-    assert padded.shape == alone.shape == (5, 17, 24, 16)
-    np.testing.assert_allclose(padded, alone, atol=1e-5)
+    scheduler = DeviceScheduler("cpu")
+    try:
+        padded = scheduler.register("padded", model, (2, 4)).run(crops)
+        assert seen == [4, 2]  # 5 crops: a full bucket of 4, then 1 padded up to 2
+        seen.clear()
+        alone = scheduler.register("alone", model, (1,)).run(crops)
+        assert seen == [1] * 5
+    finally:
+        scheduler.close()
+    assert padded.done.all() and alone.done.all()
+    assert padded.outputs["heatmaps"].shape == alone.outputs["heatmaps"].shape == (5, 17, 24, 16)
+    np.testing.assert_allclose(padded.outputs["heatmaps"], alone.outputs["heatmaps"], atol=1e-5)
 
 
 # --------------------------------------------------------------- whole image

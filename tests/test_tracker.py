@@ -19,6 +19,7 @@ import pytest
 from nodes.trackers import assign
 from posegraph import Frame, Graph, Node
 from posegraph.node import Context, NodeError
+from posegraph.packet import DETECT_SKIPPED, POSE_SKIPPED
 from training.synth.video import VideoConfig, write_video
 from training.tracking import (
     FPS,
@@ -290,6 +291,34 @@ def test_coasting_adds_lost_people_as_predicted_poses_for_a_few_frames():
     assert skipped.skeleton == "coco17" and skipped.keypoints.shape == (2, 17, 2)
     assert skipped.predicted.tolist() == [True, True]
     assert not tracker().process(as_frame(together(a[0], b[0]), 0)).poses.predicted.any()
+
+
+def test_frames_the_scheduler_skipped_are_coasted_from_the_tracks():
+    """Without ``coast``: a person whose pose was skipped keeps the track's keypoints, moved
+    with the box; a frame whose detector was skipped carries every track, predicted, and
+    no track is lost for it."""
+    a, b = walker((10, 50), (2, 0), 12), walker((200, 50), (-1, 0), 12)
+    node = tracker()
+    for n in range(8):
+        node.process(as_frame(together(a[n], b[n]), n))
+
+    partial = as_frame(together(a[8], b[8]), 8)
+    partial.poses.keypoints[1], partial.poses.scores[1] = 0.0, 0.0  # b's pose not computed
+    partial.meta[POSE_SKIPPED] = [1]
+    out = node.process(partial).poses
+    assert out.track_ids.tolist() == [1, 2] and out.predicted.tolist() == [False, True]
+    assert np.abs(out.keypoints[1] - b[8].keypoints[0]).max() < 2.0
+    assert out.scores[1].min() > 0
+
+    blind = Frame(stream="cam", index=9, pts=9 / FPS, meta={DETECT_SKIPPED: True})
+    out = node.process(blind).poses
+    assert sorted(out.track_ids.tolist()) == [1, 2] and out.predicted.all()
+    assert out.skeleton == "coco17" and out.keypoints.shape == (2, 17, 2)
+    assert np.abs(out.keypoints[out.track_ids == 1][0] - a[9].keypoints[0]).max() < 3.0
+
+    # the next measured frame finds both tracks followed, not lost
+    out = node.process(as_frame(together(a[10], b[10]), 10)).poses
+    assert out.track_ids.tolist() == [1, 2] and not out.predicted.any()
 
 
 def test_assignment_leaves_pairs_above_the_limit_unmatched():

@@ -241,15 +241,15 @@ class DLAUp(nn.Module):
 class DLASeg(nn.Module):
     """DLA-34 + DLAUp + IDAUp at output stride 4 (CenterNet's ``DLASeg`` trunk).
 
-    Shapes: ``(N, 3, H, W)`` -> ``(N, 64, H/4, W/4)``.
+    Shapes: ``(N, 3, H, W)`` -> ``(N, channels[2], H/4, W/4)`` (64 for DLA-34).
     """
 
     first_level = 2  # log2 of the output stride
     last_level = 5
 
-    def __init__(self) -> None:
+    def __init__(self, channels: tuple[int, ...] = DLA34_CHANNELS) -> None:
         super().__init__()
-        self.base = DLA()
+        self.base = DLA(channels=channels)
         channels = list(self.base.channels[self.first_level :])
         scales = [2**i for i in range(len(channels))]
         self.dla_up = DLAUp(self.first_level, channels, scales)

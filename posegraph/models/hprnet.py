@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from posegraph.models.common import check_image_batch
-from posegraph.models.dla import DLASeg
+from posegraph.models.dla import DLA34_CHANNELS, DLASeg
 from posegraph.models.hourglass import SIZE_DIVISOR as HOURGLASS_DIVISOR
 from posegraph.models.hourglass import ConvBlock, Hourglass
 from posegraph.models.spec import ModelSpec
@@ -78,11 +78,15 @@ class HPRNetConfig:
         backbone: ``dla34`` or ``hourglass104``.
         input_size: ``(width, height)`` in training and for the counts.
         heads: head name -> output channels.
+        dla_channels: DLA widths per level (DLA-34's, or a narrower row).
+        head_conv: width of each head's hidden 3x3 conv.
     """
 
     backbone: Literal["dla34", "hourglass104"] = "dla34"
     input_size: tuple[int, int] = (512, 512)
     heads: dict[str, int] = field(default_factory=lambda: dict(WHOLEBODY_HEADS))
+    dla_channels: tuple[int, ...] = DLA34_CHANNELS
+    head_conv: int = HEAD_CONV
 
     @property
     def size_divisor(self) -> int:
@@ -92,6 +96,11 @@ class HPRNetConfig:
 VARIANTS: dict[str, HPRNetConfig] = {
     "hprnet_dla34": HPRNetConfig("dla34"),
     "hprnet_hg104": HPRNetConfig("hourglass104"),
+    # DLA-34 at half width with narrow heads, at 256x256: the shipped whole-body model,
+    # sized to train on a CPU (5.0M parameters against the full model's 20.6M).
+    "hprnet_dla34_half_256": HPRNetConfig(
+        "dla34", (256, 256), dla_channels=tuple(c // 2 for c in DLA34_CHANNELS), head_conv=64
+    ),
 }
 
 
@@ -109,15 +118,15 @@ class HPRNetDLA(DLASeg):
     checkpoint_ignore_prefixes = ("base.fc.",)  # ImageNet classifier left in the official files
 
     def __init__(self, config: HPRNetConfig, name: str = "hprnet_dla34") -> None:
-        super().__init__()
+        super().__init__(config.dla_channels)
         self.name = name
         self.heads = dict(config.heads)
         self.size_divisor = config.size_divisor
         for head, channels in self.heads.items():
             layer = nn.Sequential(
-                nn.Conv2d(self.out_channels, HEAD_CONV, 3, 1, 1, bias=True),
+                nn.Conv2d(self.out_channels, config.head_conv, 3, 1, 1, bias=True),
                 nn.ReLU(inplace=True),
-                nn.Conv2d(HEAD_CONV, channels, 1),
+                nn.Conv2d(config.head_conv, channels, 1),
             )
             _init_head(layer[-1], head)
             self.add_module(head, layer)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from posegraph.graph import Graph, RuntimeOptions
-from posegraph.node import Sink, Source
+from posegraph.node import Sink, Source, UnknownNodeType, resolve
 
 
 @dataclass
@@ -62,6 +62,18 @@ class Plan:
         return [i for g in self.groups.values() for i in g]
 
 
+def device_of(type_name: str, params: dict[str, Any]) -> str | None:
+    """The device a model node runs on (``cpu``, ``cuda:0``...), None for other nodes."""
+    try:
+        cls = resolve(type_name)
+    except (UnknownNodeType, TypeError):
+        return None
+    if not cls.uses_device:
+        return None
+    device = str(params.get("device", "cpu"))
+    return "cuda:0" if device == "cuda" else device
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -101,11 +113,16 @@ def build_plan(graph: Graph, executor: str, max_frames: int | None = None) -> Pl
     instances: dict[str, list[InstanceSpec]] = {}
     for name in graph.order():
         spec = graph.nodes[name]
-        group_of = (
-            (lambda r, s=spec: "main")
-            if executor == "inproc"
-            else (lambda r, s=spec: s.process or (s.name if s.replicas == 1 else f"{s.name}.{r}"))
-        )
+        device = device_of(spec.type, spec.params)
+        if executor == "inproc":
+            group_of = lambda r: "main"  # noqa: E731
+        elif spec.process:
+            group_of = lambda r, s=spec: s.process  # noqa: E731
+        elif device is not None:
+            # one process per device: its model nodes share one scheduler
+            group_of = lambda r, d=device: f"device-{d}"  # noqa: E731
+        else:
+            group_of = lambda r, s=spec: s.name if s.replicas == 1 else f"{s.name}.{r}"  # noqa: E731
         eos_expected: dict[str, int] = {}
         for src in spec.inputs:
             for st in streams[src]:

@@ -22,6 +22,7 @@ import msgpack
 import numpy as np
 import zmq
 
+from posegraph import scheduler
 from posegraph.node import Context, Node, NodeError, Source, resolve
 from posegraph.packet import Frame, ShmRef, WireError, decode, encode
 from posegraph.runtime.channels import (
@@ -578,6 +579,9 @@ class Worker:
             out[r.name] = snap
         if self.plane is not None:
             out["_plane"] = {"fallbacks": self.plane.fallbacks, "reclaimed": self.plane.reclaimed}
+        schedulers = scheduler.snapshot()
+        if schedulers:
+            out["_scheduler"] = schedulers
         return out
 
     def close(self) -> None:

@@ -1,0 +1,231 @@
+"""The device scheduler: deadline order, bucket choice, skips, fairness, and in a pipeline
+under overload, skip-and-coast with the counts exported.
+
+The policy tests drive the scheduler with a model whose run time is set by a sleep, so that
+the load is known; the pipeline test runs the shipped models on the sample clip."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from posegraph.scheduler import DeviceScheduler, RunTimes, bucket_sizes
+from tests.conftest import ROOT, free_port, read_jsonl, wait_for, write_pipeline
+
+
+class SleepModel:
+    """Takes ``base + per_item * B`` seconds for a batch of B items; records each batch's
+    item ids (the first value of each item; padding is zeros)."""
+
+    def __init__(self, base: float, per_item: float):
+        self.base, self.per_item = base, per_item
+        self.batches: list[list[int]] = []
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        time.sleep(self.base + self.per_item * len(batch))
+        self.batches.append([int(v) for v in batch[:, 0]])
+        return {"twice": batch * 2}
+
+
+@pytest.fixture
+def scheduler():
+    s = DeviceScheduler("cpu", "edf")
+    yield s
+    s.close()
+
+
+def hold(scheduler: DeviceScheduler, gate: threading.Event) -> None:
+    """Keep the device busy until ``gate`` opens, so that requests queue up meanwhile."""
+    threading.Thread(target=scheduler.call, args=(gate.wait,), daemon=True).start()
+    time.sleep(0.05)
+
+
+def items(*ids: int) -> np.ndarray:
+    return np.array([[i, 0] for i in ids], np.float32)
+
+
+def test_requests_run_earliest_deadline_first(scheduler):
+    model = SleepModel(0.0, 0.0)
+    handle = scheduler.register("m", model, (1,))
+    gate = threading.Event()
+    hold(scheduler, gate)
+    now = time.time()
+    results: dict[int, np.ndarray] = {}
+
+    def submit(i: int, deadline: float) -> None:
+        results[i] = handle.run(items(i), deadline, f"s{i}").outputs["twice"]
+
+    threads = []
+    for i, offset in ((1, 30.0), (2, 10.0), (3, 20.0), (4, 40.0)):
+        threads.append(threading.Thread(target=submit, args=(i, now + offset)))
+        threads[-1].start()
+        time.sleep(0.05)  # arrival order 1, 2, 3, 4
+    gate.set()
+    for t in threads:
+        t.join()
+    assert [b[0] for b in model.batches] == [2, 3, 1, 4]
+    assert all(results[i][0, 0] == 2 * i for i in results)
+
+
+def test_fifo_baseline_keeps_arrival_order(scheduler):
+    fifo = DeviceScheduler("cpu", "fifo")
+    try:
+        model = SleepModel(0.0, 0.0)
+        handle = fifo.register("m", model, (1,))
+        gate = threading.Event()
+        hold(fifo, gate)
+        now = time.time()
+        threads = []
+        for i, offset in ((1, 30.0), (2, 10.0), (3, 20.0)):
+            threads.append(threading.Thread(target=handle.run, args=(items(i), now + offset)))
+            threads[-1].start()
+            time.sleep(0.05)
+        gate.set()
+        for t in threads:
+            t.join()
+        assert [b[0] for b in model.batches] == [1, 2, 3]
+    finally:
+        fifo.close()
+
+
+def test_bucket_is_the_largest_that_meets_the_deadline(scheduler):
+    assert bucket_sizes(8) == (1, 2, 4, 8) and bucket_sizes(6) == (1, 2, 4, 6)
+    model = SleepModel(0.01, 0.02)  # bucket 1: 30 ms, 2: 50, 4: 90, 8: 170
+    handle = scheduler.register("m", model, (1, 2, 4, 8))
+    handle.warm_up(items(0)[0], runs=8)
+    model.batches.clear()
+
+    # no deadline: 5 items go in one batch, padded to the bucket of 8
+    result = handle.run(items(1, 2, 3, 4, 5))
+    assert result.done.all() and model.batches == [[1, 2, 3, 4, 5, 0, 0, 0]]
+    np.testing.assert_array_equal(result.outputs["twice"][:, 0], [2, 4, 6, 8, 10])
+
+    # 140 ms: bucket 8 (170 ms) cannot make it, bucket 4 (90 ms) can; what is left then
+    # cannot be done in time and is skipped, and the call returns by the deadline
+    model.batches.clear()
+    start = time.time()
+    result = handle.run(items(*range(10, 18)), start + 0.14)
+    assert time.time() - start < 0.14 + 0.05
+    assert [len(b) for b in model.batches][0] == 4
+    assert model.batches[0] == [10, 11, 12, 13]  # best-scored items first
+    assert result.done[:4].all() and result.skipped >= 1
+    counts = handle.snapshot()["streams"][""]
+    assert counts["skipped"] == result.skipped and counts["done"] == 5 + int(result.done.sum())
+
+
+def test_a_request_that_cannot_meet_its_deadline_is_skipped_not_run(scheduler):
+    model = SleepModel(0.05, 0.0)
+    handle = scheduler.register("m", model, (1,))
+    handle.warm_up(items(0)[0], runs=2)
+    model.batches.clear()
+    result = handle.run(items(7), time.time() + 0.01)  # less than one run
+    assert result.skipped == 1 and model.batches == []
+    assert handle.snapshot()["streams"][""] == {
+        "requests": 1,
+        "items": 1,
+        "done": 0,
+        "skipped": 1,
+        "late": 0,
+    }
+
+
+def test_run_times_are_learnt_per_bucket():
+    times = RunTimes((1, 2, 4))
+    assert times.estimate(2) == 0.0
+    for _ in range(20):
+        times.add(2, 0.010)
+    assert times.estimate(2) == pytest.approx(0.010, abs=0.001)
+    assert times.estimate(4) >= times.estimate(2)  # unmeasured: borrowed, scaled by size
+    times.add(2, 0.050)
+    assert times.estimate(2) > 0.015  # a slow run raises the estimate at once
+
+
+def test_no_stream_is_starved_under_overload(scheduler):
+    """Four streams ask for twice what the device can do: each gets a fair share."""
+    model = SleepModel(0.004, 0.004)  # 8 items in 36 ms
+    handle = scheduler.register("m", model, (1, 2, 4, 8))
+    handle.warm_up(items(0)[0], runs=2)
+    stop = time.time() + 2.0
+
+    def stream(name: str) -> None:
+        client = handle.add_client()
+        while time.time() < stop:
+            handle.run(items(*range(8)), time.time() + 0.08, name, client)
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=stream, args=(f"cam{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    counts = handle.snapshot()["streams"]
+    done = {s: c["done"] / c["items"] for s, c in counts.items()}
+    skipped = sum(c["skipped"] for c in counts.values())
+    assert skipped > 0, "the load was meant to be more than the device can do"
+    assert min(done.values()) >= 0.5 * max(done.values()), counts
+    assert min(done.values()) > 0.2, counts
+
+
+# ----------------------------------------------------------------- in a pipeline
+
+
+def test_overload_skips_work_and_exports_the_counts(tmp_path, posegraph):
+    """The sample clip in real time with a budget the CPU cannot meet for every person:
+    every frame still leaves, and the skips are counted per stream on the Prometheus
+    endpoint and in the run's summary. (How the tracker coasts what was skipped:
+    tests/test_tracker.py.)"""
+    out = tmp_path / "poses.jsonl"
+    port = free_port()
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.video",
+                "with": {
+                    "uri": str(ROOT / "pipelines" / "media" / "street.mp4"),
+                    "realtime": True,
+                    "latency_budget_ms": 300,
+                },
+            },
+            {"name": "people", "type": "detect.synthetic", "from": "cam"},
+            {
+                "name": "crops",
+                "type": "crop.topdown",
+                "from": "people",
+                "with": {"model": "hrnet_w16_128x96"},
+            },
+            {
+                "name": "pose",
+                "type": "pose.topdown",
+                "from": "crops",
+                "with": {"model": "hrnet_w16_128x96", "weights": "builtin", "flip_test": True},
+            },
+            {"name": "track", "type": "track.bytetrack", "from": "pose"},
+            {"name": "out", "type": "sink.jsonl", "from": "track", "with": {"path": str(out)}},
+        ],
+    )
+    run = posegraph("run", "p.yaml", "--max-frames", "60", "--metrics-port", str(port))
+
+    def scrape():
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read()
+        except OSError:
+            return None
+        text = text.decode()
+        return text if 'outcome="skipped"' in text and 'stream="cam"' in text else None
+
+    text = wait_for(scrape, 120, "scheduler counts on the metrics endpoint")
+    assert "posegraph_scheduler_items_total" in text
+    code, stdout, stderr = run.wait(240)
+    assert code == 0, stderr
+    frames = [m for m in read_jsonl(out) if "event" not in m]
+    assert [m["index"] for m in frames] == list(range(60)), "every frame leaves"
+    summary = stdout.strip().splitlines()[-1]
+    skipped = int(re.search(r"skipped (\d+) \(deadlines\)", summary).group(1))
+    assert skipped > 0, summary
