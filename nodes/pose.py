@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -364,6 +366,10 @@ class _ModelNode(Node):
             client.close()
         self.client = None
         self.session = None
+        fallback = getattr(self, "fallback", None)
+        if fallback is not None:
+            fallback.close()
+            self.fallback = None
 
 
 @register("pose.topdown")
@@ -392,6 +398,11 @@ class TopDownPose(_ModelNode):
         decode: decode here; off, raw outputs go to ``meta["pose_outputs"]``.
         keypoint_threshold: keypoint score that counts in the instance score.
         threads: onnxruntime intra-op threads, 0 for its default.
+        fallback: zoo name of a whole-image model with the same skeleton (``erpose_n_320``,
+            an ER-Pose or HPRNet size): a frame with more people than the top-down model
+            can serve by the frame's deadline goes through it instead, in constant time
+            (its poses replace the crops'; ``meta["pose_fallback"]`` names it).
+        fallback_weights: the fallback's weights (default: the shipped ones).
 
     Crops run in order of detection score; those the scheduler cannot run by the frame's
     deadline are skipped (listed in ``meta["pose_skipped"]``, keypoint scores 0, instance
@@ -422,6 +433,8 @@ class TopDownPose(_ModelNode):
         decode: bool = True,
         keypoint_threshold: float = 0.2,
         threads: int = 0,
+        fallback: str | None = None,
+        fallback_weights: str | None = "builtin",
     ):
         if model is None and onnx is None:
             model = "hrnet_w32"
@@ -464,6 +477,10 @@ class TopDownPose(_ModelNode):
         self.batch = batch
         self.flip_test = flip_test
         self.keypoint_threshold = keypoint_threshold
+        self.fallback_model = fallback
+        self.fallback_weights = fallback_weights
+        self.fallback: _WholeImagePose | None = None
+        self.fallbacks = 0
 
     def setup(self, ctx: Context) -> None:
         super().setup(ctx)
@@ -525,6 +542,8 @@ class TopDownPose(_ModelNode):
         crop = np.zeros((int(h), int(w), 3), np.uint8)
         example = np.stack([crop, crop]) if self.flip_test else crop
         self._start_model(bucket_sizes(self.batch), example, pairs=self.flip_test)
+        if self.fallback_model is not None:
+            self.fallback = self._start_fallback(ctx)
         log.info(
             "pose.topdown %s: %s, %s on %s, input %dx%d, buckets %s",
             ctx.name,
@@ -535,6 +554,42 @@ class TopDownPose(_ModelNode):
             h,
             self.client.handle.buckets,
         )
+
+    def _start_fallback(self, ctx: Context) -> _WholeImagePose:
+        from posegraph.models import spec_of
+
+        try:
+            spec = spec_of(self.fallback_model)
+        except ValueError as exc:
+            raise NodeError(f"{ctx.name}: fallback: {exc}") from None
+        kinds = {"bottomup": BottomUpPose, "onestage": OneStagePose}
+        if spec.paradigm not in kinds:
+            raise NodeError(
+                f"{ctx.name}: fallback {self.fallback_model} is a {spec.paradigm} model: give "
+                "a whole-image one (ER-Pose, HPRNet), whose time does not grow with people"
+            )
+        if spec.skeleton != self.skeleton.name:
+            raise NodeError(
+                f"{ctx.name}: fallback {self.fallback_model} gives {spec.skeleton} keypoints, "
+                f"this node {self.skeleton.name}: give a fallback with the same skeleton"
+            )
+        node = kinds[spec.paradigm](
+            model=self.fallback_model, weights=self.fallback_weights, device=self.device
+        )
+        node.reserve_crops = False  # it stands in for the crops: the whole deadline is its
+        node.setup(ctx)
+        return node
+
+    def _over_budget(self, n: int, frame: Frame) -> bool:
+        """Whether ``n`` crops would miss the frame's deadline where the fallback would not."""
+        if self.fallback is None or not math.isfinite(frame.deadline):
+            return False
+        handle = self.client.handle
+        left = frame.deadline - time.time()
+        biggest = handle.buckets[-1]
+        full, rest = divmod(n, biggest)
+        need = full * handle.estimate(biggest) + (handle.estimate(rest) if rest else 0.0)
+        return need > left >= self.fallback.client.handle.estimate(1)
 
     def process(self, frame: Frame) -> Frame:
         crops = frame.meta.get("crops")
@@ -553,6 +608,13 @@ class TopDownPose(_ModelNode):
                 return frame.replace(poses=decoders.empty_poses(k, self.skeleton.name))
             meta["pose_outputs"] = self._pose_outputs({})
             return frame.replace(meta=meta)
+        if self._over_budget(n, frame):
+            # too many people for top-down in time: the whole-image model takes the frame
+            self.fallbacks += 1
+            found = self.fallback.process(frame)
+            meta = {**found.meta, "pose_fallback": self.fallback_model}
+            meta.pop("crops", None)
+            return found.replace(detections=frame.detections, meta=meta)
         images = crops.get("images")
         if images is None:
             images = warp_crops(frame.image, crops["affine"], self.input_size)
@@ -617,6 +679,8 @@ class _WholeImagePose(_ModelNode):
 
     paradigm = ""
     role = "image"  # one request per frame, ahead of any top-down model on the device
+    #: leave a top-down model on the device time for its crops (off: nothing runs after)
+    reserve_crops = True
 
     def _take_whole(
         self,
@@ -674,9 +738,10 @@ class _WholeImagePose(_ModelNode):
 
     def process(self, frame: Frame) -> Frame:
         canvas, placed = letterbox(frame.image, self.input_size, self.pad_value)
-        result = self._run(
-            canvas[None], frame, self.client.image_deadline(frame.deadline, frame.captured_at)
-        )
+        deadline = frame.deadline
+        if self.reserve_crops:
+            deadline = self.client.image_deadline(deadline, frame.captured_at)
+        result = self._run(canvas[None], frame, deadline)
         if not result.done[0]:
             meta = {**frame.meta, DETECT_SKIPPED: True}
             k = self.skeleton.num_keypoints

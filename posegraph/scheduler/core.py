@@ -16,8 +16,9 @@ The ``edf`` policy, each time the device is free:
 3. A batch that is not full waits for more items while waiting still meets the oldest
    deadline, unless every client of the model already has a request waiting (no item can
    arrive). Meanwhile the device serves another model's ready batch if it fits.
-4. A client waits for its request until the deadline at most: what is not done by then is
-   skipped, so the frame leaves on time (late results are counted and thrown away).
+4. A client waits for its request until the deadline (less a margin for its own work
+   after the model) at most: what is not done by then is skipped, so the frame leaves on
+   time (late results are counted and thrown away).
 
 The ``fifo`` policy is the baseline it is measured against: requests in arrival order,
 one at a time, in chunks of the largest bucket, no deadline, nothing skipped.
@@ -255,7 +256,8 @@ class DeviceScheduler:
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         policy: ``edf`` (deadlines, batching, skips) or ``fifo`` (the baseline).
         margin: seconds kept free before a deadline for the work after the model call
-            (decoding, the hand-over to the next node).
+            (decoding, the hand-over to the next node): batches are planned to end this
+            long before it, and a client leaves with what is done this long before it.
         threads: torch intra-op threads of the scheduler's thread on the CPU; by default
             half the logical cores (the physical ones on a machine with two threads per
             core). More OpenMP threads than cores, with the nodes' own threads beside them,
@@ -264,7 +266,7 @@ class DeviceScheduler:
 
     device: str = "cpu"
     policy: str = "edf"
-    margin: float = 0.003
+    margin: float = 0.02
     threads: int | None = None
     handles: dict[str, ModelHandle] = field(default_factory=dict)
 
@@ -391,7 +393,7 @@ class DeviceScheduler:
 
     def _wait(self, request: _Request) -> Result:
         if self.policy == "edf" and math.isfinite(request.deadline):
-            request.finished.wait(max(0.0, request.deadline - time.time()))
+            request.finished.wait(max(0.0, request.deadline - self.margin - time.time()))
             if not request.finished.is_set():
                 with self._cond:
                     if not request.finished.is_set():
