@@ -507,7 +507,9 @@ class DeviceScheduler:
                 1e3 * smallest,
             )
             self._skip_rest(head)
-            handle.times.relax(handle.buckets[0])
+            if head.deadline - now > 0.5 * smallest:
+                # skipped on the estimate's word, not because the frame came in late
+                handle.times.relax(handle.buckets[0])
 
     def _form(
         self, handle: ModelHandle, now: float
