@@ -115,11 +115,24 @@ class OnnxModel:
         return {k: np.asarray(v, np.float32) for k, v in zip(self.wanted, out, strict=True)}
 
 
-def _pairwise(model: Callable[[np.ndarray], Outputs]) -> Callable[[np.ndarray], Outputs]:
-    """A model on pairs (B, 2, h, w, 3) -> outputs (B, 2, ...): one call on 2B images."""
+def _pairwise(
+    model: Callable[[np.ndarray], Outputs], fixed_batch: int | None = None
+) -> Callable[[np.ndarray], Outputs]:
+    """A model on pairs (B, 2, h, w, 3) -> outputs (B, 2, ...): one call on the 2B images,
+    or calls of ``fixed_batch`` images (the last padded) for a graph of one batch size."""
 
     def run(pairs: np.ndarray) -> Outputs:
-        out = model(pairs.reshape(-1, *pairs.shape[2:]))
+        images = pairs.reshape(-1, *pairs.shape[2:])
+        step = fixed_batch or len(images)
+        parts = []
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            real = len(chunk)
+            if real < step:
+                pad = np.zeros((step - real, *chunk.shape[1:]), chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            parts.append({k: v[:real] for k, v in model(chunk).items()})
+        out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         return {k: v.reshape(len(pairs), 2, *v.shape[1:]) for k, v in out.items()}
 
     return run
@@ -316,11 +329,13 @@ class _ModelNode(Node):
             self.codec = codecs.build(s["codec"], **s["codec_kwargs"])
         except (TypeError, ValueError) as exc:
             raise NodeError(f"{self.ctx.name}: cannot build codec {s['codec']!r}: {exc}") from None
+        fixed_batch = None
         if self.session is not None:
             fixed_batch, _ = self._onnx_input()
             if fixed_batch is not None:
-                # a graph exported for one batch size takes only that size
-                buckets = (fixed_batch // 2 if pairs else fixed_batch,)
+                # a graph exported for one batch size takes only that size (pairs: as many
+                # as fit, at least one, run in calls of that size)
+                buckets = (max(1, fixed_batch // 2) if pairs else fixed_batch,)
             names = self._onnx_names(s["codec"])
             self._check_onnx_keypoints(names)
             model: Callable[[np.ndarray], Outputs] = OnnxModel(self.session, normalise, names)
@@ -334,7 +349,7 @@ class _ModelNode(Node):
             name = self.model_name
             origin = self.weights_path or f"random:{id(loaded)}"
         if pairs:
-            model = _pairwise(model)
+            model = _pairwise(model, fixed_batch)
         settings = (origin, self.backend, sorted(self.overrides.items()), self.fp16, pairs)
         self.client = Client.attach(
             self.device,

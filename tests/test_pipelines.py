@@ -62,23 +62,28 @@ FRAMES = 45
 OKS_FLOOR = {"surveillance": 0.04, "realtime": 0.07}
 
 
-@pytest.mark.parametrize("name", ["surveillance", "realtime"])
-def test_pose_pipeline_out_of_the_box_matches_the_clip_truth(name, tmp_path, posegraph):
-    env = {"REALTIME": "false", "PUBLISH": f"tcp://127.0.0.1:{free_port()}"}
-    code, stdout, stderr = posegraph(
-        "run", str(ROOT / "pipelines" / f"{name}.yaml"), "--max-frames", str(FRAMES), env=env
+def run_and_score(posegraph, tmp_path, name: str, frames: int, env: dict) -> tuple[list, dict]:
+    """Run pipelines/NAME.yaml for ``frames`` frames; its frames and its score against the
+    sample clip's ground truth."""
+    code, _, stderr = posegraph(
+        "run", str(ROOT / "pipelines" / f"{name}.yaml"), "--max-frames", str(frames), env=env
     ).wait(240)
     assert code == 0, stderr
     out = tmp_path / "out" / f"{name}.jsonl"
-    frames = [m for m in read_jsonl(out) if "event" not in m]
-    assert len(frames) == FRAMES
-    assert all(m["skeleton"] == "coco17" for m in frames)
     assert (tmp_path / "out" / f"{name}.mp4").stat().st_size > 10_000
     code, result, stderr = posegraph(
         "score", str(out), "--truth", str(MEDIA / "street.json"), "--json"
     ).wait()
     assert code == 0, stderr
-    scored = json.loads(result)
+    return [m for m in read_jsonl(out) if "event" not in m], json.loads(result)
+
+
+@pytest.mark.parametrize("name", ["surveillance", "realtime"])
+def test_pose_pipeline_out_of_the_box_matches_the_clip_truth(name, tmp_path, posegraph):
+    env = {"REALTIME": "false", "PUBLISH": f"tcp://127.0.0.1:{free_port()}"}
+    frames, scored = run_and_score(posegraph, tmp_path, name, FRAMES, env)
+    assert len(frames) == FRAMES
+    assert all(m["skeleton"] == "coco17" for m in frames)
     assert scored["frames"] == FRAMES
     assert scored["mean_oks"] >= OKS_FLOOR[name], scored
 
@@ -87,25 +92,11 @@ def test_wholebody_gives_133_keypoints_per_person(tmp_path, posegraph):
     """The shipped HPRNet is barely trained (see its model card): its people are roughly
     where the clip's are (mean OKS 0.23 on the first 20 frames, none above OKS 0.5), so
     the floor is on that, the body part of its 133 keypoints."""
-    code, _, stderr = posegraph(
-        "run",
-        str(ROOT / "pipelines" / "wholebody.yaml"),
-        "--max-frames",
-        "20",
-        env={"REALTIME": "false"},
-    ).wait(240)
-    assert code == 0, stderr
-    out = tmp_path / "out" / "wholebody.jsonl"
-    frames = [m for m in read_jsonl(out) if "event" not in m]
+    frames, scored = run_and_score(posegraph, tmp_path, "wholebody", 20, {"REALTIME": "false"})
     assert len(frames) == 20 and all(m["skeleton"] == "wholebody133" for m in frames)
     people = [p for m in frames for p in m["people"]]
     assert people and all(len(p["keypoints"]) == 133 for p in people)
-    assert (tmp_path / "out" / "wholebody.mp4").stat().st_size > 10_000
-    code, result, stderr = posegraph(
-        "score", str(out), "--truth", str(MEDIA / "street.json"), "--json"
-    ).wait()
-    assert code == 0, stderr
-    assert json.loads(result)["mean_oks"] >= 0.12
+    assert scored["mean_oks"] >= 0.12, scored
 
 
 def test_multicam_keeps_three_streams_apart(tmp_path, posegraph):

@@ -271,6 +271,30 @@ def test_flip_test_node_averages_the_crops_and_their_mirrors(hrnet):
     assert not np.allclose(decoders.crops_to_image(without, crops["inverse"]), want)
 
 
+def test_flip_test_on_an_onnx_graph_of_batch_one(hrnet, tmp_path):
+    """A graph exported for batch 1 cannot take a crop and its mirror in one call: it runs
+    them one by one, with the same result as the dynamic-batch export."""
+    path = tmp_path / "hrnet-b1.onnx"
+    torch.onnx.export(
+        hrnet["model"],
+        (torch.zeros(1, 3, SIZE[1], SIZE[0]),),
+        str(path),
+        dynamo=False,
+        input_names=["images"],
+        output_names=["heatmaps"],
+    )
+    fixed = started(TopDownPose(onnx=str(path), flip_test=True, **ZOO))
+    dynamic = started(TopDownPose(onnx=hrnet["onnx"], flip_test=True, **ZOO))
+    try:
+        assert fixed.client.handle.buckets == (1,)
+        frame = cropped_frame()
+        want = dynamic.process(frame).poses.keypoints
+        np.testing.assert_allclose(fixed.process(frame).poses.keypoints, want, atol=1e-3)
+    finally:
+        fixed.close()
+        dynamic.close()
+
+
 # --------------------------------------------------------------------- batching
 
 

@@ -154,9 +154,9 @@ def test_no_stream_is_starved_under_overload(scheduler):
     stop = time.time() + 2.0
 
     def stream(name: str) -> None:
-        client = handle.add_client()
+        handle.add_client()
         while time.time() < stop:
-            handle.run(items(*range(8)), time.time() + 0.08, name, client)
+            handle.run(items(*range(8)), time.time() + 0.08, name)
             time.sleep(0.01)
 
     threads = [threading.Thread(target=stream, args=(f"cam{i}",)) for i in range(4)]

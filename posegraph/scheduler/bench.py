@@ -146,6 +146,7 @@ def _cell(
     skipped = sum(c["skipped"] for m in counts.values() for c in m["streams"].values())
     latencies = np.array([v for s in lanes for v in s.latencies]) * 1e3
     frames = sum(s.frames for s in lanes)
+    dropped = sum(s.dropped for s in lanes)
     done = len(latencies)
 
     def q(p: float) -> float:
@@ -161,10 +162,7 @@ def _cell(
         "skipped_pct": round(100.0 * skipped / items, 1) if items else 0.0,
         "fps": round(done / (ended - start), 2),
         "frames": frames,
-        "dropped_pct": round(
-            100.0 * sum(s.dropped for s in lanes) / max(1, frames + sum(s.dropped for s in lanes)),
-            1,
-        ),
+        "dropped_pct": round(100.0 * dropped / max(1, frames + dropped), 1),
     }
 
 

@@ -128,7 +128,6 @@ class _Request:
         "stream",
         "deadline",
         "seq",
-        "client",
         "next",
         "inflight",
         "done",
@@ -145,14 +144,12 @@ class _Request:
         stream: str,
         deadline: float,
         seq: int,
-        client: int,
     ):
         self.handle = handle
         self.items = items
         self.stream = stream
         self.deadline = deadline
         self.seq = seq
-        self.client = client
         self.next = 0  # first item not yet given to a batch
         self.inflight = 0
         self.done = np.zeros(len(items), bool)
@@ -196,7 +193,6 @@ class ModelHandle:
         self.counts: dict[str, StreamCounts] = {}
         self.batches: dict[int, int] = dict.fromkeys(buckets, 0)
         self.served = RecentService()
-        self._client_ids = itertools.count()
 
     def bucket_for(self, n: int) -> int:
         """The smallest bucket that holds ``n`` items (n <= the largest bucket)."""
@@ -206,23 +202,21 @@ class ModelHandle:
         """Seconds to run ``n`` items in one batch (n <= the largest bucket)."""
         return self.times.estimate(self.bucket_for(n))
 
-    def add_client(self) -> int:
-        """One more submitter (a node instance, a stream); returns its id."""
+    def add_client(self) -> None:
+        """One more submitter (a node instance, a stream): while some client has no request
+        waiting, a batch that is not full may wait for one."""
         with self.scheduler._cond:
             self.clients += 1
-            return next(self._client_ids)
 
     def remove_client(self) -> None:
         with self.scheduler._cond:
             self.clients = max(0, self.clients - 1)
             self.scheduler._cond.notify_all()
 
-    def run(
-        self, items: np.ndarray, deadline: float = math.inf, stream: str = "", client: int = 0
-    ) -> Result:
+    def run(self, items: np.ndarray, deadline: float = math.inf, stream: str = "") -> Result:
         """Run the model on ``items`` (n, ...), in order of priority; returns by ``deadline``
         (``time.time()`` seconds) at the latest under the ``edf`` policy."""
-        request = self.scheduler._submit(self, items, stream, deadline, client)
+        request = self.scheduler._submit(self, items, stream, deadline)
         return self.scheduler._wait(request)
 
     def warm_up(self, example: np.ndarray, runs: int = 2) -> None:
@@ -373,12 +367,12 @@ class DeviceScheduler:
     # ----------------------------------------------------------- clients' side
 
     def _submit(
-        self, handle: ModelHandle, items: np.ndarray, stream: str, deadline: float, client: int
+        self, handle: ModelHandle, items: np.ndarray, stream: str, deadline: float
     ) -> _Request:
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"the {self.device} scheduler is closed")
-            request = _Request(handle, items, stream, deadline, next(self._seq), client)
+            request = _Request(handle, items, stream, deadline, next(self._seq))
             counts = handle.counts.setdefault(stream, StreamCounts())
             handle.served.add(stream, 0, time.time())  # active, even if never served
             counts.requests += 1
@@ -651,7 +645,7 @@ class Client:
 
     def __init__(self, handle: ModelHandle):
         self.handle = handle
-        self.id = handle.add_client()
+        handle.add_client()
 
     @classmethod
     def attach(
@@ -675,7 +669,7 @@ class Client:
         return client
 
     def run(self, items: np.ndarray, deadline: float, stream: str) -> Result:
-        return self.handle.run(items, deadline, stream, self.id)
+        return self.handle.run(items, deadline, stream)
 
     def image_deadline(self, deadline: float, captured_at: float) -> float:
         """The deadline for a frame's image request: the frame's, less the time a top-down
