@@ -305,6 +305,24 @@ def test_onnx_export_matches_pytorch(name, overrides, size, tmp_path) -> None:
     assert check_parity(model, path, x) < 1e-3
 
 
+@pytest.mark.parametrize(("name", "overrides", "size"), ONNX_CASES, ids=[c[0] for c in ONNX_CASES])
+def test_channels_last_matches_contiguous(name, overrides, size) -> None:
+    # Training keeps weights and inputs in NHWC; every family must give the same outputs
+    # (no .view() on a tensor that is only contiguous in NCHW order).
+    torch.manual_seed(0)
+    model, spec = models.build(name, **overrides)
+    model.eval()
+    w, h = size or spec.input_size
+    x = torch.randn(2, 3, h, w)
+    with torch.no_grad():
+        expected = model(x)
+        model.to(memory_format=torch.channels_last)
+        got = model(x.contiguous(memory_format=torch.channels_last))
+    flat = lambda out: list(out.values()) if isinstance(out, dict) else [out]  # noqa: E731
+    for a, b in zip(flat(expected), flat(got), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------- building blocks
 
 

@@ -29,6 +29,7 @@ from training.datasets.bottomup import (
     encode_sample,
 )
 from training.datasets.synthetic import write_synthetic_coco
+from training.evaluate import PosePrediction, coco_keypoint_ap, coco_results
 from training.losses.erpose import ERPoseLoss
 from training.losses.hprnet import HPRNetLoss
 from training.synth import SceneConfig
@@ -149,8 +150,10 @@ def test_hprnet_tiny_run_lowers_loss_and_validates_body_ap(validation_set, tmp_p
     history = trainer.history
     assert [r["step"] for r in history] == [8, 16, 24]
     assert history[-1]["loss"] < HPRNET_LOSS_RATIO_CEILING * history[0]["loss"], history
-    # Body AP (17 keypoints) of the decoded, letterboxed images: computed, in [0, 1].
+    # xtcocotools APs per part of the decoded, letterboxed images: computed, in [0, 1].
     assert 0.0 <= history[-1]["AP"] <= 1.0 and {"AP50", "AR"} <= history[-1].keys()
+    parts = {"AP_body", "AP_foot", "AP_face", "AP_lefthand", "AP_righthand"}
+    assert parts <= history[-1].keys() and all(0 <= history[-1][p] <= 1 for p in parts)
     assert (tmp_path / "hprnet" / "best.safetensors").is_file()
 
 
@@ -269,3 +272,32 @@ def test_validation_of_ground_truth_outputs_finds_every_person(
     # so close joints of these small people move by a few pixels and only AP50 is exact.
     exact = "AP50" if trainer.paradigm == "bottomup" else "AP"
     assert metrics[exact] > 0.99, metrics
+
+
+def test_wholebody_ground_truth_scores_one_per_part(validation_set):
+    # The annotations themselves as predictions (unlabelled keypoints scored 0, so a part
+    # with none labelled is no prediction): every part's xtcocotools AP is 1.
+    doc = json.loads(validation_set["wholebody"].read_text())
+    scored = []
+    for index, ann in enumerate(doc["annotations"]):
+        fields = ["keypoints", "foot_kpts", "face_kpts", "lefthand_kpts", "righthand_kpts"]
+        flat = np.concatenate([np.asarray(ann[f], np.float32).reshape(-1, 3) for f in fields])
+        labelled = (flat[:, 2] > 0).astype(np.float32)
+        prediction = PosePrediction(ann["image_id"], flat[:, :2], labelled, 1.0, ann["area"], index)
+        scored.append((prediction, 1.0))
+    metrics = coco_keypoint_ap(
+        validation_set["wholebody"], coco_results(scored, "wholebody133"), "wholebody133"
+    )
+    # A part nobody has labelled (here the feet: people reach below these small images) has
+    # no AP (xtcocotools' -1, reported as 0).
+    fields = {"body": "keypoints", "foot": "foot_kpts", "face": "face_kpts"}
+    fields |= {"lefthand": "lefthand_kpts", "righthand": "righthand_kpts"}
+    labelled = {
+        part
+        for part, field in fields.items()
+        if any(np.any(np.asarray(a[field])[2::3] > 0) for a in doc["annotations"])
+    }
+    assert labelled >= {"body", "face", "lefthand", "righthand"}
+    expected = {f"AP_{p}": float(p in labelled) for p in fields} | {"AP_wholebody": 1.0}
+    assert {name: metrics[name] for name in expected} == expected
+    assert metrics["AP"] == metrics["AP_wholebody"]

