@@ -519,12 +519,15 @@ class OnnxDetector(Node):
         result = self.client.run(
             blob, self.client.image_deadline(frame.deadline, frame.captured_at), frame.stream
         )
-        if not result.done[0]:
-            return frame.replace(
-                detections=Detections.empty(), meta={**frame.meta, DETECT_SKIPPED: True}
-            )
-        outputs = [result.outputs[name][0] for name in self.output_names]
-        return frame.replace(detections=self._detections(outputs, mapping))
+        try:
+            if not result.done[0]:
+                return frame.replace(
+                    detections=Detections.empty(), meta={**frame.meta, DETECT_SKIPPED: True}
+                )
+            outputs = [result.outputs[name][0] for name in self.output_names]
+            return frame.replace(detections=self._detections(outputs, mapping))
+        finally:
+            self.client.finished()
 
     def close(self) -> None:
         client = getattr(self, "client", None)

@@ -15,7 +15,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from posegraph.scheduler import DeviceScheduler, RunTimes, bucket_sizes
+from posegraph.scheduler import Client, DeviceScheduler, RunTimes, bucket_sizes
 from tests.conftest import ROOT, free_port, read_jsonl, wait_for, write_pipeline
 
 
@@ -133,6 +133,27 @@ def test_a_request_that_cannot_meet_its_deadline_is_skipped_not_run(scheduler):
         "skipped": 1,
         "late": 0,
     }
+
+
+def test_a_client_leaves_early_enough_for_its_work_after_the_model(scheduler):
+    # The device stays busy past the deadline; the node works 60 ms on what it gets back.
+    # The 20 ms margin alone lets the frame end 40 ms late; the client learns the 60 ms and
+    # leaves that much earlier from the next frame on.
+    client = Client(scheduler.register("m", SleepModel(0.0, 0.0), (1,)))
+    late = []
+    for _ in range(4):
+        gate = threading.Event()
+        hold(scheduler, gate)
+        deadline = time.time() + 0.2
+        result = client.run(items(1), deadline, "cam")
+        time.sleep(0.06)
+        client.finished()
+        late.append(time.time() - deadline)
+        gate.set()
+        assert not result.done.any()
+    assert late[0] > 0.03, late
+    assert max(late[1:]) <= 0.0, late
+    assert 0.06 <= client.after_estimate() < 0.1
 
 
 def test_run_times_are_learnt_per_bucket():

@@ -29,7 +29,7 @@ from training.datasets.bottomup import (
     encode_sample,
 )
 from training.datasets.synthetic import write_synthetic_coco
-from training.evaluate import PosePrediction, coco_keypoint_ap, coco_results
+from training.evaluate import PosePrediction, coco_box_ap, coco_keypoint_ap, coco_results
 from training.losses.erpose import ERPoseLoss
 from training.losses.hprnet import HPRNetLoss
 from training.synth import SceneConfig
@@ -154,6 +154,7 @@ def test_hprnet_tiny_run_lowers_loss_and_validates_body_ap(validation_set, tmp_p
     assert 0.0 <= history[-1]["AP"] <= 1.0 and {"AP50", "AR"} <= history[-1].keys()
     parts = {"AP_body", "AP_foot", "AP_face", "AP_lefthand", "AP_righthand"}
     assert parts <= history[-1].keys() and all(0 <= history[-1][p] <= 1 for p in parts)
+    assert 0 <= history[-1]["box_AP"] <= 1
     assert (tmp_path / "hprnet" / "best.safetensors").is_file()
 
 
@@ -301,3 +302,9 @@ def test_wholebody_ground_truth_scores_one_per_part(validation_set):
     expected = {f"AP_{p}": float(p in labelled) for p in fields} | {"AP_wholebody": 1.0}
     assert {name: metrics[name] for name in expected} == expected
     assert metrics["AP"] == metrics["AP_wholebody"]
+    # and the person boxes as detections: box AP 1
+    boxes = [
+        {"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 1.0}
+        for a in doc["annotations"]
+    ]
+    assert coco_box_ap(validation_set["wholebody"], boxes)["box_AP"] == 1.0

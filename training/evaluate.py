@@ -57,6 +57,20 @@ WHOLEBODY_PARTS = {
     "wholebody": ("keypoints_wholebody", None, range(0, 133)),
 }
 _STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+_BOX_STAT_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR",
+    "ARs",
+    "ARm",
+    "ARl",
+)
 _CROWD_STAT_NAMES = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard")
 
 
@@ -378,7 +392,7 @@ def image_predictions(
     back = cv2.invertAffineTransform(matrix)
     predictions = []
     for n in range(len(poses)):
-        x1, y1, x2, y2 = transform_points(poses.boxes[n].reshape(2, 2), back).ravel()
+        x1, y1, x2, y2 = image_box(poses.boxes[n], back)
         score = float(poses.scores[n])
         prediction = PosePrediction(
             image_id,
@@ -390,6 +404,25 @@ def image_predictions(
         )
         predictions.append((prediction, score))
     return predictions
+
+
+def image_box(box: np.ndarray, back: np.ndarray) -> np.ndarray:
+    """A box (4,) xyxy in network-input pixels, in image pixels (``back``: input -> image)."""
+    return transform_points(np.asarray(box, np.float64).reshape(2, 2), back).ravel()
+
+
+def coco_box_ap(annotations: Path, results: list[dict]) -> dict[str, float]:
+    """COCO box AP of person boxes (pycocotools ``bbox``): ``box_AP``, ``box_AP50``,
+    ``box_AR`` (100 boxes per image)."""
+    if not results:
+        return {"box_AP": 0.0, "box_AP50": 0.0, "box_AR": 0.0}
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = _quiet(COCO, str(annotations))
+    evaluator = COCOeval(gt, _quiet(gt.loadRes, results), "bbox")
+    stats = _run(evaluator, _BOX_STAT_NAMES)
+    return {"box_AP": stats["AP"], "box_AP50": stats["AP50"], "box_AR": stats["AR"]}
 
 
 @torch.no_grad()
@@ -409,7 +442,8 @@ def evaluate_whole_images(
     ``skeleton``. HPRNet is scored per part by xtcocotools on a COCO-WholeBody file
     (``AP_body``, ``AP_foot``, ``AP_face``, ``AP_lefthand``, ``AP_righthand``; ``AP`` is the
     whole body's, as in :func:`coco_keypoint_ap`), and on its 17 body keypoints by
-    pycocotools on a body-only file.
+    pycocotools on a body-only file. The person boxes, as ``detect.synthetic`` uses them,
+    get COCO box AP too (``box_AP``, ``box_AP50``, ``box_AR``).
     """
     kwargs = dict(spec.codec_kwargs)
     if spec.codec == "erpose":
@@ -423,6 +457,7 @@ def evaluate_whole_images(
     was_training = model.training
     model.eval()
     scored: list[tuple[PosePrediction, float]] = []
+    boxes: list[dict] = []
     try:
         for start in range(0, len(images), batch_size):
             indices = range(start, min(start + batch_size, len(images)))
@@ -435,13 +470,25 @@ def evaluate_whole_images(
                 else:
                     output = outputs[row].float().cpu().numpy()
                 image_id = images.records[index].image_id
-                scored += image_predictions(
-                    codec.decode(output), sample.matrix, image_id, k, len(scored)
-                )
+                poses = codec.decode(output)
+                scored += image_predictions(poses, sample.matrix, image_id, k, len(scored))
+                back = cv2.invertAffineTransform(sample.matrix)
+                for box, score in zip(poses.boxes, poses.scores, strict=True):
+                    x1, y1, x2, y2 = image_box(box, back)
+                    xywh = [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
+                    boxes.append(
+                        {
+                            "image_id": image_id,
+                            "category_id": 1,
+                            "bbox": xywh,
+                            "score": float(score),
+                        }
+                    )
     finally:
         model.train(was_training)
     results = coco_results(scored, scored_skeleton)
-    return coco_keypoint_ap(images.annotations, results, scored_skeleton)
+    metrics = coco_keypoint_ap(images.annotations, results, scored_skeleton)
+    return metrics | coco_box_ap(images.annotations, boxes)
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, Any]:

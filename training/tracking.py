@@ -2,9 +2,11 @@
 
 A clip made by :mod:`training.synth.video` (MP4 plus per-frame COCO json with track ids)
 gives the truth; the tracker is fed its boxes and keypoints with detector-like noise and
-scored with motmetrics (MOTA, IDF1, ID switches). ``posegraph bench tracking`` runs it::
+scored with motmetrics (MOTA, IDF1, ID switches). ``posegraph bench tracking`` runs it; with ``--pipeline`` it also runs the surveillance
+pipeline itself (the shipped detector, HRNet and the tracker, as
+``pipelines/surveillance.yaml`` sets it) on the clip and scores its tracks::
 
-    posegraph bench tracking [--people 8] [--seconds 20] [--seeds 0 1 2] [--json]
+    posegraph bench tracking [--people 8] [--seconds 20] [--seeds 0 1 2] [--pipeline] [--json]
 """
 
 from __future__ import annotations
@@ -127,10 +129,9 @@ def mot_scores(truths: list[Truth], hypotheses: list[tuple[np.ndarray, np.ndarra
         dist = 1.0 - box_iou(truth.boxes, np.asarray(boxes, np.float64).reshape(-1, 4))
         dist[dist > 0.5] = np.nan
         acc.update(truth.ids.tolist(), np.asarray(ids).tolist(), dist)
-    summary = motmetrics.metrics.create().compute(
-        acc, metrics=["mota", "idf1", "num_switches"], name="clip"
-    )
-    return {k: float(summary[k].iloc[0]) for k in ("mota", "idf1", "num_switches")}
+    names = ["mota", "idf1", "num_switches", "recall", "precision"]
+    summary = motmetrics.metrics.create().compute(acc, metrics=names, name="clip")
+    return {k: float(summary[k].iloc[0]) for k in names}
 
 
 def tracked(poses: Poses) -> tuple[np.ndarray, np.ndarray]:
@@ -152,6 +153,36 @@ def run_clip(truths: list[Truth], seed: int, poses: bool, **params) -> dict:
     return {**mot_scores(truths, hyp), "ms_per_frame": round(ms, 3)}
 
 
+def message_tracks(messages: list[dict], frames: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(ids, boxes) per frame index of ``sink.jsonl`` messages: the measured people with a
+    track id; a frame with no message (lost, or never sent) counts as empty."""
+    by_index: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for message in messages:
+        if "event" in message:
+            continue
+        people = [p for p in message["people"] if p["track_id"] >= 0 and not p["predicted"]]
+        by_index[message["index"]] = (
+            np.array([p["track_id"] for p in people], np.int64),
+            np.array([p["box"] for p in people], np.float64).reshape(-1, 4),
+        )
+    empty = (np.zeros(0, np.int64), np.zeros((0, 4)))
+    return [by_index.get(i, empty) for i in range(frames)]
+
+
+def run_pipeline(clip: Path, truths: list[Truth], jsonl: Path) -> dict:
+    """The surveillance pipeline (detector, crop, HRNet, tracker; unpaced) on ``clip``;
+    MOTA, IDF1, ID switches, recall and precision of its tracks, and ms per frame."""
+    from posegraph.benchmarks import surveillance_graph
+    from posegraph.scoring import read_jsonl
+
+    graph = surveillance_graph(clip, jsonl, flip_test=False, name="bench-tracking")
+    t0 = time.perf_counter()
+    graph.run(executor="inproc")
+    ms = (time.perf_counter() - t0) / max(1, len(truths)) * 1000
+    hypotheses = message_tracks(read_jsonl(jsonl), len(truths))
+    return {**mot_scores(truths, hypotheses), "ms_per_frame": round(ms, 3)}
+
+
 def main(argv: list[str]) -> int:
     """``posegraph bench tracking``: track.bytetrack on a synthetic clip, with keypoints
     (OKS cost) and with boxes only (IoU cost), for a few noise seeds."""
@@ -163,6 +194,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT")
     parser.add_argument("--clip-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="noise seeds")
+    parser.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="also track with the surveillance pipeline's own detector and HRNet",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
@@ -178,12 +214,14 @@ def main(argv: list[str]) -> int:
         clip = Path(tmp) / "clip.mp4"
         write_video(config, clip)
         truths = load_truth(clip.with_suffix(".json"))
-    rows = []
-    for poses in (True, False):
-        for seed in args.seeds:
-            rows.append(
-                {"cost": "oks" if poses else "iou", "seed": seed, **run_clip(truths, seed, poses)}
-            )
+        rows = []
+        for poses in (True, False):
+            for seed in args.seeds:
+                scores = run_clip(truths, seed, poses)
+                rows.append({"cost": "oks" if poses else "iou", "seed": seed, **scores})
+        if args.pipeline:
+            scores = run_pipeline(clip, truths, Path(tmp) / "tracks.jsonl")
+            rows.append({"cost": "pipeline", "seed": None, **scores})
     result = {
         "frames": len(truths),
         "people": args.people,
@@ -196,9 +234,11 @@ def main(argv: list[str]) -> int:
         return 0
     print(f"{len(truths)} frames, {args.people} people, {args.size}")
     for r in rows:
-        what = "keypoints (OKS)" if r["cost"] == "oks" else "boxes only (IoU)"
+        what = {"oks": "keypoints (OKS)", "iou": "boxes only (IoU)"}.get(r["cost"])
+        source = f"{what:17s} noise seed {r['seed']}" if what else "the pipeline's detector"
         print(
-            f"{what:17s} noise seed {r['seed']}: MOTA {r['mota']:.3f}  IDF1 {r['idf1']:.3f}  "
-            f"ID switches {int(r['num_switches'])}  ({r['ms_per_frame']:.2f} ms/frame)"
+            f"{source}: MOTA {r['mota']:.3f}  IDF1 {r['idf1']:.3f}  "
+            f"ID switches {int(r['num_switches'])}  recall {r['recall']:.3f}  "
+            f"precision {r['precision']:.3f}  ({r['ms_per_frame']:.2f} ms/frame)"
         )
     return 0

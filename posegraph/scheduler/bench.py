@@ -64,7 +64,7 @@ class _Stream:
         self.name, self.people, self.fps, self.budget = name, people, fps, budget
         self.image = image
         ctx = Context(name=name, pipeline="bench-latency")
-        self.detector = resolve("detect.synthetic")()
+        self.detector = resolve("detect.synthetic")(model=DETECTOR)
         self.crop = resolve("crop.topdown")(model=POSE, max_persons=max(32, people))
         self.pose = resolve("pose.topdown")(model=POSE, weights="builtin", batch=8)
         for node in (self.detector, self.crop, self.pose):

@@ -16,9 +16,10 @@ The ``edf`` policy, each time the device is free:
 3. A batch that is not full waits for more items while waiting still meets the oldest
    deadline, unless every client of the model already has a request waiting (no item can
    arrive). Meanwhile the device serves another model's ready batch if it fits.
-4. A client waits for its request until the deadline (less a margin for its own work
-   after the model) at most: what is not done by then is skipped, so the frame leaves on
-   time (late results are counted and thrown away).
+4. A client waits for its request until the deadline, less a margin for its node's work
+   after the model (the scheduler's ``margin``, or what the client measured that work to
+   take when that is longer), at most: what is not done by then is skipped, so the frame
+   leaves on time (late results are counted and thrown away).
 
 The ``fifo`` policy is the baseline it is measured against: requests in arrival order,
 one at a time, in chunks of the largest bucket, no deadline, nothing skipped.
@@ -75,6 +76,9 @@ class Result:
 
     outputs: dict[str, np.ndarray]
     done: np.ndarray
+    #: ``time.time()`` when the result was handed over: the request finished, or the client
+    #: was due to leave without the rest (what it then waited longer is the machine's delay)
+    released: float = math.nan
 
     @property
     def skipped(self) -> int:
@@ -135,6 +139,7 @@ class _Request:
         "finished",
         "cancelled",
         "error",
+        "released",
     )
 
     def __init__(
@@ -157,6 +162,7 @@ class _Request:
         self.finished = threading.Event()
         self.cancelled = False
         self.error: BaseException | None = None
+        self.released = math.inf
 
     @property
     def remaining(self) -> int:
@@ -387,17 +393,19 @@ class DeviceScheduler:
 
     def _wait(self, request: _Request) -> Result:
         if self.policy == "edf" and math.isfinite(request.deadline):
-            request.finished.wait(max(0.0, request.deadline - self.margin - time.time()))
+            leave = request.deadline - self.margin
+            request.finished.wait(max(0.0, leave - time.time()))
             if not request.finished.is_set():
                 with self._cond:
                     if not request.finished.is_set():
                         # the frame leaves now; what is not done is skipped
                         self._cancel(request)
+                        request.released = min(request.released, leave)
         else:
             request.finished.wait()
         if request.error is not None:
             raise request.error
-        return Result(request.outputs, request.done.copy())
+        return Result(request.outputs, request.done.copy(), request.released)
 
     # ----------------------------------------------------------- bookkeeping (locked)
 
@@ -419,6 +427,7 @@ class DeviceScheduler:
 
     def _finish(self, request: _Request) -> None:
         if not request.finished.is_set():
+            request.released = time.time()
             request.handle.outstanding -= 1
             request.finished.set()
             self._cond.notify_all()
@@ -641,10 +650,17 @@ class Client:
 
     :meth:`attach` registers the model on its device's scheduler of this process (shared
     with every node that runs the same model) and, the first time, warms up every bucket.
+
+    A node calls :meth:`finished` when it is done with the frame of its last request; the
+    client learns from it how long the node works after the model (decoding, and waiting
+    for the interpreter among busy threads) and, where that is more than the scheduler's
+    margin, asks for its results that much before the frame's deadline.
     """
 
     def __init__(self, handle: ModelHandle):
         self.handle = handle
+        self.after = RunTimes((1,))
+        self._released: float | None = None
         handle.add_client()
 
     @classmethod
@@ -669,7 +685,22 @@ class Client:
         return client
 
     def run(self, items: np.ndarray, deadline: float, stream: str) -> Result:
-        return self.handle.run(items, deadline, stream)
+        if math.isfinite(deadline):
+            deadline -= max(0.0, self.after.estimate(1) - self.handle.scheduler.margin)
+        result = self.handle.run(items, deadline, stream)
+        self._released = result.released
+        return result
+
+    def finished(self) -> None:
+        """The node is done with its last request's frame: learn the time it took since
+        the result was handed over."""
+        released, self._released = self._released, None
+        if released is not None and math.isfinite(released):
+            self.after.add(1, max(0.0, time.time() - released))
+
+    def after_estimate(self) -> float:
+        """Seconds the node is expected to work on a result, at most (see the class)."""
+        return self.after.estimate(1)
 
     def image_deadline(self, deadline: float, captured_at: float) -> float:
         """The deadline for a frame's image request: the frame's, less the time a top-down
