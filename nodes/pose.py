@@ -979,4 +979,5 @@ class SyntheticDetector(_WholeImagePose):
         found = super()._process(frame)
         if self.keep_poses:
             return found
-        return frame.replace(detections=found.detections)
+        # the meta carries the skip marker when the scheduler skipped the frame
+        return frame.replace(detections=found.detections, meta=found.meta)

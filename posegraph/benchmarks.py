@@ -153,7 +153,7 @@ def surveillance_graph(clip: Path, jsonl: Path, flip_test: bool = True, name: st
 
     g = Graph(name)
     src = g.add("cam", "source.video", uri=str(clip))
-    people = g.add("people", "detect.synthetic", src, score_threshold=0.3)
+    people = g.add("people", "detect.synthetic", src, score_threshold=0.3, input_size=(256, 192))
     crops = g.add("crops", "crop.topdown", people, model="hrnet_w16_128x96")
     pose = g.add(
         "pose",

@@ -359,6 +359,27 @@ def test_synthetic_detector_finds_the_sample_clips_people():
     assert found / total >= 0.7, (found, total)
 
 
+def test_synthetic_detector_marks_a_frame_it_had_no_time_for():
+    # The tracker coasts such a frame (tests/test_tracker.py); it must know it was skipped.
+    import time
+
+    from nodes.pose import SyntheticDetector
+    from posegraph.packet import DETECT_SKIPPED
+
+    node = SyntheticDetector(input_size=(256, 192))
+    node.setup(Context("people"))
+    try:
+        image = street_frames(1)[0]
+        now = time.time()
+        late = Frame(stream="s", index=0, pts=0.0, image=image, captured_at=now - 1.0)
+        out = node.process(late.replace(deadline=now - 0.5))
+        assert out.meta.get(DETECT_SKIPPED) is True and len(out.detections) == 0
+        on_time = node.process(Frame(stream="s", index=1, pts=0.0, image=image))
+        assert DETECT_SKIPPED not in on_time.meta and len(on_time.detections) > 0
+    finally:
+        node.close()
+
+
 def test_synthetic_detector_takes_er_pose_and_refuses_a_top_down_model():
     from nodes.pose import SyntheticDetector
 
