@@ -9,8 +9,12 @@
   anchors, in model-input pixels, no NMS: the raw Ultralytics export (YOLOv8, YOLO11).
   NMS runs here, per class or across classes.
 
-The raw output of the original YOLOX export (B, A, 5 + C, grid offsets to decode) is not
-supported; export YOLOX through MMDeploy instead.
+- ``yolox``: one output (B, A, 5 + C) from the original YOLOX export (``tools/
+  export_onnx.py``): for each of A anchors over strides 8, 16, 32 (and 64 for P6 models)
+  the offset of the box centre from its grid cell, the log of its size in strides,
+  objectness and C class scores; decoded here (score = objectness x class), NMS here.
+  A model exported with ``--decode_in_inference`` has pixels there instead: set
+  ``decoded: true``.
 
 Preprocessing is a letterbox: the image is resized keeping its aspect ratio to fit the
 model input, padded with ``pad_value`` (on the right and bottom as MMDetection does, or
@@ -43,6 +47,7 @@ log = logging.getLogger(__name__)
 LAYOUTS = {
     "mmdeploy": "outputs 'dets' (B, N, 5) and 'labels' (B, N), NMS in the model (MMDeploy)",
     "yolov8": "one output (B, 4 + C, A) of boxes and class scores, no NMS (Ultralytics)",
+    "yolox": "one output (B, A, 5 + C) of grid offsets, objectness and class scores (YOLOX)",
 }
 
 # What each exporter's own preprocessing does when nothing else says.
@@ -62,6 +67,14 @@ _EXPORTER_DEFAULTS: dict[str, dict[str, Any]] = {
         "bgr": False,
         "pad_value": 114,
         "center": True,
+    },
+    # YOLOX's own preprocessing (``preproc``): BGR pixels as they are, pad right/bottom 114
+    "yolox": {
+        "mean": (0.0, 0.0, 0.0),
+        "std": (1.0, 1.0, 1.0),
+        "bgr": True,
+        "pad_value": 114,
+        "center": False,
     },
 }
 
@@ -150,6 +163,10 @@ def recognise_layout(outputs: Sequence[tuple[str, Sequence[Any]]]) -> str:
         if len(shape) == 3 and isinstance(shape[1], int) and shape[1] > 4:
             if not isinstance(shape[2], int) or shape[2] > shape[1]:
                 return "yolov8"
+        # (B, A, 5 + C): the last axis is static and shorter than the anchor axis
+        if len(shape) == 3 and isinstance(shape[2], int) and shape[2] > 5:
+            if not isinstance(shape[1], int) or shape[1] > shape[2]:
+                return "yolox"
     got = ", ".join(f"{n} {list(s)}" for n, s in outputs)
     known = "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items())
     raise NodeError(
@@ -195,6 +212,42 @@ def nms_yolov8(
     )
 
 
+def yolox_grid(input_size: tuple[int, int], anchors: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The grid cell (A, 2) x, y and stride (A, 1) of each anchor of a YOLOX model with input
+    (w, h), in the export's order: stride 8, 16, 32 (then 64 for a P6 model), each row by
+    row. ``anchors``: the model's A, when static, to tell P6 models apart and to check."""
+    w, h = input_size
+    options = []
+    for strides in ((8, 16, 32), (8, 16, 32, 64)):
+        cells, steps = [], []
+        for stride in strides:
+            ys, xs = np.mgrid[0 : h // stride, 0 : w // stride]
+            cells.append(np.stack([xs.ravel(), ys.ravel()], 1))
+            steps.append(np.full((xs.size, 1), stride))
+        grid, step = np.concatenate(cells).astype(np.float32), np.concatenate(steps)
+        if anchors is None or len(grid) == anchors:
+            return grid, step.astype(np.float32)
+        options.append(f"{len(grid)} for strides {list(strides)}")
+    raise NodeError(
+        f"the YOLOX output has {anchors} anchors, but a {w}x{h} input has "
+        f"{' or '.join(options)}: give the input_size the model was exported for"
+    )
+
+
+def decode_yolox(
+    raw: np.ndarray, grid: np.ndarray, stride: np.ndarray, decoded: bool
+) -> np.ndarray:
+    """One image's YOLOX output (A, 5 + C) as YOLOv8's layout (4 + C, A): cx, cy, w, h in
+    input pixels and the class scores times objectness."""
+    if decoded:
+        centre, size = raw[:, :2], raw[:, 2:4]
+    else:
+        centre = (raw[:, :2] + grid) * stride
+        size = np.exp(np.minimum(raw[:, 2:4], 20.0)) * stride
+    scores = raw[:, 5:] * raw[:, 4:5]
+    return np.concatenate([centre, size, scores], axis=1).T
+
+
 def onnx_providers(ort, device: str) -> list[Any]:
     """onnxruntime execution providers for ``device`` (cpu, cuda, cuda:N); a clear error when
     CUDA is asked for and this onnxruntime has no CUDA provider."""
@@ -218,9 +271,11 @@ class OnnxDetector(Node):
     Parameters:
         model: path of the ``.onnx`` file.
         score_threshold: boxes scoring below it are dropped.
-        iou_threshold: NMS overlap limit, for layouts without NMS in the model (yolov8).
+        iou_threshold: NMS overlap limit, for layouts without NMS in the model (yolov8,
+            yolox).
         classes: class ids to keep, ``[0]`` (person) by default; null keeps every class.
-        class_agnostic: NMS across classes instead of per class (yolov8).
+        class_agnostic: NMS across classes instead of per class (yolov8, yolox).
+        decoded: a YOLOX model exported with ``--decode_in_inference`` (boxes in pixels).
         max_detections: at most this many boxes per image, best first.
         input_size: model input (w, h), when the model's input shape is dynamic and no
             pipeline.json gives it.
@@ -257,6 +312,7 @@ class OnnxDetector(Node):
         device: str = "cpu",
         batch: int = 1,
         threads: int = 0,
+        decoded: bool = False,
     ):
         for name, value in (("input_size", input_size), ("mean", mean), ("std", std)):
             want = 2 if name == "input_size" else 3
@@ -285,6 +341,7 @@ class OnnxDetector(Node):
         }
         self.device = device
         self.threads = threads
+        self.decoded = decoded
 
     # ------------------------------------------------------------------ setup
 
@@ -430,8 +487,14 @@ class OnnxDetector(Node):
         self.pad_value = int(settled["pad_value"])
         self.center = bool(settled["center"])
 
-        if self.layout == "yolov8" and self.classes is not None:
-            num_classes = outputs[0][1][1] - 4
+        if self.layout == "yolox":
+            try:
+                self.grid, self.stride = yolox_grid(self.input_size, outputs[0][1][1])
+            except NodeError as exc:
+                raise NodeError(f"{path}: {exc}") from None
+        if self.layout in ("yolov8", "yolox") and self.classes is not None:
+            shape = outputs[0][1]
+            num_classes = shape[1] - 4 if self.layout == "yolov8" else shape[2] - 5
             bad = [c for c in self.classes if not 0 <= c < num_classes]
             if bad:
                 raise NodeError(
@@ -490,8 +553,11 @@ class OnnxDetector(Node):
         if self.layout == "mmdeploy":
             xyxy, scores, labels = self._select_mmdeploy(*outputs)
         else:
+            raw = outputs[0]
+            if self.layout == "yolox":
+                raw = decode_yolox(raw, self.grid, self.stride, self.decoded)
             xyxy, scores, labels = nms_yolov8(
-                outputs[0],
+                raw,
                 self.score_threshold,
                 self.iou_threshold,
                 self.classes,

@@ -289,6 +289,73 @@ def test_ultralytics_pose_model_is_refused(yolo_model, tmp_path):
         yolo(tmp_path / "pose.onnx")
 
 
+# --------------------------------------------- a YOLOX-layout model with known output
+
+# The raw YOLOX export for a 64x64 input: A = 8x8 + 4x4 + 2x2 = 84 anchors (strides 8, 16,
+# 32, row by row), each x, y offset from its cell, log w, log h in strides, objectness and
+# C = 2 class scores (0 person, 1 other); anchors not listed have objectness 0.
+YOLOX_ANCHORS = {
+    # index: x, y, log w, log h, objectness, person, other
+    3 * 8 + 2: (0.5, 0.5, np.log(2), np.log(3), 0.9, 1.0, 0.1),  # cell (2, 3) of stride 8
+    3 * 8 + 3: (-0.5, 0.5, np.log(2), np.log(3), 0.8, 1.0, 0.0),  # the same box: suppressed
+    64 + 1 * 4 + 1: (0.0, 0.0, 0.0, 0.0, 0.8, 0.5, 0.9),  # cell (1, 1) of stride 16
+    80 + 3: (0.5, 0.5, 0.0, 0.0, 0.2, 1.0, 0.0),  # stride 32, below the score threshold
+}
+# centre (cell + offset) x stride, size exp(log) x stride
+YOLOX_BOX0 = [20 - 8, 28 - 12, 20 + 8, 28 + 12]  # person, 0.9
+YOLOX_BOX2 = [8, 8, 24, 24]  # person 0.4, other 0.72
+
+
+@pytest.fixture(scope="module")
+def yolox_model(tmp_path_factory) -> Path:
+    import torch
+
+    table = np.zeros((84, 7), np.float32)
+    for index, row in YOLOX_ANCHORS.items():
+        table[index] = row
+
+    class YoloxHead(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("raw", torch.from_numpy(table))
+
+        def forward(self, images):
+            return self.raw[None].expand(images.shape[0], -1, -1) + images[:, :1, :1, 0] * 0
+
+    return export_model(tmp_path_factory.mktemp("yolox") / "yolox.onnx", YoloxHead(), ["output"])
+
+
+def test_yolox_raw_output_is_decoded_on_its_grid(yolox_model):
+    det = yolo(yolox_model)
+    assert det.layout == "yolox" and det.input_size == (64, 64)
+    assert det.bgr and det.pad_value == 114 and not det.center  # YOLOX's own preprocessing
+    (d,) = det.detect_batch([np.zeros((64, 64, 3), np.uint8)])
+    assert boxes_of(d) == [(YOLOX_BOX0, 0), (YOLOX_BOX2, 0)]
+    np.testing.assert_allclose(d.scores, [0.9, 0.4], atol=1e-6)
+    (d,) = yolo(yolox_model, classes=None).detect_batch([np.zeros((64, 64, 3), np.uint8)])
+    assert boxes_of(d) == [(YOLOX_BOX0, 0), (YOLOX_BOX2, 1)]  # each anchor: its best class
+    with pytest.raises(NodeError, match=r"classes \[2\] out of range: the model has 2 classes"):
+        yolo(yolox_model, classes=[2])
+
+
+def test_yolox_grid_and_decoded_exports():
+    from nodes.detectors import decode_yolox, yolox_grid
+
+    grid, stride = yolox_grid((64, 64), 84)
+    assert grid[26].tolist() == [2, 3] and grid[69].tolist() == [1, 1] and stride[69, 0] == 16
+    p6_grid, p6_stride = yolox_grid((64, 64), 85)  # a P6 model: stride 64 adds one cell
+    assert (
+        len(p6_grid) == 85 and p6_stride[-1, 0] == 64 and len(yolox_grid((64, 64), None)[0]) == 84
+    )
+    with pytest.raises(NodeError, match=r"86 anchors, but a 64x64 input has 84 for strides"):
+        yolox_grid((64, 64), 86)
+    # --decode_in_inference: centre and size already in pixels
+    raw = np.array([[20, 28, 16, 24, 0.5, 0.8]], np.float32)
+    np.testing.assert_allclose(
+        decode_yolox(raw, grid[:1], stride[:1], decoded=True).T, [[20, 28, 16, 24, 0.4]]
+    )
+
+
 def test_unrecognised_outputs_are_a_clear_error(tmp_path):
     import torch
 
