@@ -532,7 +532,8 @@ class Trainer:
             model.train(was_training)
 
     def save(self, metrics: dict[str, float]) -> None:
-        """Write the epoch's checkpoint (rank 0 only) and the best one if AP improved."""
+        """Write the epoch's checkpoint (rank 0 only) and the best one if AP improved (body
+        AP for whole-body models)."""
         if not self.dist.main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
@@ -543,7 +544,8 @@ class Trainer:
             )
         tensors, rest = _optimizer_tensors(self.optimizer)
         _write_atomically(self.out / "optimizer.safetensors", lambda p: save_file(tensors, str(p)))
-        ap = metrics.get("AP")
+        # the whole-body models' target is their body AP (their "AP" is the whole body's)
+        ap = metrics.get("AP_body", metrics.get("AP"))
         if ap is not None and ap > self.best:
             self.best = ap
             _write_atomically(
