@@ -286,6 +286,7 @@ class OnnxDetector(Node):
         device: ``cpu`` or ``cuda`` / ``cuda:N`` (needs onnxruntime-gpu).
         batch: most images per session call when several streams or replicas share the
             model on the device scheduler (a model with a fixed batch takes only that).
+            Default: the frames the node keeps in flight, one per stream it serves.
         threads: onnxruntime intra-op threads, 0 for its default.
 
     The model runs through the device scheduler (:mod:`posegraph.scheduler`); a frame whose
@@ -294,6 +295,7 @@ class OnnxDetector(Node):
     """
 
     uses_device = True
+    concurrent = True
 
     def __init__(
         self,
@@ -310,7 +312,7 @@ class OnnxDetector(Node):
         pad_value: int | None = None,
         center: bool | None = None,
         device: str = "cpu",
-        batch: int = 1,
+        batch: int | None = None,
         threads: int = 0,
         decoded: bool = False,
     ):
@@ -322,7 +324,7 @@ class OnnxDetector(Node):
             raise NodeError(f"device {device!r}: use cpu, cuda or cuda:N")
         if max_detections < 1:
             raise NodeError(f"max_detections must be at least 1, got {max_detections}")
-        if batch < 1:
+        if batch is not None and batch < 1:
             raise NodeError(f"batch must be at least 1, got {batch}")
         self.batch = batch
         self.model = model
@@ -387,13 +389,15 @@ class OnnxDetector(Node):
         if self.fixed_batch is None:
             self._probe_batch(ort, path)
         w, h = self.input_size
+        batch = self.batch or ctx.in_flight
         self.client = Client.attach(
             self.device,
             model_key(path.stem, str(path.resolve()), w, h),
             self._session_outputs,
-            (self.fixed_batch,) if self.fixed_batch else bucket_sizes(self.batch),
+            (self.fixed_batch,) if self.fixed_batch else bucket_sizes(batch),
             np.zeros((3, h, w), np.float32),
             role="image",
+            slots=ctx.in_flight,
         )
         log.info(
             "detect.onnx %s: %s layout, input %dx%d, batch %s, %s",

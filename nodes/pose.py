@@ -150,6 +150,7 @@ class _ModelNode(Node):
     """
 
     uses_device = True
+    concurrent = True
 
     def process(self, frame: Frame) -> Frame:
         try:
@@ -368,6 +369,7 @@ class _ModelNode(Node):
             buckets,
             example,
             role=self.role,
+            slots=self.ctx.in_flight,
         )
 
     def _run(self, items: np.ndarray, frame: Frame, deadline: float | None = None) -> Any:
@@ -711,11 +713,11 @@ class _WholeImagePose(_ModelNode):
         self,
         input_size: tuple[int, ...] | None,
         pad_value: int,
-        batch: int,
+        batch: int | None,
     ) -> None:
         if input_size is not None and len(input_size) != 2:
             raise NodeError(f"input_size needs 2 numbers, got {list(input_size)}")
-        if batch < 1:
+        if batch is not None and batch < 1:
             raise NodeError(f"batch must be at least 1, got {batch}")
         self.batch = batch
         self.given_size = None if input_size is None else tuple(int(v) for v in input_size)
@@ -759,7 +761,8 @@ class _WholeImagePose(_ModelNode):
             },
         }
         w, h = self.input_size
-        self._start_model(bucket_sizes(self.batch), np.zeros((h, w, 3), np.uint8))
+        batch = self.batch or ctx.in_flight
+        self._start_model(bucket_sizes(batch), np.zeros((h, w, 3), np.uint8))
 
     def _process(self, frame: Frame) -> Frame:
         canvas, placed = letterbox(frame.image, self.input_size, self.pad_value)
@@ -801,6 +804,7 @@ _WHOLE_DOC = """
         codec_kwargs: decoding settings that replace the model's (thresholds, top-k...).
         batch: most images per model call when several streams or replicas share the
             model on the device scheduler; calls are padded to bucket sizes (1, 2, 4...).
+            Default: the frames the node keeps in flight, one per stream it serves.
         backend, device, fp16, decode, threads: as for ``pose.topdown``.
 """
 
@@ -828,7 +832,7 @@ class BottomUpPose(_WholeImagePose):
         backend: str | None = None,
         device: str = "cpu",
         fp16: bool = False,
-        batch: int = 1,
+        batch: int | None = None,
         decode: bool = True,
         threads: int = 0,
     ):
@@ -871,7 +875,7 @@ class OneStagePose(_WholeImagePose):
         backend: str | None = None,
         device: str = "cpu",
         fp16: bool = False,
-        batch: int = 1,
+        batch: int | None = None,
         decode: bool = True,
         threads: int = 0,
     ):
@@ -934,7 +938,7 @@ class SyntheticDetector(_WholeImagePose):
         backend: str | None = None,
         device: str = "cpu",
         fp16: bool = False,
-        batch: int = 1,
+        batch: int | None = None,
         threads: int = 0,
     ):
         if not 0.0 <= score_threshold < 1.0:

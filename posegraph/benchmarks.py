@@ -146,14 +146,32 @@ def transport(
     return result
 
 
-def surveillance_graph(clip: Path, jsonl: Path, flip_test: bool = True, name: str = "bench"):
+def surveillance_graph(
+    clip: Path | list[Path],
+    jsonl: Path,
+    flip_test: bool = True,
+    name: str = "bench",
+    device: str = "cpu",
+):
     """The graph of pipelines/surveillance.yaml without its drawing and video sinks: the
-    clip, unpaced, through detect.synthetic, crop, the shipped HRNet and the tracker."""
+    clip, unpaced, through detect.synthetic, crop, the shipped HRNet and the tracker.
+    Several clips are several streams (``cam``, ``cam1``...) through the same nodes."""
     from posegraph.graph import Graph
 
     g = Graph(name)
-    src = g.add("cam", "source.video", uri=str(clip))
-    people = g.add("people", "detect.synthetic", src, score_threshold=0.3, input_size=(256, 192))
+    clips = clip if isinstance(clip, list) else [clip]
+    srcs = [
+        g.add("cam" if i == 0 else f"cam{i}", "source.video", uri=str(c))
+        for i, c in enumerate(clips)
+    ]
+    people = g.add(
+        "people",
+        "detect.synthetic",
+        *srcs,
+        score_threshold=0.3,
+        input_size=(256, 192),
+        device=device,
+    )
     crops = g.add("crops", "crop.topdown", people, model="hrnet_w16_128x96")
     pose = g.add(
         "pose",
@@ -162,6 +180,7 @@ def surveillance_graph(clip: Path, jsonl: Path, flip_test: bool = True, name: st
         model="hrnet_w16_128x96",
         weights="builtin",
         flip_test=flip_test,
+        device=device,
     )
     track = g.add(  # as in surveillance.yaml, for the shipped HRNet's low scores
         "track",
@@ -212,43 +231,166 @@ def pipeline(
     return result
 
 
-def _print_pipeline(result: dict) -> None:
+def streams(
+    counts: tuple[int, ...] = (1, 3),
+    people: int = 4,
+    seconds: float = 4.0,
+    repeat: int = 1,
+    device: str = "cpu",
+) -> dict:
+    """S synthetic clips through one set of surveillance nodes (inproc, unpaced), the model
+    nodes working on one frame at a time (``baseline``) and on one per stream
+    (``in_flight``, the default): frames/s, and the images and crops a batch held."""
+    from training.synth.video import VideoConfig, write_video
+
+    result: dict = {
+        "device": device,
+        "people": people,
+        "seconds": seconds,
+        "fps": 15,
+        "cells": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="posegraph-bench-") as tmp:
+        clips = [
+            write_video(
+                VideoConfig(people=people, seconds=seconds, fps=15, width=640, height=480, seed=i),
+                Path(tmp) / f"clip{i}",
+            )["mp4"]
+            for i in range(max(counts))
+        ]
+        for _ in range(repeat):
+            for n in counts:
+                base = None
+                for mode, in_flight in (("baseline", 1), ("in_flight", None)):
+                    out = Path(tmp) / f"streams{n}-{mode}.jsonl"
+                    name = f"bench-streams-{n}-{mode}"
+                    g = surveillance_graph(clips[:n], out, True, name, device)
+                    g.runtime.in_flight = in_flight
+                    summary = g.run(executor="inproc")
+                    fps = summary["delivered"] / summary["delivery_s"]
+                    base = fps if base is None else base
+                    mean = {
+                        ("detector" if "hprnet" in key else "pose"): b["mean_items"]
+                        for key, b in summary["batching"].items()
+                    }
+                    result["cells"].append(
+                        {
+                            "streams": n,
+                            "mode": mode,
+                            "frames": summary["delivered"],
+                            "fps": round(fps, 2),
+                            "vs_baseline": round(fps / base, 3),
+                            "detector_batch": mean.get("detector", 0.0),
+                            "pose_batch": mean.get("pose", 0.0),
+                        }
+                    )
+    return result
+
+
+def _print_table(title: str, columns: tuple[str, ...], rows: list[list[str]], caption: str):
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(
-        title=f"surveillance pipeline: {result['width']}x{result['height']} synthetic clips, "
-        f"{result['seconds']:g} s at {result['fps']} fps, source unpaced"
-    )
-    for col in (
-        "people",
-        "executor",
-        "frames",
-        "fps",
-        "e2e p50 ms",
-        "e2e p99 ms",
-        "lost",
-        "mean OKS",
-        "AP",
-    ):
+    t = Table(title=title, caption=caption)
+    for col in columns:
         t.add_column(col, justify="right")
-    for c in result["cells"]:
-        t.add_row(
-            str(c["people"]),
-            c["executor"],
-            str(c["frames"]),
-            f"{c['fps']:.2f}",
-            f"{c['p50_ms']:.1f}",
-            f"{c['p99_ms']:.1f}",
-            str(c["lost"]),
-            f"{c['mean_oks']:.3f}",
-            f"{c['AP']:.3f}",
-        )
-    t.caption = (
-        "unpaced: frames/s is throughput; latency includes the time frames wait in queues "
-        "(block policy). mean OKS and AP against the clips' ground truth, body keypoints"
-    )
+    for row in rows:
+        t.add_row(*row)
     Console().print(t)
+
+
+def _print_streams(result: dict) -> None:
+    _print_table(
+        f"streams sharing the surveillance nodes on {result['device']}: "
+        f"{result['people']} people a clip, {result['seconds']:g} s at {result['fps']} fps, "
+        "inproc, unpaced",
+        ("streams", "mode", "frames", "fps", "vs baseline", "images/batch", "crops/batch"),
+        [
+            [
+                str(c["streams"]),
+                c["mode"],
+                str(c["frames"]),
+                f"{c['fps']:.2f}",
+                f"{c['vs_baseline']:.3f}",
+                f"{c['detector_batch']:.2f}",
+                f"{c['pose_batch']:.2f}",
+            ]
+            for c in result["cells"]
+        ],
+        "baseline: each model node works on one frame at a time; in_flight: on one frame "
+        "per stream, so the streams' images and crops share batches",
+    )
+
+
+def _print_pipeline(result: dict) -> None:
+    _print_table(
+        f"surveillance pipeline: {result['width']}x{result['height']} synthetic clips, "
+        f"{result['seconds']:g} s at {result['fps']} fps, source unpaced",
+        (
+            "people",
+            "executor",
+            "frames",
+            "fps",
+            "e2e p50 ms",
+            "e2e p99 ms",
+            "lost",
+            "mean OKS",
+            "AP",
+        ),
+        [
+            [
+                str(c["people"]),
+                c["executor"],
+                str(c["frames"]),
+                f"{c['fps']:.2f}",
+                f"{c['p50_ms']:.1f}",
+                f"{c['p99_ms']:.1f}",
+                str(c["lost"]),
+                f"{c['mean_oks']:.3f}",
+                f"{c['AP']:.3f}",
+            ]
+            for c in result["cells"]
+        ],
+        "unpaced: frames/s is throughput; latency includes the time frames wait in queues "
+        "(block policy). mean OKS and AP against the clips' ground truth, body keypoints",
+    )
+
+
+def _print_transport(result: dict) -> None:
+    floor = result["ipc_floor"]
+    baseline = [
+        "raw decode (baseline)",
+        f"{result['raw_decode_fps']:.1f}",
+        "1.000",
+        f"{floor['p50_ms']:.3f}",
+        f"{floor['p99_ms']:.3f}",
+        "-",
+    ]
+    _print_table(
+        f"transport: {result['frames']} frames {result['width']}x"
+        f"{result['height']} through {result['hops']} pass-through processes",
+        ("transport", "fps", "vs raw decode", "hop p50 ms", "hop p99 ms", "lost"),
+        [
+            baseline,
+            *(
+                [
+                    m["transport"],
+                    f"{m['fps']:.1f}",
+                    f"{m['vs_raw_decode']:.3f}",
+                    f"{m['hop_p50_ms']:.3f}",
+                    f"{m['hop_p99_ms']:.3f}",
+                    str(m["lost"]),
+                ]
+                for m in result["modes"]
+            ),
+        ],
+        "hop latency of the baseline row: a bare ZeroMQ ipc message between two "
+        "processes, the floor on this machine",
+    )
+
+
+def _numbers(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
 
 
 def main(args) -> int:
@@ -256,62 +398,29 @@ def main(args) -> int:
         from posegraph.scheduler import bench
 
         result = bench.latency(
-            tuple(int(v) for v in args.streams.split(",")),
-            tuple(int(v) for v in args.people.split(",")),
+            _numbers(args.streams),
+            _numbers(args.people),
             args.fps,
             args.budget_ms,
             args.seconds,
             args.device,
         )
-        if args.json:
-            print(json.dumps(result))
-        else:
-            bench.print_table(result)
-        return 0
-    if args.bench == "pipeline":
-        people = tuple(int(v) for v in args.people.split(","))
-        result = pipeline(people, args.seconds, not args.no_flip)
-        if args.json:
-            print(json.dumps(result))
-        else:
-            _print_pipeline(result)
-        return 0
-    if args.bench == "transport":
+        show = bench.print_table
+    elif args.bench == "pipeline":
+        result = pipeline(_numbers(args.people), args.seconds, not args.no_flip)
+        show = _print_pipeline
+    elif args.bench == "streams":
+        result = streams(
+            _numbers(args.streams), args.people, args.seconds, args.repeat, args.device
+        )
+        show = _print_streams
+    elif args.bench == "transport":
         result = transport(args.frames, args.width, args.height, args.clip)
-        if args.json:
-            print(json.dumps(result))
-            return 0
-        from rich.console import Console
-        from rich.table import Table
-
-        t = Table(
-            title=f"transport: {result['frames']} frames {result['width']}x"
-            f"{result['height']} through {result['hops']} pass-through processes"
-        )
-        for col in ("transport", "fps", "vs raw decode", "hop p50 ms", "hop p99 ms", "lost"):
-            t.add_column(col, justify="right")
-        floor = result["ipc_floor"]
-        t.add_row(
-            "raw decode (baseline)",
-            f"{result['raw_decode_fps']:.1f}",
-            "1.000",
-            f"{floor['p50_ms']:.3f}",
-            f"{floor['p99_ms']:.3f}",
-            "-",
-        )
-        for m in result["modes"]:
-            t.add_row(
-                m["transport"],
-                f"{m['fps']:.1f}",
-                f"{m['vs_raw_decode']:.3f}",
-                f"{m['hop_p50_ms']:.3f}",
-                f"{m['hop_p99_ms']:.3f}",
-                str(m["lost"]),
-            )
-        t.caption = (
-            "hop latency of the baseline row: a bare ZeroMQ ipc message between two "
-            "processes, the floor on this machine"
-        )
-        Console().print(t)
-        return 0
-    raise SystemExit(f"unknown benchmark {args.bench!r}")
+        show = _print_transport
+    else:
+        raise SystemExit(f"unknown benchmark {args.bench!r}")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        show(result)
+    return 0

@@ -211,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--seconds", type=float, default=4.0, help="length of each clip")
     pl.add_argument("--no-flip", action="store_true", help="pose without the flip test")
     pl.add_argument("--json", action="store_true")
+    st = bsub.add_parser(
+        "streams", help="S clips through shared model nodes: one frame per stream in flight"
+    )
+    st.add_argument("--streams", default="1,3", help="streams per cell, comma-separated")
+    st.add_argument("--people", type=int, default=4, help="people per clip")
+    st.add_argument("--seconds", type=float, default=4.0, help="length of each clip")
+    st.add_argument("--repeat", type=int, default=1, help="run every cell this many times")
+    st.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    st.add_argument("--json", action="store_true")
     lt = bsub.add_parser(
         "latency", help="S streams x P people through detector + pose: scheduler vs baseline"
     )

@@ -158,6 +158,18 @@ def from_dict(doc: Any, file: str | None = None, base_dir: Path | None = None) -
             )
         else:
             setattr(runtime, key, value)
+    in_flight = runtime.in_flight
+    if in_flight is not None and (
+        isinstance(in_flight, bool) or not isinstance(in_flight, int) or in_flight < 1
+    ):
+        problems.append(
+            Problem(
+                f"runtime option in_flight must be a whole number >= 1 (1: one frame at a "
+                f"time) or null (one per stream), got {in_flight!r}",
+                Where(file, _line(rt, "in_flight")),
+            )
+        )
+        runtime.in_flight = None
     budget = doc.get("latency_budget_ms")
     if budget is not None and (not isinstance(budget, int | float) or budget <= 0):
         problems.append(

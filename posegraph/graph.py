@@ -101,6 +101,8 @@ class RuntimeOptions:
     drain_timeout_s: float = 30.0
     metrics_port: int | None = None  # Prometheus endpoint on 127.0.0.1, off when None
     reorder_timeout_s: float = 2.0
+    # frames a concurrent (model) node works on at once; None: one per stream it serves
+    in_flight: int | None = None
 
 
 class Graph:

@@ -61,6 +61,8 @@ class Metrics:
         # (device, model, stream) -> the scheduler's counts (requests, items, done,
         # skipped, late), as last reported; kept after the model's node has closed
         self.scheduled: dict[tuple[str, str, str], dict[str, int]] = {}
+        # (device, model) -> batches run per bucket size, as last reported
+        self.batches: dict[tuple[str, str], dict[str, int]] = {}
         self.started = time.monotonic()
         self._lock = threading.Lock()
 
@@ -76,6 +78,7 @@ class Metrics:
                         for model, info in sched["models"].items():
                             for stream, counts in info["streams"].items():
                                 self.scheduled[(device, model, stream)] = counts
+                            self.batches[(device, model)] = dict(info["batches"])
                     continue
                 m = self.nodes.setdefault(name, NodeMetrics(name))
                 for key in COUNTERS:
@@ -142,6 +145,24 @@ class Metrics:
                     row[key] += counts[key]
             return out
 
+    def batching(self) -> dict[str, dict[str, Any]]:
+        """Per model (``device/model``): batches run per bucket size, and the mean number
+        of items (images, crops) a batch held."""
+        with self._lock:
+            out: dict[str, dict[str, Any]] = {}
+            for (device, model), per_bucket in self.batches.items():
+                done = sum(
+                    c["done"] + c["late"]
+                    for (d, m, _), c in self.scheduled.items()
+                    if (d, m) == (device, model)
+                )
+                runs = sum(per_bucket.values())
+                out[f"{device}/{model}"] = {
+                    "batches": dict(per_bucket),
+                    "mean_items": round(done / runs, 3) if runs else 0.0,
+                }
+            return out
+
     def summary(self) -> dict[str, Any]:
         rows = self.rows()
         e2e = self.e2e()
@@ -159,6 +180,7 @@ class Metrics:
             "restarts": sum(r["restarts"] for r in rows),
             "skipped": sum(s["skipped"] for s in skipped.values()),
             "skipped_by_stream": skipped,
+            "batching": self.batching(),
             "e2e_ms": e2e,
             "hop_ms": self.hops(),
             "nodes": rows,
@@ -288,8 +310,18 @@ class Metrics:
         for (device, model, stream), c in counts:
             for outcome in ("done", "skipped", "late"):
                 scheduled.add_metric([self.pipeline, device, model, stream, outcome], c[outcome])
+        batches = CounterMetricFamily(
+            "posegraph_scheduler_batches",
+            "Batches the device scheduler ran, by bucket size (items per batch, padded)",
+            labels=["pipeline", "device", "model", "bucket"],
+        )
+        with self._lock:
+            per_model = list(self.batches.items())
+        for (device, model), per_bucket in per_model:
+            for bucket, n in per_bucket.items():
+                batches.add_metric([self.pipeline, device, model, bucket], n)
         yield from fams.values()
-        yield from (fps, queue, proc, e2e, scheduled)
+        yield from (fps, queue, proc, e2e, scheduled, batches)
 
     def serve(self, port: int, addr: str = "127.0.0.1"):
         """Serve the metrics on http://addr:port/metrics; returns the server."""

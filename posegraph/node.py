@@ -230,6 +230,8 @@ class Context:
     resume_index: int = 0
     stop_event: threading.Event = field(default_factory=threading.Event)
     extra: dict[str, Any] = field(default_factory=dict)
+    # frames the runtime hands to ``process`` at once (threads), for a ``concurrent`` node
+    in_flight: int = 1
     # Where a source writes its pixels: a shared-memory slot when the frame will leave
     # the process, so the image is written once and never copied again.
     alloc: Callable[[tuple[int, ...]], np.ndarray] | None = None
@@ -253,6 +255,11 @@ class Node:
     #: runs a model on a device (its ``device`` parameter) through that device's scheduler:
     #: the ``procs`` executor puts every such node of one device in one process
     uses_device: bool = False
+    #: ``process`` may run on several frames at once, from several threads: the runtime
+    #: keeps up to one frame per input stream in flight (``ctx.in_flight``), so that the
+    #: requests of several streams meet in one batch on the device scheduler, and still
+    #: emits the frames in the order they came
+    concurrent: bool = False
     ctx: Context
 
     def setup(self, ctx: Context) -> None:

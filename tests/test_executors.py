@@ -345,3 +345,45 @@ def test_a_node_error_while_running_stops_with_one_line_not_restarts(tmp_path, p
         "error: node 'picky': frames of this stream carry no poses: put a pose node before me"
     ], stderr
     assert "restarting" not in stderr
+
+
+@pytest.mark.parametrize("in_flight", [None, 1])
+def test_a_concurrent_node_keeps_a_frame_per_stream_in_flight_and_its_order(tmp_path, in_flight):
+    """Model nodes are ``concurrent``: the runtime hands them one frame per stream at once
+    (so that several streams' requests can share a batch), and still passes frames on in
+    each stream's order, with the gaps of a dropping queue and eos after the frames before
+    them. ``runtime: in_flight: 1`` turns it off."""
+    from tests.helpers.custom_nodes import Overlapping
+
+    Overlapping.peak = 0
+    g = Graph("overlap")
+    g.runtime.in_flight = in_flight
+    cams = [
+        g.add(f"cam{i}", "source.synthetic", width=64, height=48, fps=60, frames=40, realtime=True)
+        for i in range(3)
+    ]
+    work = g.add(
+        "work",
+        "tests.helpers.custom_nodes:Overlapping",
+        *cams,
+        queue={"capacity": 2, "policy": "drop_oldest"},
+    )
+    g.add("out", "sink.jsonl", work, path=str(tmp_path / "out.jsonl"))
+    summary = g.run(executor="inproc")
+    messages = read_jsonl(tmp_path / "out.jsonl")
+    assert Overlapping.peak == (3 if in_flight is None else 1)
+    dropped = 0
+    for i in range(3):
+        mine = [m for m in messages if m["stream"] == f"cam{i}"]
+        # each frame comes after the frames and announced gaps before it, and only them
+        passed = 0
+        for m in mine[:-1]:
+            if m.get("event") == "gap":
+                passed += m["count"]
+                dropped += m["count"]
+            else:
+                assert "event" not in m and m["index"] == passed, (m, passed)
+                passed += 1
+        assert passed == 40
+        assert mine[-1]["event"] == "eos"
+    assert summary["dropped"] == dropped > 0, "the queue dropped nothing: the test lost its point"

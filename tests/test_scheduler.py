@@ -302,3 +302,28 @@ def test_fallback_must_be_a_whole_image_model_of_the_same_skeleton():
         with pytest.raises(NodeError, match=message):
             node.setup(Context(name="pose"))
         node.close()
+
+
+@pytest.mark.parametrize("in_flight", [None, 1])
+def test_one_model_node_batches_the_frames_of_several_streams(tmp_path, in_flight):
+    """Three streams through one whole-image pose node: it keeps a frame of each in flight,
+    so the scheduler runs their images in shared batches (the run's summary counts the
+    batches per bucket); with ``in_flight: 1`` every batch holds one image."""
+    from posegraph import Graph
+
+    g = Graph("streams")
+    g.runtime.in_flight = in_flight
+    cams = [
+        g.add(f"cam{i}", "source.synthetic", width=160, height=120, frames=12, seed=i)
+        for i in range(3)
+    ]
+    pose = g.add("pose", "pose.onestage", *cams, model="erpose_n_320", weights="builtin")
+    g.add("out", "sink.jsonl", pose, path=str(tmp_path / "out.jsonl"))
+    summary = g.run(executor="procs")  # a device process of its own: its models only
+    assert summary["delivered"] == 36 and summary["skipped"] == 0
+    (batching,) = summary["batching"].values()
+    if in_flight is None:
+        assert set(batching["batches"]) == {"1", "2", "3"}, "buckets up to one per stream"
+        assert batching["mean_items"] > 1.2, batching
+    else:
+        assert batching["batches"] == {"1": 36}

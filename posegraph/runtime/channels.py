@@ -78,12 +78,14 @@ class Inbox:
                     while self._frames - len(dropped) >= self.capacity:
                         dropped.append(self._pop_oldest_frame())
                 self._frames += 1 - len(dropped)
+            # counted before the newer frame can be taken: its consumer announces the
+            # drop (a gap) before it, never after
+            for f in dropped:
+                self.on_drop(f)
             if self.closed:
                 return False
             self._q.append(item)
             self._cond.notify()
-        for f in dropped:
-            self.on_drop(f)
         return True
 
     def _pop_oldest_frame(self) -> Frame:

@@ -35,6 +35,7 @@ class InstanceSpec:
     streams: list[str]  # streams that pass through this node
     eos_expected: dict[str, int]  # stream -> upstream nodes that carry it
     replicated_inputs: dict[str, int]  # upstream node -> its replica count
+    in_flight: int = 1  # frames handed to the node at once (see Node.concurrent)
     remote_inputs: bool = False
     outputs: list[OutputSpec] = field(default_factory=list)
 
@@ -72,6 +73,21 @@ def device_of(type_name: str, params: dict[str, Any]) -> str | None:
         return None
     device = str(params.get("device", "cpu"))
     return "cuda:0" if device == "cuda" else device
+
+
+MAX_IN_FLIGHT = 16
+
+
+def in_flight_of(type_name: str, streams: int, option: int | None) -> int:
+    """Frames a node works on at once: one, or for a concurrent node the pipeline's
+    ``in_flight`` option, by default one per stream it serves (at most MAX_IN_FLIGHT)."""
+    try:
+        cls = resolve(type_name)
+    except (UnknownNodeType, TypeError):
+        return 1
+    if not cls.concurrent:
+        return 1
+    return max(1, min(MAX_IN_FLIGHT, option if option is not None else streams))
 
 
 def _free_port(host: str) -> int:
@@ -142,6 +158,7 @@ def build_plan(graph: Graph, executor: str, max_frames: int | None = None) -> Pl
                 is_sink=issubclass(spec.cls, Sink),
                 streams=sorted(streams[name]),
                 eos_expected=eos_expected,
+                in_flight=in_flight_of(spec.type, len(streams[name]), opts.in_flight),
                 replicated_inputs={
                     s: graph.nodes[s].replicas for s in spec.inputs if graph.nodes[s].replicas > 1
                 },

@@ -15,6 +15,8 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +141,7 @@ class Runner:
                 max_frames=self.worker.plan.max_frames,
                 resume_index=self.worker.resume.get(spec.node, 0),
                 stop_event=self.stop,
+                in_flight=spec.in_flight,
                 extra={"base_dir": self.worker.plan.base_dir},
                 alloc=self._alloc if spec.is_source else None,
             )
@@ -318,9 +321,10 @@ class Runner:
         self._consecutive_errors = 0
         return out
 
-    def _process(self, frame: Frame) -> None:
-        replica = self.spec.replicas > 1
-        if not replica:
+    def _admit(self, frame: Frame, deliver: Callable[[Frame], None]) -> bool:
+        """Take a frame in, announcing frames missing before it (through ``deliver``);
+        False if seen already."""
+        if self.spec.replicas == 1:
             last = self._last_in.get(frame.stream)
             if last is not None and frame.index <= last:
                 # a restarted source resumes from its last reported frame, so the first
@@ -329,18 +333,24 @@ class Runner:
                     "node %s: frame %d of %s seen already", self.name, frame.index, frame.stream
                 )
                 self.worker.release(frame)
-                return
+                return False
             if last is not None and frame.index > last + 1:
                 lost = frame.index - last - 1
                 self.stats.lost += lost
-                self._handle_event(self._gap(frame.stream, last + 1, lost))
+                deliver(self._gap(frame.stream, last + 1, lost))
         self._last_in[frame.stream] = max(self._last_in.get(frame.stream, -1), frame.index)
         self.stats.frames_in += 1
-        held = frame.shm
+        return True
+
+    def _timed_call(self, frame: Frame) -> tuple[Frame | None, float]:
         t0 = time.perf_counter()
         out = self._call(self.node.process, frame)
-        dt = (time.perf_counter() - t0) * 1000.0
-        self.stats.proc_ms.append(dt)
+        return out, (time.perf_counter() - t0) * 1000.0
+
+    def _complete(self, frame: Frame, out: Frame | None, proc_ms: float) -> None:
+        """Account for a processed frame and pass its result on."""
+        self.stats.proc_ms.append(proc_ms)
+        held = frame.shm
         if held is not None and (out is None or out.shm is None or out.image is not held[1]):
             # the node dropped the frame or replaced its image: this reference is done
             self.worker.plane.release(held[0])
@@ -356,7 +366,7 @@ class Runner:
                 return
         if out is None:
             self.stats.dropped += 1
-            if replica:
+            if self.spec.replicas > 1:
                 self.emit(self._gap(frame.stream, frame.index, 1))
             return
         self.emit(out)
@@ -430,21 +440,73 @@ class Runner:
 
     def _run_node(self) -> None:
         self._consecutive_errors = 0
-        while self._streams_open and not self.abort.is_set():
-            item = self.inbox.get(0.1)
-            self._flush_marks(self._handle_event)
-            if item is None:
-                self.entry.tick(self.abort)
-                continue
-            if item.event is not None:
+        slots = self.spec.in_flight
+        # A concurrent node works on up to ``slots`` frames at once. What it passes on
+        # keeps the order things came in: frames wait in ``pending`` for those before
+        # them, and events (eos, gaps) take their place in the same line.
+        pool = ThreadPoolExecutor(slots, thread_name_prefix=self.name) if slots > 1 else None
+        pending: deque[tuple[Frame, Future | None]] = deque()
+
+        def in_line(event: Frame) -> None:
+            pending.append((event, None))
+
+        deliver = self._handle_event if pool is None else in_line
+        try:
+            while self._streams_open and not self.abort.is_set():
+                busy = sum(future is not None for _, future in pending)
+                self._emit_done(pending, block=busy >= slots)
+                item = self.inbox.get(0.005 if pending else 0.1)
+                self._flush_marks(deliver)
+                if item is None:
+                    self.entry.tick(self.abort)
+                    continue
+                if item.event is not None:
+                    deliver(item)
+                    continue
+                queued_at = (
+                    item.trace[-1][1] if item.trace and item.trace[-1][0] == self.name else None
+                )
+                if queued_at is not None:
+                    self.stats.queue_ms.append((time.time() - queued_at) * 1000.0)
+                if not self._admit(item, deliver):
+                    continue
+                if pool is None:
+                    self._complete(item, *self._timed_call(item))
+                else:
+                    pending.append((item, pool.submit(self._timed_call, item)))
+            self._emit_done(pending, block=True, every=True)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+            for frame, future in pending:
+                if future is not None:
+                    self.worker.release(frame)
+            for left in self.inbox.close():
+                self.worker.release(left)
+
+    def _emit_done(
+        self, pending: deque[tuple[Frame, Future | None]], block: bool, every: bool = False
+    ) -> None:
+        """Pass on what is finished at the head of ``pending``; with ``block``, wait for
+        the first unfinished frame (``every``: for all of them) unless the pipeline aborts."""
+        while pending:
+            item, future = pending[0]
+            if future is None:
+                pending.popleft()
                 self._handle_event(item)
                 continue
-            queued_at = item.trace[-1][1] if item.trace and item.trace[-1][0] == self.name else None
-            if queued_at is not None:
-                self.stats.queue_ms.append((time.time() - queued_at) * 1000.0)
-            self._process(item)
-        for left in self.inbox.close():
-            self.worker.release(left)
+            if not future.done():
+                if not block or self.abort.is_set():
+                    return
+                try:
+                    future.result(0.1)
+                except FutureTimeout:
+                    continue
+                except Exception:  # noqa: BLE001 - raised again below, in its turn
+                    pass
+            pending.popleft()
+            self._complete(item, *future.result())
+            block = every
 
 
 class Worker:
@@ -468,6 +530,7 @@ class Worker:
             if plan.shm
             else None
         )
+        scheduler.forget_retired()  # counts of an earlier run in this process
         self.runners = [Runner(self, spec) for spec in plan.groups[group]]
         self.zctx: zmq.Context | None = None
         self._receivers: list[threading.Thread] = []

@@ -89,3 +89,11 @@ def snapshot() -> dict[str, Any]:
     with _lock:
         schedulers = list(_schedulers.values())
     return {s.device: s.snapshot() for s in schedulers}
+
+
+def forget_retired() -> None:
+    """Drop what models closed before a run began left for the metrics of this process."""
+    with _lock:
+        schedulers = list(_schedulers.values())
+    for s in schedulers:
+        s.forget_retired()

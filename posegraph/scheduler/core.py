@@ -279,6 +279,8 @@ class DeviceScheduler:
         self._timed = timer_for(self.device)
         self._closed = False
         self._threads_set = False
+        # the last counts of models let go since the last snapshot
+        self._retired: dict[str, dict[str, Any]] = {}
         self._calls: list[tuple[Callable[[], Any], dict[str, Any], threading.Event]] = []
         self._thread = threading.Thread(
             target=self._loop, name=f"scheduler-{self.device}", daemon=True
@@ -317,6 +319,8 @@ class DeviceScheduler:
         with self._cond:
             if handle.clients == 0 and self.handles.get(handle.key) is handle:
                 del self.handles[handle.key]
+                # the node closed after the last metrics report: its final counts stay
+                self._retired[handle.key] = handle.snapshot()
 
     def crops_reserve(self) -> float:
         """Seconds an image request leaves before its frame's deadline for the top-down
@@ -363,12 +367,17 @@ class DeviceScheduler:
         self._thread.join(5.0)
 
     def snapshot(self) -> dict[str, Any]:
-        """Counts per model and stream, batches per bucket, run-time estimates."""
-        return {
-            "device": self.device,
-            "policy": self.policy,
-            "models": {k: h.snapshot() for k, h in list(self.handles.items())},
-        }
+        """Counts per model and stream, batches per bucket, run-time estimates; a model
+        closed since the last snapshot is in this one with its final counts, once."""
+        with self._cond:
+            retired, self._retired = self._retired, {}
+            models = {**retired, **{k: h.snapshot() for k, h in self.handles.items()}}
+        return {"device": self.device, "policy": self.policy, "models": models}
+
+    def forget_retired(self) -> None:
+        """Drop the final counts of closed models not reported yet (a new run starts)."""
+        with self._cond:
+            self._retired = {}
 
     # ----------------------------------------------------------- clients' side
 
@@ -605,6 +614,7 @@ class DeviceScheduler:
             error, outputs = exc, {}
         now = time.time()
         with self._cond:
+            handle.batches[bucket] += 1  # served batches: warm-up runs are not counted
             offset = 0
             for request, start, stop in taken:
                 n = stop - start
@@ -641,12 +651,12 @@ class DeviceScheduler:
             return outputs
         with self._cond:
             handle.times.add(bucket, seconds)
-            handle.batches[bucket] += 1
         return outputs
 
 
 class Client:
-    """A model node's seat at its model: submits the node's requests, one at a time.
+    """A model node's seat at its model: submits the node's requests, one per slot at a
+    time (a concurrent node has one slot per frame it keeps in flight).
 
     :meth:`attach` registers the model on its device's scheduler of this process (shared
     with every node that runs the same model) and, the first time, warms up every bucket.
@@ -657,11 +667,14 @@ class Client:
     margin, asks for its results that much before the frame's deadline.
     """
 
-    def __init__(self, handle: ModelHandle):
+    def __init__(self, handle: ModelHandle, slots: int = 1):
         self.handle = handle
         self.after = RunTimes((1,))
-        self._released: float | None = None
-        handle.add_client()
+        self.slots = max(1, slots)
+        self._local = threading.local()  # the release time of each thread's last request
+        self._after_lock = threading.Lock()
+        for _ in range(self.slots):
+            handle.add_client()
 
     @classmethod
     def attach(
@@ -672,12 +685,14 @@ class Client:
         buckets: Sequence[int],
         example: np.ndarray,
         role: str = "image",
+        slots: int = 1,
     ) -> Client:
+        """``slots``: requests the node may have waiting at once (its frames in flight)."""
         from posegraph.scheduler import for_device
 
         scheduler = for_device(device)
         handle = scheduler.register(key, fn, buckets, role)
-        client = cls(handle)
+        client = cls(handle, slots)
         with handle.scheduler._cond:
             fresh = not any(handle.times.count.values())
         if fresh:
@@ -688,19 +703,22 @@ class Client:
         if math.isfinite(deadline):
             deadline -= max(0.0, self.after.estimate(1) - self.handle.scheduler.margin)
         result = self.handle.run(items, deadline, stream)
-        self._released = result.released
+        self._local.released = result.released
         return result
 
     def finished(self) -> None:
-        """The node is done with its last request's frame: learn the time it took since
-        the result was handed over."""
-        released, self._released = self._released, None
+        """The node is done with the frame of this thread's last request: learn the time
+        it took since the result was handed over."""
+        released = getattr(self._local, "released", None)
+        self._local.released = None
         if released is not None and math.isfinite(released):
-            self.after.add(1, max(0.0, time.time() - released))
+            with self._after_lock:
+                self.after.add(1, max(0.0, time.time() - released))
 
     def after_estimate(self) -> float:
         """Seconds the node is expected to work on a result, at most (see the class)."""
-        return self.after.estimate(1)
+        with self._after_lock:
+            return self.after.estimate(1)
 
     def image_deadline(self, deadline: float, captured_at: float) -> float:
         """The deadline for a frame's image request: the frame's, less the time a top-down
@@ -712,5 +730,6 @@ class Client:
         return deadline - min(reserve, 0.5 * (deadline - captured_at))
 
     def close(self) -> None:
-        self.handle.remove_client()
+        for _ in range(self.slots):
+            self.handle.remove_client()
         self.handle.scheduler.unregister(self.handle)

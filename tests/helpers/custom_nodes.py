@@ -33,3 +33,30 @@ class Refuse(Node):
         from posegraph.node import NodeError
 
         raise NodeError("frames of this stream carry no poses: put a pose node before me")
+
+
+class Overlapping(Node):
+    """Works on several frames at once (``concurrent``): each takes ``delay_ms`` less the
+    frame's position in a cycle of three, so later frames often finish first. ``peak``
+    (class-wide) is the most frames it has had in hand at once."""
+
+    concurrent = True
+    peak = 0
+
+    def __init__(self, delay_ms: float = 30.0):
+        import threading
+
+        self.delay = delay_ms / 1000.0
+        self.lock = threading.Lock()
+        self.busy = 0
+
+    def process(self, frame: Frame) -> Frame:
+        import time
+
+        with self.lock:
+            self.busy += 1
+            Overlapping.peak = max(Overlapping.peak, self.busy)
+        time.sleep(self.delay * (3 - frame.index % 3) / 3)
+        with self.lock:
+            self.busy -= 1
+        return frame
