@@ -152,6 +152,25 @@ def test_unknown_keys(tmp_path):
     assert "p.yaml:6:" in found and "did you mean 'with'" in found
 
 
+def test_runtime_options_are_checked(tmp_path):
+    found = "\n".join(
+        problems(
+            tmp_path,
+            """
+        pipeline: x
+        runtime:
+          in_flite: 2
+          in_flight: 0
+        nodes:
+          - name: cam
+            type: source.synthetic
+    """,
+        )
+    )
+    assert "p.yaml:4:" in found and "did you mean 'in_flight'" in found
+    assert "p.yaml:5:" in found and "in_flight must be a whole number >= 1" in found
+
+
 def test_env_interpolation_and_overrides(tmp_path, monkeypatch):
     monkeypatch.setenv("CAM_FPS", "12.5")
     monkeypatch.delenv("OUT_PATH", raising=False)
