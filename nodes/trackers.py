@@ -396,6 +396,9 @@ class ByteTrack(Node):
                 f"{ctx.name}: One-Euro needs min_cutoff > 0, d_cutoff > 0 and beta >= 0, got "
                 f"{self.min_cutoff}, {self.d_cutoff} and {self.beta}"
             )
+        # the solver's import takes about half a second: here, not on the first frame,
+        # whose deadline it would cost
+        import scipy.optimize  # noqa: F401
 
     # ------------------------------------------------------------- events
 

@@ -256,9 +256,9 @@ class Node:
     #: the ``procs`` executor puts every such node of one device in one process
     uses_device: bool = False
     #: ``process`` may run on several frames at once, from several threads: the runtime
-    #: keeps up to one frame per input stream in flight (``ctx.in_flight``), so that the
+    #: keeps as many frames in flight as it has input streams (``ctx.in_flight``), so the
     #: requests of several streams meet in one batch on the device scheduler, and still
-    #: emits the frames in the order they came
+    #: emits each stream's frames in their order
     concurrent: bool = False
     ctx: Context
 

@@ -387,3 +387,18 @@ def test_a_concurrent_node_keeps_a_frame_per_stream_in_flight_and_its_order(tmp_
         assert passed == 40
         assert mine[-1]["event"] == "eos"
     assert summary["dropped"] == dropped > 0, "the queue dropped nothing: the test lost its point"
+
+
+def test_a_slow_stream_does_not_hold_back_the_others_in_a_concurrent_node(tmp_path):
+    """Order is kept per stream: b's quick frames leave while a's slow one is at work."""
+    g = Graph("slow")
+    a = g.add("a", "source.synthetic", width=64, height=48, frames=2, fps=4, realtime=True)
+    b = g.add("b", "source.synthetic", width=64, height=48, frames=10, fps=100, realtime=True)
+    work = g.add(
+        "work", "tests.helpers.custom_nodes:Overlapping", a, b, delay_ms=0, slow={"a": 400}
+    )
+    g.add("out", "sink.jsonl", work, path=str(tmp_path / "out.jsonl"))
+    g.run(executor="inproc")
+    order = [m["stream"] for m in read_jsonl(tmp_path / "out.jsonl") if "event" not in m]
+    assert order.count("a") == 2 and order.count("b") == 10
+    assert order.index("a") >= 5, f"b's frames waited for a's: {order}"

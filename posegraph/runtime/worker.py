@@ -15,8 +15,8 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -442,20 +442,20 @@ class Runner:
         self._consecutive_errors = 0
         slots = self.spec.in_flight
         # A concurrent node works on up to ``slots`` frames at once. What it passes on
-        # keeps the order things came in: frames wait in ``pending`` for those before
-        # them, and events (eos, gaps) take their place in the same line.
+        # keeps each stream's order: a frame waits in its stream's line for the frames
+        # before it, and events (eos, gaps) take their place in the same line; streams
+        # do not wait for each other.
         pool = ThreadPoolExecutor(slots, thread_name_prefix=self.name) if slots > 1 else None
-        pending: deque[tuple[Frame, Future | None]] = deque()
+        lines: dict[str, deque[tuple[Frame, Future | None]]] = {}
 
         def in_line(event: Frame) -> None:
-            pending.append((event, None))
+            lines.setdefault(event.stream, deque()).append((event, None))
 
         deliver = self._handle_event if pool is None else in_line
         try:
             while self._streams_open and not self.abort.is_set():
-                busy = sum(future is not None for _, future in pending)
-                self._emit_done(pending, block=busy >= slots)
-                item = self.inbox.get(0.005 if pending else 0.1)
+                self._emit_done(lines, slots)
+                item = self.inbox.get(0.005 if lines else 0.1)
                 self._flush_marks(deliver)
                 if item is None:
                     self.entry.tick(self.abort)
@@ -473,40 +473,43 @@ class Runner:
                 if pool is None:
                     self._complete(item, *self._timed_call(item))
                 else:
-                    pending.append((item, pool.submit(self._timed_call, item)))
-            self._emit_done(pending, block=True, every=True)
+                    future = pool.submit(self._timed_call, item)
+                    lines.setdefault(item.stream, deque()).append((item, future))
+            self._emit_done(lines, 0)
         finally:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
-            for frame, future in pending:
-                if future is not None:
-                    self.worker.release(frame)
+            for line in lines.values():
+                for frame, future in line:
+                    if future is not None:
+                        self.worker.release(frame)
             for left in self.inbox.close():
                 self.worker.release(left)
 
-    def _emit_done(
-        self, pending: deque[tuple[Frame, Future | None]], block: bool, every: bool = False
-    ) -> None:
-        """Pass on what is finished at the head of ``pending``; with ``block``, wait for
-        the first unfinished frame (``every``: for all of them) unless the pipeline aborts."""
-        while pending:
-            item, future = pending[0]
-            if future is None:
-                pending.popleft()
-                self._handle_event(item)
-                continue
-            if not future.done():
-                if not block or self.abort.is_set():
-                    return
-                try:
-                    future.result(0.1)
-                except FutureTimeout:
-                    continue
-                except Exception:  # noqa: BLE001 - raised again below, in its turn
-                    pass
-            pending.popleft()
-            self._complete(item, *future.result())
-            block = every
+    def _emit_done(self, lines: dict[str, deque[tuple[Frame, Future | None]]], slots: int) -> None:
+        """Pass on what is finished at the head of each stream's line; then, while more
+        than ``slots - 1`` frames are in the lines (0: any), wait for one to finish,
+        unless the pipeline aborts."""
+        while True:
+            waiting: list[Future] = []
+            for stream in list(lines):
+                line = lines[stream]
+                while line:
+                    item, future = line[0]
+                    if future is not None and not future.done():
+                        waiting.append(future)
+                        break
+                    line.popleft()
+                    if future is None:
+                        self._handle_event(item)
+                    else:
+                        self._complete(item, *future.result())
+                if not line:
+                    del lines[stream]
+            held = sum(future is not None for line in lines.values() for _, future in line)
+            if not waiting or held < max(1, slots) or self.abort.is_set():
+                return
+            wait_futures(waiting, timeout=0.1, return_when=FIRST_COMPLETED)
 
 
 class Worker:

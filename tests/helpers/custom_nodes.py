@@ -43,10 +43,11 @@ class Overlapping(Node):
     concurrent = True
     peak = 0
 
-    def __init__(self, delay_ms: float = 30.0):
+    def __init__(self, delay_ms: float = 30.0, slow: dict[str, float] | None = None):
         import threading
 
         self.delay = delay_ms / 1000.0
+        self.slow = slow or {}  # stream -> milliseconds each of its frames takes instead
         self.lock = threading.Lock()
         self.busy = 0
 
@@ -56,7 +57,10 @@ class Overlapping(Node):
         with self.lock:
             self.busy += 1
             Overlapping.peak = max(Overlapping.peak, self.busy)
-        time.sleep(self.delay * (3 - frame.index % 3) / 3)
+        if frame.stream in self.slow:
+            time.sleep(self.slow[frame.stream] / 1000.0)
+        else:
+            time.sleep(self.delay * (3 - frame.index % 3) / 3)
         with self.lock:
             self.busy -= 1
         return frame
