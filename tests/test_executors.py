@@ -324,17 +324,29 @@ def test_segments_left_by_a_killed_run_are_removed_by_the_next(tmp_path, posegra
     assert "removed 1 shared-memory segments left by runs that were killed" in stderr
 
 
-@pytest.mark.parametrize("inproc", [False, True])
-def test_a_node_error_while_running_stops_with_one_line_not_restarts(tmp_path, posegraph, inproc):
+@pytest.mark.parametrize(
+    "inproc, node", [(False, "Refuse"), (True, "Refuse"), (True, "RefuseConcurrently")]
+)
+def test_a_node_error_while_running_stops_with_one_line_not_restarts(
+    tmp_path, posegraph, inproc, node
+):
+    """Also from a concurrent node's worker threads (two streams: two frames in flight)."""
     write_pipeline(
         tmp_path / "p.yaml",
         [
+            *(
+                {
+                    "name": cam,
+                    "type": "source.synthetic",
+                    "with": {"width": 32, "height": 32, "frames": 50},
+                }
+                for cam in ("cam", "cam2")
+            ),
             {
-                "name": "cam",
-                "type": "source.synthetic",
-                "with": {"width": 32, "height": 32, "frames": 50},
+                "name": "picky",
+                "type": f"tests.helpers.custom_nodes:{node}",
+                "from": ["cam", "cam2"],
             },
-            {"name": "picky", "type": "tests.helpers.custom_nodes:Refuse", "from": "cam"},
             {"name": "n", "type": "sink.null", "from": "picky"},
         ],
     )

@@ -35,6 +35,12 @@ class Refuse(Node):
         raise NodeError("frames of this stream carry no poses: put a pose node before me")
 
 
+class RefuseConcurrently(Refuse):
+    """Refuse, working on several frames at once."""
+
+    concurrent = True
+
+
 class Overlapping(Node):
     """Works on several frames at once (``concurrent``): each takes ``delay_ms`` less the
     frame's position in a cycle of three, so later frames often finish first. ``peak``
