@@ -587,7 +587,11 @@ class OnnxDetector(Node):
     def process(self, frame: Frame) -> Frame:
         blob, (mapping,) = self.preprocess([frame.image])
         result = self.client.run(
-            blob, self.client.image_deadline(frame.deadline, frame.captured_at), frame.stream
+            blob,
+            self.client.image_deadline(frame.deadline, frame.captured_at),
+            frame.stream,
+            frame.captured_at,
+            self.ctx.tail,
         )
         try:
             if not result.done[0]:

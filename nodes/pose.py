@@ -375,7 +375,11 @@ class _ModelNode(Node):
     def _run(self, items: np.ndarray, frame: Frame, deadline: float | None = None) -> Any:
         """The scheduler's :class:`~posegraph.scheduler.Result` for this frame's items."""
         return self.client.run(
-            items, frame.deadline if deadline is None else deadline, frame.stream
+            items,
+            frame.deadline if deadline is None else deadline,
+            frame.stream,
+            frame.captured_at,
+            self.ctx.tail,
         )
 
     def _pose_outputs(self, outputs: Outputs, **extra: Any) -> dict[str, Any]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 WINDOW = 20000
+TAIL_WINDOW = 300  # frames at the sinks that the tail after a model node is judged on
 COUNTERS = ("in", "out", "dropped", "lost", "errors", "gaps")
 
 
@@ -61,6 +63,8 @@ class Metrics:
         # (device, model, stream) -> the scheduler's counts (requests, items, done,
         # skipped, late), as last reported; kept after the model's node has closed
         self.scheduled: dict[tuple[str, str, str], dict[str, int]] = {}
+        # node -> ms from its output to a sink, recent frames (see tails())
+        self.tail_ms: dict[str, deque] = {}
         # (device, model) -> batches run per bucket size, as last reported
         self.batches: dict[tuple[str, str], dict[str, int]] = {}
         self.started = time.monotonic()
@@ -91,6 +95,8 @@ class Metrics:
                 self.e2e_ms.extend(snap["e2e_ms"])
                 self.e2e_count += len(snap["e2e_ms"])
                 self.hop_ms.extend(snap["hop_ms"])
+                for node, samples in snap.get("tail_ms", {}).items():
+                    self.tail_ms.setdefault(node, deque(maxlen=TAIL_WINDOW)).extend(samples)
                 first, last = snap["window"]
                 self.window = (min(self.window[0], first), max(self.window[1], last))
 
@@ -129,6 +135,16 @@ class Metrics:
     def e2e(self) -> dict[str, float]:
         with self._lock:
             return percentiles(self.e2e_ms)
+
+    def tails(self, nodes: Iterable[str]) -> dict[str, float]:
+        """Seconds from each of ``nodes``' output to the sinks: the 95th percentile of the
+        recent frames, of every sink they reach (nodes not measured yet are left out)."""
+        with self._lock:
+            return {
+                n: float(np.percentile(self.tail_ms[n], 95)) / 1000.0
+                for n in nodes
+                if self.tail_ms.get(n)
+            }
 
     def hops(self) -> dict[str, float]:
         """Transport time per hop, from a node's output to the next node's input."""

@@ -232,6 +232,10 @@ class Context:
     extra: dict[str, Any] = field(default_factory=dict)
     # frames the runtime hands to ``process`` at once (threads), for a ``concurrent`` node
     in_flight: int = 1
+    # for the last model node on a path: seconds its frames have recently taken from its
+    # output to the sinks (the runtime measures it at the sinks and updates it); the node
+    # plans its model work to end that much earlier, so frames reach the sinks in time
+    tail: float = 0.0
     # Where a source writes its pixels: a shared-memory slot when the frame will leave
     # the process, so the image is written once and never copied again.
     alloc: Callable[[tuple[int, ...]], np.ndarray] | None = None

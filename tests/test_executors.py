@@ -414,3 +414,21 @@ def test_a_slow_stream_does_not_hold_back_the_others_in_a_concurrent_node(tmp_pa
     order = [m["stream"] for m in read_jsonl(tmp_path / "out.jsonl") if "event" not in m]
     assert order.count("a") == 2 and order.count("b") == 10
     assert order.index("a") >= 5, f"b's frames waited for a's: {order}"
+
+
+@pytest.mark.parametrize("executor", ["inproc", "procs"])
+def test_the_last_model_node_learns_the_time_its_frames_take_to_the_sinks(tmp_path, executor):
+    """Measured at the sinks, handed back to the last model node on each path (which plans
+    its model work to end that much earlier); a model node with another after it is told
+    nothing, since the time after it is that node's to plan."""
+    g = Graph("tail")
+    cam = g.add("cam", "source.synthetic", width=32, height=32, fps=10, frames=25, realtime=True)
+    first = g.add("first", "tests.helpers.custom_nodes:TailProbe", cam, path=str(tmp_path / "1"))
+    last = g.add("last", "tests.helpers.custom_nodes:TailProbe", first, path=str(tmp_path / "2"))
+    slow = g.add("slow", "util.passthrough", last, delay_ms=60)
+    g.add("out", "sink.null", slow)
+    g.run(executor=executor)
+    firsts = [float(v) for v in (tmp_path / "1").read_text().split()]
+    lasts = [float(v) for v in (tmp_path / "2").read_text().split()]
+    assert set(firsts) == {0.0}
+    assert lasts[0] == 0.0 and 0.06 <= lasts[-1] < 0.2, lasts

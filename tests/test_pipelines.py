@@ -56,9 +56,10 @@ def test_real_detector_with_pose_on_a_real_video(tmp_path, posegraph):
 
 # Floors on the sample clip (pipelines/media/street.mp4, its first FRAMES frames), mean OKS
 # over every ground-truth person (a missed person counts 0). Measured with the shipped
-# weights: surveillance 0.531 (HPRNet's boxes, HRNet's keypoints; 0.074 with ER-Pose's
-# boxes), realtime 0.130 (random weights score about 0). Raise them with the weights.
-FRAMES = 45
+# weights: surveillance 0.502 (HPRNet's boxes, HRNet's keypoints; 0.531 over 45 frames,
+# 0.074 with ER-Pose's boxes), realtime 0.122 (random weights score about 0). Raise them
+# with the weights.
+FRAMES = 30
 OKS_FLOOR = {"surveillance": 0.35, "realtime": 0.07}
 
 
@@ -104,13 +105,13 @@ def test_multicam_keeps_three_streams_apart(tmp_path, posegraph):
         "run",
         str(ROOT / "pipelines" / "multicam.yaml"),
         "--max-frames",
-        "12",
+        "6",
         env={"REALTIME": "false"},
     ).wait(240)
     assert code == 0, stderr
     frames = [m for m in read_jsonl(tmp_path / "out" / "multicam.jsonl") if "event" not in m]
     by_stream = {s: [m for m in frames if m["stream"] == s] for s in ("cam1", "cam2", "cam3")}
-    assert all(len(v) == 12 for v in by_stream.values()), {k: len(v) for k, v in by_stream.items()}
+    assert all(len(v) == 6 for v in by_stream.values()), {k: len(v) for k, v in by_stream.items()}
     assert sum(len(m["people"]) for m in frames) > 0
     for s in by_stream:
         assert (tmp_path / "out" / f"multicam-{s}.mp4").stat().st_size > 5_000

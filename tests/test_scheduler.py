@@ -157,6 +157,23 @@ def test_a_client_leaves_early_enough_for_its_work_after_the_model(scheduler):
     assert 0.06 <= client.after_estimate() < 0.1
 
 
+def test_a_client_keeps_the_time_to_the_sinks_free_up_to_a_quarter_of_the_budget(scheduler):
+    # The device stays busy past the deadline; the nodes after this one take ``tail`` to
+    # bring the frame to the sinks. The client leaves that much before the deadline (the
+    # margin counts towards it), but never gives up more than a quarter of the budget.
+    client = Client(scheduler.register("m", SleepModel(0.0, 0.0), (1,)))
+    margin = scheduler.margin
+    for tail, kept in ((0.06, 0.06), (0.2, 0.1)):
+        gate = threading.Event()
+        hold(scheduler, gate)
+        captured = time.time()
+        deadline = captured + 0.4
+        result = client.run(items(1), deadline, "cam", captured, tail)
+        gate.set()
+        assert not result.done.any()
+        assert result.released == pytest.approx(deadline - max(margin, kept), abs=0.015)
+
+
 def test_run_times_are_learnt_per_bucket():
     times = RunTimes((1, 2, 4))
     assert times.estimate(2) == 0.0

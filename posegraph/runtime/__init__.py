@@ -81,6 +81,7 @@ def _run_inproc(
     from posegraph.runtime.worker import FatalNodeError, Worker
 
     worker = Worker(plan, "main")
+    last_models = [i.id for i in plan.instances() if i.last_model]
     stop_requests = []
 
     def on_signal() -> None:
@@ -121,6 +122,7 @@ def _run_inproc(
                         break
                 if now >= next_tick:
                     metrics.update(worker.metrics())
+                    worker.set_tails(metrics.tails(last_models))
                     if tick is not None:
                         tick()
                     next_tick = now + 0.25

@@ -36,6 +36,7 @@ class InstanceSpec:
     eos_expected: dict[str, int]  # stream -> upstream nodes that carry it
     replicated_inputs: dict[str, int]  # upstream node -> its replica count
     in_flight: int = 1  # frames handed to the node at once (see Node.concurrent)
+    last_model: bool = False  # a model node with no model node after it: learns its tail
     remote_inputs: bool = False
     outputs: list[OutputSpec] = field(default_factory=list)
 
@@ -126,6 +127,13 @@ def build_plan(graph: Graph, executor: str, max_frames: int | None = None) -> Pl
         else:
             streams[name] = set().union(*(streams[s] for s in spec.inputs))
 
+    # model nodes, and the nodes with a model node somewhere after them
+    models = {n for n, spec in graph.nodes.items() if device_of(spec.type, spec.params)}
+    before_model: set[str] = set()
+    for name in reversed(graph.order()):
+        if any(c in models or c in before_model for c in graph.consumers(name)):
+            before_model.add(name)
+
     instances: dict[str, list[InstanceSpec]] = {}
     for name in graph.order():
         spec = graph.nodes[name]
@@ -159,6 +167,7 @@ def build_plan(graph: Graph, executor: str, max_frames: int | None = None) -> Pl
                 streams=sorted(streams[name]),
                 eos_expected=eos_expected,
                 in_flight=in_flight_of(spec.type, len(streams[name]), opts.in_flight),
+                last_model=name in models and name not in before_model,
                 replicated_inputs={
                     s: graph.nodes[s].replicas for s in spec.inputs if graph.nodes[s].replicas > 1
                 },

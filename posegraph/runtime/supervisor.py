@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 import zmq
@@ -98,6 +99,8 @@ def worker_main(plan: Plan, group: str, resume: dict[str, int], log_level: int) 
                 msg = msgpack.unpackb(control.recv())
                 if msg["t"] == "stop":
                     worker.stop.set()
+                elif msg["t"] == "tails":
+                    worker.set_tails(msg["tails"])
             if worker.failed.is_set():
                 send("metrics", nodes=worker.metrics())
                 fatal = [r for r in worker.runners if r.fatal]
@@ -203,8 +206,18 @@ class Supervisor:
         if self.error:
             raise PipelineError(self.error)
 
-    def _send(self, control: zmq.Socket, group: str, kind: str) -> None:
-        control.send_multipart([group.encode(), msgpack.packb({"t": kind})])
+    def _send(self, control: zmq.Socket, group: str, kind: str, **body: Any) -> None:
+        control.send_multipart([group.encode(), msgpack.packb({"t": kind, **body})])
+
+    def _send_tails(self, control: zmq.Socket) -> None:
+        """Tell each process its last model nodes' time to the sinks, as measured there."""
+        for group, p in self.procs.items():
+            if p.state != "running":
+                continue
+            mine = [i.id for i in self.plan.groups[group] if i.last_model]
+            tails = self.metrics.tails(mine) if mine else {}
+            if tails:
+                self._send(control, group, "tails", tails=tails)
 
     def _loop(
         self, control: zmq.Socket, duration: float | None, on_tick: Callable[[], None] | None
@@ -254,8 +267,11 @@ class Supervisor:
                         opts.drain_timeout_s,
                     )
                 return
-            if on_tick is not None and now >= next_tick:
-                on_tick()
+            if now >= next_tick:
+                if running:
+                    self._send_tails(control)
+                if on_tick is not None:
+                    on_tick()
                 next_tick = now + 0.25
 
     def _on_message(self, control, group: str, msg: dict, running: bool) -> None:

@@ -65,6 +65,8 @@ class Stats:
     queue_ms: deque = field(default_factory=lambda: deque(maxlen=SAMPLES_PER_REPORT))
     e2e_ms: deque = field(default_factory=lambda: deque(maxlen=SAMPLES_PER_REPORT))
     hop_ms: deque = field(default_factory=lambda: deque(maxlen=SAMPLES_PER_REPORT))
+    # at sinks: upstream node -> ms from that node's output to here, per frame
+    tail_ms: dict[str, list[float]] = field(default_factory=dict)
     last_index: dict[str, int] = field(default_factory=dict)
     done: bool = False
     # at sinks: the capture time of the first frame and the time the last one arrived
@@ -84,12 +86,14 @@ class Stats:
             "queue_ms": list(self.queue_ms),
             "e2e_ms": list(self.e2e_ms),
             "hop_ms": list(self.hop_ms),
+            "tail_ms": self.tail_ms,
             "last_index": dict(self.last_index),
             "done": self.done,
             "window": (self.first_capture, self.last_delivery),
         }
         for d in (self.proc_ms, self.queue_ms, self.e2e_ms, self.hop_ms):
             d.clear()
+        self.tail_ms = {}
         return snap
 
 
@@ -361,7 +365,7 @@ class Runner:
             self.stats.e2e_ms.append((now - frame.captured_at) * 1000.0)
             self.stats.first_capture = min(self.stats.first_capture, frame.captured_at)
             self.stats.last_delivery = now
-            self._record_hops(frame)
+            self._record_hops(frame, now)
             if out is None:
                 return
         if out is None:
@@ -371,11 +375,17 @@ class Runner:
             return
         self.emit(out)
 
-    def _record_hops(self, frame: Frame) -> None:
-        """Transport time of each hop: from one node's output to the next one's input."""
+    def _record_hops(self, frame: Frame, now: float) -> None:
+        """Transport time of each hop: from one node's output to the next one's input; and
+        from each node's output to here."""
         trace = frame.trace
         for (_, _, t_out), (_, t_in, _) in zip(trace[:-1], trace[1:], strict=False):
             self.stats.hop_ms.append((t_in - t_out) * 1000.0)
+        tails = self.stats.tail_ms
+        for node, _, t_out in trace[:-1]:
+            samples = tails.setdefault(node, [])
+            if len(samples) < SAMPLES_PER_REPORT:
+                samples.append((now - t_out) * 1000.0)
 
     # ---------------------------------------------------------------- loops
 
@@ -636,6 +646,13 @@ class Worker:
         for r in self.runners:
             if r.thread is not None:
                 r.thread.join(None if end is None else max(0.0, end - time.monotonic()))
+
+    def set_tails(self, tails: dict[str, float]) -> None:
+        """Tell the last model nodes how long their frames now take to reach the sinks
+        (seconds, see ``Context.tail``)."""
+        for r in self.runners:
+            if r.spec.last_model and r.name in tails and r.node is not None:
+                r.node.ctx.tail = float(tails[r.name])
 
     def metrics(self) -> dict[str, Any]:
         out = {}

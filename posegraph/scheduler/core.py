@@ -56,6 +56,10 @@ POLICIES = ("edf", "fifo")
 ROLES = ("image", "crops")
 
 
+# at most this share of a frame's budget is kept free for the work after the last model
+TAIL_SHARE = 0.25
+
+
 def model_key(name: str, *settings: Any) -> str:
     """A model's name on a scheduler: readable, and the same only for the same settings
     (weights file, input size, precision...): ``hrnet_w32#1a2b3c4d``."""
@@ -699,9 +703,23 @@ class Client:
             handle.warm_up(example, runs=2)
         return client
 
-    def run(self, items: np.ndarray, deadline: float, stream: str) -> Result:
+    def run(
+        self,
+        items: np.ndarray,
+        deadline: float,
+        stream: str,
+        captured_at: float | None = None,
+        tail: float = 0.0,
+    ) -> Result:
+        """Run ``items`` for a frame due at ``deadline``; ``tail``: seconds the frame takes
+        from this node to the sinks (``Context.tail``), of which up to a quarter of the
+        frame's budget (from ``captured_at``) is kept free as well."""
         if math.isfinite(deadline):
-            deadline -= max(0.0, self.after.estimate(1) - self.handle.scheduler.margin)
+            if tail > 0.0 and captured_at is not None:
+                tail = min(tail, TAIL_SHARE * max(0.0, deadline - captured_at))
+            else:
+                tail = 0.0
+            deadline -= max(0.0, self.after_estimate() + tail - self.handle.scheduler.margin)
         result = self.handle.run(items, deadline, stream)
         self._local.released = result.released
         return result

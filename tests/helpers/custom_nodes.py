@@ -70,3 +70,19 @@ class Overlapping(Node):
         with self.lock:
             self.busy -= 1
         return frame
+
+
+class TailProbe(Node):
+    """Stands where a model node stands (``uses_device``): appends the time to the sinks
+    the runtime has told it (``ctx.tail``, seconds) to ``path``, one line per frame."""
+
+    uses_device = True
+
+    def __init__(self, path: str, device: str = "cpu"):
+        self.path = path
+        self.device = device
+
+    def process(self, frame: Frame) -> Frame:
+        with open(self.path, "a") as f:
+            f.write(f"{self.ctx.tail}\n")
+        return frame
