@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from posegraph import skeletons
-from posegraph.node import Node, NodeError, register
+from posegraph.node import Context, Node, NodeError, register
 from posegraph.packet import Frame
 
 # BGR colours by side: left, right, centre
@@ -113,6 +113,17 @@ class SkeletonOverlay(Node):
         self.thickness = thickness
         self.radius = radius
         self._styles: dict[str, _Style] = {}
+
+    def setup(self, ctx: Context) -> None:
+        super().setup(ctx)
+        # OpenCV loads its font, numpy its kernels, on their first call (about 60 ms): on
+        # a blank canvas here, not on the first frame
+        style = self._style(self.skeleton or "coco17")
+        k = style.skeleton.num_keypoints
+        canvas = np.zeros((64, 64, 3), np.uint8)
+        points = np.full((1, k, 2), 32.0, np.float32)
+        self._draw_poses(canvas, style, points, np.ones((1, k), np.float32), np.zeros(1, bool))
+        cv2.putText(canvas, "0", (2, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
 
     @staticmethod
     def _style_of(name: str) -> _Style:
