@@ -294,25 +294,28 @@ def test_tiny_training_run_lowers_loss_and_reaches_ap(synthetic_set, tmp_path, c
     assert history[-1]["AP"] >= AP_FLOOR and history[-1]["PCK"] >= PCK_FLOOR, history[-1]
     assert (out / "best.safetensors").is_file()
     # The evaluation CLI on the best weights gives the same metrics keys, as one JSON object.
-    assert (
-        eval_main(
-            [
-                "hrnet_w32",
-                "--weights",
-                str(out / "best.safetensors"),
-                "--data",
-                str(synthetic_set["few"]),
-                "--images",
-                str(synthetic_set["images"]),
-                "--set",
-                "width=8",
-                "--set",
-                "input_size=[64,64]",
-                "--json",
-            ]
-        )
-        == 0
-    )
+    eval_argv = [
+        "hrnet_w32",
+        "--weights",
+        str(out / "best.safetensors"),
+        "--data",
+        str(synthetic_set["few"]),
+        "--images",
+        str(synthetic_set["images"]),
+        "--set",
+        "width=8",
+        "--set",
+        "input_size=[64,64]",
+        "--json",
+    ]
+    assert eval_main(eval_argv) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"AP", "AP50", "AP75", "AR"} <= metrics.keys()
     assert metrics["AP"] == pytest.approx(max(r.get("AP", 0) for r in history), abs=1e-6)
+    # The half-precision check: the same weights in float16 against float32, in one object.
+    assert eval_main([*eval_argv, "--precision", "both"]) == 0
+    both = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert both["fp32"] == metrics
+    assert both["fp16"].keys() == metrics.keys()
+    assert both["AP_change"] == pytest.approx(both["fp16"]["AP"] - metrics["AP"])
+    assert abs(both["AP_change"]) < 0.05, both

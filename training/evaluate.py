@@ -95,6 +95,20 @@ class PosePrediction:
     index: int
 
 
+class HalfPrecision(nn.Module):
+    """A model run in float16: takes and gives float32, as the evaluation expects."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.half()
+
+    def forward(self, x: torch.Tensor) -> Any:
+        out = self.model(x.half())
+        if isinstance(out, dict):
+            return {k: v.float() for k, v in out.items()}
+        return out.float()
+
+
 def to_tensor(images: np.ndarray | torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     """(B, h, w, 3) uint8 BGR crops -> (B, 3, h, w) float32 normalised as ``spec`` says."""
     x = torch.as_tensor(images)
@@ -516,6 +530,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-flip", action="store_true", help="skip the flip test")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "both"),
+        default="fp32",
+        help="run the model in float32, float16, or both (fp16's accuracy against fp32)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -560,23 +580,40 @@ def main(argv: list[str]) -> int:
         Console(stderr=True).print(f"error: {error}", markup=False, highlight=False)
         return 2
     flip = not args.no_flip
-    if whole_image:
-        metrics = evaluate_whole_images(
-            model, spec, images, skeleton, width, args.batch_size, args.device
-        )
-    elif is_mpii:
-        metrics = evaluate_mpii(model, spec, instances, flip, args.batch_size, args.device)
+
+    def evaluate(net: nn.Module) -> dict[str, float]:
+        if whole_image:
+            return evaluate_whole_images(
+                net, spec, images, skeleton, width, args.batch_size, args.device
+            )
+        if is_mpii:
+            return evaluate_mpii(net, spec, instances, flip, args.batch_size, args.device)
+        return evaluate_coco(net, spec, persons, flip, args.batch_size, args.device)
+
+    headline = "PCKh" if is_mpii else "AP"
+    runs: dict[str, dict[str, float]] = {}
+    if args.precision in ("fp32", "both"):
+        runs["fp32"] = evaluate(model)
+    if args.precision in ("fp16", "both"):
+        runs["fp16"] = evaluate(HalfPrecision(model))
+    if args.precision == "both":
+        # the accuracy check of half precision: one object with both runs and the change
+        metrics: dict[str, Any] = {
+            **runs,
+            f"{headline}_change": runs["fp16"][headline] - runs["fp32"][headline],
+        }
     else:
-        metrics = evaluate_coco(model, spec, persons, flip, args.batch_size, args.device)
+        metrics = runs[args.precision]
     if args.json:
         Console(highlight=False, soft_wrap=True).print(json.dumps(metrics), markup=False)
         return 0
     table = Table(title=f"{args.model} on {args.data.name}")
     table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in metrics.items():
-        table.add_row(name, f"{value:.4f}")
+    for precision in runs:
+        table.add_column(precision, justify="right")
+    for name in next(iter(runs.values())):
+        table.add_row(name, *(f"{r[name]:.4f}" for r in runs.values()))
     console.print(table)
-    headline = "PCKh" if is_mpii else "AP"
-    console.print(f"{args.model}: {headline} {metrics[headline]:.4f} on {args.data}")
+    summary = ", ".join(f"{headline} {r[headline]:.4f} in {p}" for p, r in runs.items())
+    console.print(f"{args.model}: {summary} on {args.data}")
     return 0
