@@ -91,10 +91,10 @@ def test_pose_pipeline_out_of_the_box_matches_the_clip_truth(name, tmp_path, pos
 
 def test_wholebody_gives_133_keypoints_per_person(tmp_path, posegraph):
     """The shipped HPRNet is barely trained (see its model card): its people are roughly
-    where the clip's are (mean OKS 0.23 on the first 20 frames, none above OKS 0.5), so
+    where the clip's are (mean OKS 0.26 on the first 10 frames, none above OKS 0.5), so
     the floor is on that, the body part of its 133 keypoints."""
-    frames, scored = run_and_score(posegraph, tmp_path, "wholebody", 20, {"REALTIME": "false"})
-    assert len(frames) == 20 and all(m["skeleton"] == "wholebody133" for m in frames)
+    frames, scored = run_and_score(posegraph, tmp_path, "wholebody", 10, {"REALTIME": "false"})
+    assert len(frames) == 10 and all(m["skeleton"] == "wholebody133" for m in frames)
     people = [p for m in frames for p in m["people"]]
     assert people and all(len(p["keypoints"]) == 133 for p in people)
     assert scored["mean_oks"] >= 0.12, scored

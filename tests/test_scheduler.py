@@ -250,7 +250,7 @@ def test_overload_skips_work_and_exports_the_counts(tmp_path, posegraph):
             {"name": "out", "type": "sink.jsonl", "from": "track", "with": {"path": str(out)}},
         ],
     )
-    run = posegraph("run", "p.yaml", "--max-frames", "60", "--metrics-port", str(port))
+    run = posegraph("run", "p.yaml", "--max-frames", "40", "--metrics-port", str(port))
 
     def scrape():
         try:
@@ -265,7 +265,7 @@ def test_overload_skips_work_and_exports_the_counts(tmp_path, posegraph):
     code, stdout, stderr = run.wait(240)
     assert code == 0, stderr
     frames = [m for m in read_jsonl(out) if "event" not in m]
-    assert [m["index"] for m in frames] == list(range(60)), "every frame leaves"
+    assert [m["index"] for m in frames] == list(range(40)), "every frame leaves"
     summary = stdout.strip().splitlines()[-1]
     skipped = int(re.search(r"skipped (\d+) \(deadlines\)", summary).group(1))
     assert skipped > 0, summary
