@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from posegraph import codecs, skeletons
+from posegraph.models import save_checkpoint
 from training.cli import main as train_main
 from training.config import ConfigError, load_config
 from training.datasets.coco import CocoPersons, TopDownDataset
@@ -255,6 +256,28 @@ def test_resume_continues_from_the_same_step(synthetic_set, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run differs from a straight one"
     with pytest.raises(FileNotFoundError, match="--resume"):
         Trainer(load_config(config_path, settings), tmp_path / "empty", resume=True)
+
+
+def test_load_from_starts_a_run_from_another_runs_weights(tmp_path):
+    settings = [*TINY, "data.val=null", "schedule.epochs=1"]
+    config_path = CONFIGS / "hrnet_w32_synth_tiny.yaml"
+    source = Trainer(load_config(config_path, [*settings, "seed=5"]), tmp_path / "a")
+    weights = tmp_path / "a.safetensors"
+    save_checkpoint(source.model, weights)
+    fresh = Trainer(load_config(config_path, settings), tmp_path / "b")
+    started = Trainer(load_config(config_path, [*settings, f"load_from={weights}"]), tmp_path / "c")
+    expected = source.model.state_dict()
+    assert (started.epoch, started.step) == (0, 0)
+    assert all(torch.equal(v, expected[k]) for k, v in started.model.state_dict().items())
+    assert not all(torch.equal(v, expected[k]) for k, v in fresh.model.state_dict().items())
+    # another width's weights: one error naming the file, not a half-loaded model
+    wider = Trainer(
+        load_config(config_path, [*settings, "model_overrides.width=16"]), tmp_path / "d"
+    )
+    save_checkpoint(wider.model, tmp_path / "wide.safetensors")
+    wide = [*settings, f"load_from={tmp_path / 'wide.safetensors'}"]
+    with pytest.raises(ValueError, match=r"load_from .*wide\.safetensors: .*other shapes"):
+        Trainer(load_config(config_path, wide), tmp_path / "e")
 
 
 def test_export_writes_onnx_and_safetensors_with_parity(tmp_path):

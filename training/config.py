@@ -145,6 +145,9 @@ class TrainConfig:
         clip_grad_norm: clip the gradient norm to this; None: no clipping.
         flip_test: average with the flipped crop in validation.
         seed: makes the run repeatable (weights, data order, augmentation).
+        load_from: a checkpoint of the same model (``.safetensors`` or ``.pth``) to start from
+            instead of fresh weights: a fine-tuning run with its own schedule (``--resume``
+            continues a run; this starts one).
         device: ``auto`` (CUDA if present), ``cpu`` or ``cuda``.
     """
 
@@ -163,6 +166,7 @@ class TrainConfig:
     clip_grad_norm: float | None = None
     flip_test: bool = True
     seed: int = 0
+    load_from: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def to_dict(self) -> dict[str, Any]:

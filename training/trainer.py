@@ -217,6 +217,12 @@ class Trainer:
             self.collate = collate_erpose
         else:
             raise ValueError(f"no {self.paradigm} loss for codec {self.spec.codec!r}")
+        if config.load_from is not None and not resume:
+            try:
+                load_checkpoint(self.model, Path(config.load_from))
+            except (OSError, ValueError) as error:
+                raise ValueError(f"load_from {config.load_from}: {error}") from error
+            logger.info("starting from the weights of %s", config.load_from)
         self.model.to(self.device)
         self.memory_format = (
             torch.channels_last if config.channels_last else torch.contiguous_format

@@ -16,6 +16,14 @@ from .body import FACE0, FOOT0, LHAND0, RHAND0, Appearance, BodyShape, pose_figu
 from .motion import ACTIVITIES, IMAGE_ACTIVITY_P, Style, pose_for
 from .render import Camera, PersonLayer, Placement, body_to_world, render_person
 
+# Headings of people in still images. Photographed people mostly face the camera; with every
+# heading equally likely, a person's left and right differ only by a few face pixels, and
+# top-down models trained on such data learn the same map for both (HRNet-W16 at 128x96 did,
+# after 2250 steps: left and right heatmaps correlated at 0.9999). So with probability
+# FACING_P a heading is drawn around the camera (normal, FACING_SPREAD radians), else uniformly.
+FACING_P = 0.7
+FACING_SPREAD = np.radians(45.0)
+
 
 @dataclass(frozen=True)
 class SceneConfig:
@@ -287,6 +295,13 @@ def degrade(img: np.ndarray, rng: np.random.Generator, jpeg: bool = True) -> np.
     return out
 
 
+def sample_heading(rng: np.random.Generator) -> float:
+    """A still image's person heading in radians, 0 facing the camera (see FACING_P)."""
+    if rng.random() < FACING_P:
+        return float(np.clip(rng.normal(0.0, FACING_SPREAD), -np.pi, np.pi))
+    return float(rng.uniform(-np.pi, np.pi))
+
+
 def sample_actor(
     rng: np.random.Generator, camera: Camera, height_px: float, activity: str | None = None
 ) -> Actor:
@@ -300,7 +315,7 @@ def sample_actor(
     u = rng.uniform(-0.08, 1.08) * camera.width
     x = (u - camera.cx) * depth / camera.focal
     angles = pose_for(activity, rng.uniform(0, 2 * np.pi), style, rng)
-    place = Placement(x=x, z=depth, yaw=rng.uniform(-np.pi, np.pi))
+    place = Placement(x=x, z=depth, yaw=sample_heading(rng))
     return Actor(shape, look, style, activity, 0.0, place, angles=angles)
 
 
