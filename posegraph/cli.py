@@ -135,12 +135,24 @@ def cmd_score(args) -> int:
     from posegraph import scoring
 
     try:
-        truth = scoring.Truth(args.truth)
-        result = scoring.score(scoring.read_jsonl(args.poses), truth, args.stream)
+        poses = scoring.read_jsonl(args.poses)
+        if args.reference is not None:
+            reference = scoring.read_jsonl(args.reference)
+            result = scoring.compare(poses, reference, args.stream, args.iou)
+        else:
+            result = scoring.score(poses, scoring.Truth(args.truth), args.stream)
     except (OSError, ValueError, KeyError) as exc:
         return _err(f"{args.poses}: {exc}")
     if args.json:
         print(json.dumps(result))
+    elif args.reference is not None:
+        oks = result["keypoint_oks"]
+        print(
+            f"{result['frames']} frames, {result['reference_people']} reference people: "
+            f"box recall {result['box_recall']:.3f}, precision {result['box_precision']:.3f} "
+            f"at IoU {args.iou} (mean IoU {result['mean_iou']:.3f}); keypoint OKS "
+            + ("-" if oks is None else f"{oks:.3f}")
+        )
     else:
         print(
             f"{result['frames']} frames, {result['people']} people: mean OKS "
@@ -191,9 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dot", help="where to write the DOT file (default: FILE.dot here)")
     g.set_defaults(fn=cmd_graph)
 
-    s = sub.add_parser("score", help="score published poses (JSON lines) against a clip's truth")
+    s = sub.add_parser(
+        "score", help="score published poses (JSON lines) against a clip's truth or a reference"
+    )
     s.add_argument("poses", help="the JSON lines a sink.jsonl wrote")
-    s.add_argument("--truth", required=True, help="the clip's ground truth (synth video .json)")
+    against = s.add_mutually_exclusive_group(required=True)
+    against.add_argument("--truth", help="the clip's ground truth (synth video .json)")
+    against.add_argument(
+        "--reference", help="another pipeline's JSON lines on the same video, read as the truth"
+    )
+    s.add_argument("--iou", type=float, default=0.5, help="box IoU of a match (--reference)")
     s.add_argument("--stream", help="score this stream only (default: all frames)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(fn=cmd_score)

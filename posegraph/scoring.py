@@ -11,6 +11,11 @@ one by OKS (Hungarian); a missed person counts OKS 0. Reported:
 - ``AP``, ``AP50``, ``AR``: COCO keypoint AP over the clip's frames (pycocotools).
 
 Only the 17 body keypoints are scored; a whole-body pose's first 17 are its body.
+
+Where no ground truth exists (real video), :func:`compare` scores the poses against another
+pipeline's output on the same video, a reference such as a real detector's
+(``pipelines/real-detector.yaml``): people are matched one to one by box IoU, and the
+reference's boxes and confident keypoints are read as the truth.
 """
 
 from __future__ import annotations
@@ -148,6 +153,89 @@ def _coco_ap(truth: Truth, results: list[dict], image_ids: list[int]) -> dict[st
         ev.accumulate()
         ev.summarize()
     return {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1]), "AR": float(ev.stats[5])}
+
+
+#: Reference keypoints with a score below this are not counted in :func:`compare`'s OKS.
+REFERENCE_KEYPOINT_THRESHOLD = 0.3
+#: Segment area over box area, for the OKS scale of a reference person known by its box
+#: (the factor MMPose applies to detected boxes).
+BOX_AREA_FACTOR = 0.53
+
+
+def _boxes(message: dict[str, Any]) -> tuple[np.ndarray, list[list]]:
+    """(N, 4) xyxy person boxes of a frame message and the people's keypoint lists."""
+    people = [p for p in message.get("people", []) if p.get("box")]
+    boxes = np.array([p["box"][:4] for p in people], np.float64).reshape(-1, 4)
+    return boxes, [p.get("keypoints") or [] for p in people]
+
+
+def compare(
+    messages: list[dict[str, Any]],
+    reference: list[dict[str, Any]],
+    stream: str | None = None,
+    iou_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Agreement of frame messages with a reference pipeline's messages for the same video.
+
+    Frames are paired by (stream, index); frames missing from either side are not counted.
+    Per frame, people are matched one to one by box IoU (Hungarian). Reported:
+    ``box_recall`` (reference people matched at IoU >= ``iou_threshold``),
+    ``box_precision`` (of the poses' people, those matched), ``mean_iou`` of those matches,
+    and ``keypoint_oks``, the mean OKS of the matched people's first 17 keypoints against
+    the reference's, counting reference keypoints scored >= 0.3 (None without keypoints).
+    """
+    from nodes.trackers import box_iou
+
+    sigmas = skeletons.get("coco17").sigmas
+    frames_of = {
+        (m.get("stream"), m["index"]): m
+        for m in reference
+        if "event" not in m and (stream is None or m.get("stream") == stream)
+    }
+    frames = total = found = hits = 0
+    ious: list[float] = []
+    similarities: list[float] = []
+    for m in messages:
+        if "event" in m or (stream is not None and m.get("stream") != stream):
+            continue
+        ref = frames_of.get((m.get("stream"), m["index"]))
+        if ref is None:
+            continue
+        frames += 1
+        truth_boxes, truth_points = _boxes(ref)
+        boxes, points = _boxes(m)
+        total, found = total + len(truth_boxes), found + len(boxes)
+        if len(truth_boxes) == 0 or len(boxes) == 0:
+            continue
+        overlap = box_iou(truth_boxes, boxes)
+        for i, j in zip(*linear_sum_assignment(-overlap), strict=True):
+            if overlap[i, j] < iou_threshold:
+                continue
+            hits += 1
+            ious.append(float(overlap[i, j]))
+            a, b = np.asarray(truth_points[i], np.float32), np.asarray(points[j], np.float32)
+            if len(a) < BODY or len(b) < BODY:
+                continue
+            w, h = truth_boxes[i, 2:] - truth_boxes[i, :2]
+            area = np.array([max(w * h * BOX_AREA_FACTOR, 1.0)], np.float32)
+            visible = (a[None, :BODY, 2] >= REFERENCE_KEYPOINT_THRESHOLD).astype(np.float32)
+            if visible.any():
+                sim = oks(b[None, :BODY, :2], a[None, :BODY, :2], area, sigmas, visible)
+                similarities.append(float(sim[0, 0]))
+    if frames == 0:
+        raise ValueError(
+            f"no frame of {stream or 'any stream'} is in the reference: did both pipelines "
+            "run on the same video (and stream names)?"
+        )
+    return {
+        "frames": frames,
+        "reference_people": total,
+        "people": found,
+        "box_recall": hits / max(total, 1),
+        "box_precision": hits / max(found, 1),
+        "mean_iou": float(np.mean(ious)) if ious else 0.0,
+        "keypoint_oks": float(np.mean(similarities)) if similarities else None,
+    }
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

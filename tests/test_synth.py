@@ -11,20 +11,13 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from xtcocotools.coco import COCO as XtCOCO
 
+from tests.helpers.people import person_at_heading
 from training.synth import (
-    Actor,
-    Appearance,
-    BodyShape,
-    Camera,
-    Placement,
     SceneConfig,
-    Style,
     SyntheticPeople,
     VideoConfig,
-    compose,
     write_video,
 )
-from training.synth.body import NUM_DOF
 from training.synth.cli import main
 from training.synth.scene import sample_heading
 
@@ -69,24 +62,8 @@ def test_crowd_and_border_cases():
     assert cut, "some people should be cut off or have unlabelled points"
 
 
-def _front_and_back(yaw: float):
-    rng = np.random.default_rng(5)
-    camera = Camera(320, 240, 300.0, 160.0, 120.0, 1.5, 0.0)
-    actor = Actor(
-        BodyShape.sample(rng, child=False),
-        Appearance.sample(rng),
-        Style(np.zeros(NUM_DOF), (0.0, 0.0), (0.3, 0.3), False),
-        "stand",
-        0.0,
-        Placement(0.0, 4.0, yaw),
-    )
-    background = np.full((240, 320, 3), 128, np.uint8)
-    _, sample = compose(camera, background, [actor], np.array([0.0, -1.0]))
-    return sample
-
-
 def test_view_from_behind_hides_face_and_keeps_sides():
-    front, back = _front_and_back(0.0), _front_and_back(np.pi)
+    front, back = person_at_heading(0.0), person_at_heading(np.pi)
     kf, kb = front.keypoints[0], back.keypoints[0]
     # COCO sides are the person's own: facing the camera, their left is on the image right.
     assert kf[5, 0] > kf[6, 0] and kf[11, 0] > kf[12, 0] and kf[91, 0] > kf[112, 0]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import time
 import uuid
 
 import msgpack
@@ -133,6 +136,43 @@ def test_frame_plane_reference_counting():
         ref3, _ = owner.put(img)
         assert ref3.slot == ref.slot and ref3.generation == ref.generation + 1
         # a late reader of the old generation no longer maps it
+        assert reader.view(ref) is None
+    finally:
+        reader.close()
+        owner.close()
+        assert unlink_run(run) == 1
+
+
+def _hold_and_die(run: str, ref: ShmRef) -> None:
+    """A reader process that maps a frame and dies without releasing it."""
+    reader = FramePlane(run, "pose", row=2, rows=3)
+    assert reader.view(ref) is not None
+    os._exit(0)
+
+
+def test_frame_plane_reclaims_only_what_a_dead_process_held():
+    run = uuid.uuid4().hex[:8]
+    owner = FramePlane(run, "src", row=0, rows=3, slots=1, reclaim_after=0.2)
+    reader = FramePlane(run, "sink", row=1, rows=3)
+    img = np.full((8, 8, 3), 7, np.uint8)
+    try:
+        ref, _ = owner.put(img)
+        assert reader.view(ref) is not None  # a live, slow reader holds the only slot
+        time.sleep(0.3)
+        assert owner.put(img) is None  # so the image goes inline: the reader keeps its frame
+        assert (owner.reclaimed, owner.fallbacks) == (0, 1)
+        np.testing.assert_array_equal(reader.view(ref), img)
+        reader.release(ref)
+
+        ref, _ = owner.put(img)
+        child = multiprocessing.get_context("fork").Process(target=_hold_and_die, args=(run, ref))
+        child.start()
+        child.join(10)
+        assert child.exitcode == 0
+        assert owner.put(img) is None  # held for less than reclaim_after: not yet
+        time.sleep(0.3)
+        again, _ = owner.put(img)  # its holder has died: the slot is taken back
+        assert owner.reclaimed == 1 and again.generation == ref.generation + 1
         assert reader.view(ref) is None
     finally:
         reader.close()

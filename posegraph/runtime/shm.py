@@ -4,6 +4,7 @@ A pool is one POSIX shared-memory segment owned by the process that writes image
 (usually a source). It holds ``slots`` image slots and an accounting header::
 
     generation[slots]            uint64, written by the owner when a slot is (re)used
+    pids[rows]                   int64, the pid of the process on each row that mapped it
     acquired[rows, slots]        uint64, references created by each process (monotonic)
     released[rows, slots]        uint64, references dropped by each process (monotonic)
 
@@ -16,10 +17,13 @@ it pairs with, so a stale read can only make a slot look busy, never free. A slo
 therefore never reused while a reader may still hold it.
 
 References held by a process that is killed are never released. When no slot is free,
-the owner reclaims a slot that has been held for longer than ``reclaim_after`` seconds
-(bumping its generation, so that a late holder's release is ignored); if none qualifies
-it sends the image inline instead of waiting. Either way nothing blocks for long and the
-event is counted.
+the owner reclaims the oldest slot if it has been held for longer than ``reclaim_after``
+seconds and a process that mapped the pool has died (or been replaced by a restart) since
+the slot was written (bumping its generation, so that a late holder's release is ignored).
+Otherwise the slot's holders are alive and merely slow (a pipeline reading a file as fast
+as it decodes keeps many frames in its queues): the image goes inline instead, and no
+frame that a live process holds is taken from it. Either way nothing blocks for long and
+the event is counted.
 """
 
 from __future__ import annotations
@@ -49,13 +53,24 @@ def _untrack(shm: shared_memory.SharedMemory) -> None:
         pass
 
 
-def _layout(slots: int, rows: int) -> tuple[int, int, int, int]:
+def _layout(slots: int, rows: int) -> tuple[int, int, int, int, int]:
     gen = _ALIGN
-    acq = gen + 8 * slots
+    pids = gen + 8 * slots
+    acq = pids + 8 * rows
     rel = acq + 8 * slots * rows
     data = rel + 8 * slots * rows
     data = (data + _ALIGN - 1) // _ALIGN * _ALIGN
-    return gen, acq, rel, data
+    return gen, pids, acq, rel, data
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _Segment:
@@ -65,8 +80,9 @@ class _Segment:
         self.shm = shm
         header = np.ndarray((4,), np.uint64, shm.buf, 0)
         self.slots, self.rows, self.slot_bytes = int(header[0]), int(header[1]), int(header[2])
-        gen, acq, rel, data = _layout(self.slots, self.rows)
+        gen, pids, acq, rel, data = _layout(self.slots, self.rows)
         self.generation = np.ndarray((self.slots,), np.uint64, shm.buf, gen)
+        self.pids = np.ndarray((self.rows,), np.int64, shm.buf, pids)
         self.acquired = np.ndarray((self.rows, self.slots), np.uint64, shm.buf, acq)
         self.released = np.ndarray((self.rows, self.slots), np.uint64, shm.buf, rel)
         self.data_offset = data
@@ -78,12 +94,48 @@ class _Segment:
         return arr
 
     def close(self) -> None:
-        self.generation = self.acquired = self.released = None  # drop buffer exports
+        # drop the buffer exports
+        self.generation = self.pids = self.acquired = self.released = None
         try:
             self.shm.close()
         except BufferError:
             # a node still holds a view of a slot; the mapping goes with the process
             pass
+
+
+class _Owned:
+    """An own pool, with what its owner remembers: when each slot was written, the pids
+    last seen on each row, and when each row's process was last seen to die or be replaced
+    (-inf: never)."""
+
+    #: seconds between checks that the processes on the rows are alive
+    POLL = 0.5
+
+    def __init__(self, segment: _Segment, written_at: np.ndarray) -> None:
+        self.segment = segment
+        self.written_at = written_at
+        self.pids = segment.pids.copy()
+        self.gone_at = np.full(segment.rows, -np.inf)
+        self.dead: set[int] = set()
+        self.polled = -np.inf
+
+    def watch(self, now: float, poll: bool = False) -> None:
+        """Note the rows whose process changed (a restart) or, every POLL s, died."""
+        current = self.segment.pids.copy()
+        self.gone_at[(self.pids != 0) & (current != self.pids)] = now
+        self.pids = current
+        if not poll and now - self.polled < self.POLL:
+            return
+        self.polled = now
+        for row, pid in enumerate(current.tolist()):
+            if pid > 0 and pid not in self.dead and not _alive(pid):
+                self.dead.add(pid)
+                self.gone_at[row] = now
+
+    def died_since(self, written: float, now: float) -> bool:
+        """Has a process that mapped the pool died, or been replaced, since ``written``?"""
+        self.watch(now, poll=True)
+        return bool(np.any(self.gone_at >= written))
 
 
 class FramePlane:
@@ -108,7 +160,7 @@ class FramePlane:
         self.slots = slots
         self.reclaim_after = reclaim_after
         self._lock = threading.Lock()
-        self._own: list[tuple[_Segment, np.ndarray]] = []  # segment, time each slot was written
+        self._own: list[_Owned] = []
         self._mapped: dict[str, _Segment] = {}
         self.fallbacks = 0
         self.reclaimed = 0
@@ -127,11 +179,12 @@ class FramePlane:
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape)) * dtype.itemsize
         with self._lock:
-            pool = next((p for p in self._own if p[0].slot_bytes >= nbytes), None)
+            pool = next((p for p in self._own if p.segment.slot_bytes >= nbytes), None)
             if pool is None:
                 pool = self._create(nbytes)
-            seg, written_at = pool
-            slot = self._free_slot(seg, written_at)
+            seg, written_at = pool.segment, pool.written_at
+            pool.watch(time.monotonic())
+            slot = self._free_slot(pool)
             if slot is None:
                 self.fallbacks += 1
                 return None
@@ -151,12 +204,12 @@ class FramePlane:
         view.flags.writeable = False
         return ref, view
 
-    def _create(self, nbytes: int) -> tuple[_Segment, np.ndarray]:
+    def _create(self, nbytes: int) -> _Owned:
         self._serial += 1
         # the pid keeps the name unique when a restarted process makes its pools again
         name = f"pg-{self.run_id}-{self.owner}-{os.getpid()}-{self._serial}"
         slot_bytes = (nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
-        total = _layout(self.slots, self.rows)[3] + slot_bytes * self.slots
+        total = _layout(self.slots, self.rows)[-1] + slot_bytes * self.slots
         shm = shared_memory.SharedMemory(name=name, create=True, size=total)
         _untrack(shm)
         header = np.ndarray((4,), np.uint64, shm.buf, 0)
@@ -164,15 +217,18 @@ class FramePlane:
         del header
         seg = _Segment(shm)
         seg.generation[:] = 0
+        seg.pids[:] = 0
+        seg.pids[self.row] = os.getpid()
         seg.acquired[:] = 0
         seg.released[:] = 0
         self._mapped[name] = seg
-        entry = (seg, np.zeros(self.slots))
+        entry = _Owned(seg, np.zeros(self.slots))
         self._own.append(entry)
         log.debug("frame plane: pool %s, %d slots of %d bytes", name, self.slots, slot_bytes)
         return entry
 
-    def _free_slot(self, seg: _Segment, written_at: np.ndarray) -> int | None:
+    def _free_slot(self, pool: _Owned) -> int | None:
+        seg, written_at = pool.segment, pool.written_at
         deadline = time.monotonic() + 0.02
         while True:
             released = seg.released.sum(axis=0)  # read releases before acquires: see module doc
@@ -183,15 +239,16 @@ class FramePlane:
                 return int(free[np.argmin(written_at[free])])
             now = time.monotonic()
             oldest = int(np.argmin(written_at))
-            if now - written_at[oldest] > self.reclaim_after:
+            held = now - written_at[oldest]
+            if held > self.reclaim_after and pool.died_since(written_at[oldest], now):
                 seg.released[self.row, oldest] += int(acquired[oldest] - released[oldest])
                 self.reclaimed += 1
                 log.warning(
-                    "frame plane: reclaimed slot %d of %s, held for %.0f s (a reader "
-                    "died holding it)",
+                    "frame plane: reclaimed slot %d of %s, held for %.0f s by a process "
+                    "that has died since",
                     oldest,
                     seg.shm.name,
-                    now - written_at[oldest],
+                    held,
                 )
                 return oldest
             if now > deadline:
@@ -206,6 +263,7 @@ class FramePlane:
             shm = shared_memory.SharedMemory(name=pool)
             _untrack(shm)
             seg = _Segment(shm)
+            seg.pids[self.row] = os.getpid()  # this process's row: only it writes there
             self._mapped[pool] = seg
         return seg
 
