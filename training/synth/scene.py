@@ -19,7 +19,7 @@ from .render import Camera, PersonLayer, Placement, body_to_world, render_person
 # Headings of people in still images. Photographed people mostly face the camera; with every
 # heading equally likely, a person's left and right differ only by a few face pixels, and
 # top-down models trained on such data learn the same map for both (HRNet-W16 at 128x96 did,
-# after 2250 steps: left and right heatmaps correlated at 0.9999). So with probability
+# after 2250 steps: both points of a pair on one pixel). So with probability
 # FACING_P a heading is drawn around the camera (normal, FACING_SPREAD radians), else uniformly.
 FACING_P = 0.7
 FACING_SPREAD = np.radians(45.0)
