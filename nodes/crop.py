@@ -20,9 +20,9 @@ Pixel convention: the box centre maps to (w / 2, h / 2), as in HRNet's
 ``get_affine_transform``; a codec that works to another convention (UDP) maps keypoints
 back with its own.
 
-The crops are cut on the CPU here. When the pose model runs on a GPU, the pose node cuts
-them there from the same matrices (run this node with ``images: false`` to send only
-the matrices and no pixels).
+The crops are cut on the CPU here. With ``images: false`` only the matrices go on and the
+pose node cuts the crops itself from the frame (on the CPU too; cutting them on the GPU
+beside the model is not built yet). The pose node normalises on the model's device.
 """
 
 from __future__ import annotations
@@ -98,8 +98,7 @@ class TopDownCrop(Node):
         width, height: an explicit crop size instead (both, e.g. for an ONNX pose model).
         max_persons: at most this many crops per frame, best detection scores first.
         padding: how much larger than the box the crop is (1.25 as HRNet).
-        images: cut the crops here; off, only the matrices go on (the pose node crops on
-            its GPU).
+        images: cut the crops here; off, only the matrices go on (the pose node crops).
     """
 
     def __init__(
