@@ -134,6 +134,8 @@ def cmd_run(args) -> int:
 def cmd_score(args) -> int:
     from posegraph import scoring
 
+    if not 0.0 < args.iou <= 1.0:
+        return _err(f"--iou {args.iou}: give a box IoU above 0 and at most 1, e.g. 0.5")
     try:
         poses = scoring.read_jsonl(args.poses)
         if args.reference is not None:

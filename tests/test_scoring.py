@@ -136,3 +136,7 @@ def test_cli_compares_with_a_reference(tmp_path, posegraph, truth):
         "score", str(poses), "--reference", str(reference), "--truth", str(TRUTH)
     ).wait()
     assert code == 2 and "not allowed with" in stderr
+    code, _, stderr = posegraph(
+        "score", str(poses), "--reference", str(reference), "--iou", "50"
+    ).wait()
+    assert code == 2 and "--iou 50" in stderr and stderr.count("\n") == 1
