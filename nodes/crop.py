@@ -21,11 +21,18 @@ Pixel convention: the box centre maps to (w / 2, h / 2), as in HRNet's
 back with its own.
 
 The crops are cut on the CPU here. With ``images: false`` only the matrices go on and the
-pose node cuts the crops itself from the frame (on the CPU too; cutting them on the GPU
-beside the model is not built yet). The pose node normalises on the model's device.
+pose node cuts the crops itself from the frame: with a torch model on a CUDA device it
+uploads each frame once and samples every crop there (:class:`DeviceFrames`,
+``grid_sample`` with the same geometry as ``cv2.warpAffine``), so only the frame's pixels
+cross to the GPU; otherwise with OpenCV. The pose node normalises on the model's device.
 """
 
 from __future__ import annotations
+
+import itertools
+import threading
+import warnings
+from typing import Any
 
 import cv2
 import numpy as np
@@ -87,6 +94,128 @@ def warp_crops(image: np.ndarray, affine: np.ndarray, size: tuple[int, int]) -> 
             image, m, (w, h), dst=crop, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
         )
     return crops
+
+
+#: One row per crop for :class:`DeviceFrames`: the frame's id, 1 to mirror the crop, then
+#: its (2, 3) inverse matrix (crop pixels -> image pixels), row-major.
+CROP_ROW = 8
+
+
+class DeviceFrames:
+    """Frames on a torch device, from which crops are sampled there.
+
+    A node puts a frame here (:meth:`add`, one upload), asks for its crops by id in rows of
+    :data:`CROP_ROW` numbers, and removes it when its crops have run. One table per device
+    and process, so that nodes sharing a model on the scheduler share it too. A row whose
+    frame is gone (id 0: the scheduler's padding; or a request given up at its deadline
+    while its batch ran) gives a black crop.
+    """
+
+    _tables: dict[str, DeviceFrames] = {}
+    _tables_lock = threading.Lock()
+
+    def __init__(self, device: str):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.frames: dict[int, Any] = {}
+        self.lock = threading.Lock()
+        self.ids = itertools.count(1)
+
+    @classmethod
+    def on(cls, device: str) -> DeviceFrames:
+        with cls._tables_lock:
+            table = cls._tables.get(device)
+            if table is None:
+                table = cls._tables[device] = cls(device)
+            return table
+
+    def add(self, image: np.ndarray) -> int:
+        """Upload ``image`` (H, W, 3) uint8; its id for the crop rows (exact in float32)."""
+        torch = self.torch
+        image = np.ascontiguousarray(image)
+        if not image.flags.writeable:  # a shared-memory frame: torch only reads it here
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                pixels = torch.from_numpy(image)
+        else:
+            pixels = torch.from_numpy(image)
+        frame = pixels.to(self.device).permute(2, 0, 1).unsqueeze(0).float()  # (1, 3, H, W)
+        with self.lock:
+            fid = next(self.ids) % (1 << 24)  # float32 holds every integer below 2**24
+            if fid == 0:
+                fid = next(self.ids) % (1 << 24)
+            self.frames[fid] = frame
+        return fid
+
+    def remove(self, fid: int) -> None:
+        with self.lock:
+            self.frames.pop(fid, None)
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self.frames)
+
+    @staticmethod
+    def rows(fid: int, inverse: np.ndarray, flip: bool = False) -> np.ndarray:
+        """Crop rows (N, CROP_ROW) float32 for the crops of one frame."""
+        inverse = np.asarray(inverse, np.float32).reshape(-1, 6)
+        rows = np.empty((len(inverse), CROP_ROW), np.float32)
+        rows[:, 0] = fid
+        rows[:, 1] = float(flip)
+        rows[:, 2:] = inverse
+        return rows
+
+    def crops(self, rows: np.ndarray, size: tuple[int, int]) -> Any:
+        """Crops (B, 3, h, w) float32, BGR on the 0-255 scale, on the device, for ``rows``
+        (B, CROP_ROW); ``size`` is (w, h).
+
+        ``cv2.warpAffine``'s geometry (crop pixel (x, y) samples the image at
+        ``inverse @ (x, y, 1)``, pixel centres at integers, black outside) through
+        ``grid_sample`` with ``align_corners=True``; bilinear in float, not rounded to
+        uint8.
+        """
+        torch = self.torch
+        functional = torch.nn.functional
+        w, h = size
+        rows = np.asarray(rows, np.float32).reshape(-1, CROP_ROW)
+        out = torch.zeros((len(rows), 3, h, w), device=self.device)
+        ids = rows[:, 0].astype(np.int64)
+        with self.lock:
+            frames = {int(f): self.frames.get(int(f)) for f in np.unique(ids) if f}
+        ys, xs = torch.meshgrid(
+            torch.arange(h, dtype=torch.float32, device=self.device),
+            torch.arange(w, dtype=torch.float32, device=self.device),
+            indexing="ij",
+        )
+        crop_px = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, h * w, 3)
+        inverse = torch.from_numpy(rows[:, 2:].reshape(-1, 2, 3).copy()).to(self.device)
+        source = crop_px @ inverse.transpose(1, 2)  # (B, h*w, 2) image pixels
+        for fid, frame in frames.items():
+            if frame is None:
+                continue
+            picked = np.flatnonzero(ids == fid)
+            _, _, height, width = frame.shape
+            span = torch.tensor(
+                [max(width - 1, 1), max(height - 1, 1)], dtype=torch.float32, device=self.device
+            )
+            grid = source[torch.from_numpy(picked).to(self.device)] * (2 / span) - 1
+            # every crop of the frame in one call: the grids stacked along the height
+            sampled = functional.grid_sample(
+                frame,
+                grid.view(1, len(picked) * h, w, 2),
+                mode="bilinear",
+                padding_mode="zeros",
+                align_corners=True,
+            )
+            out[torch.from_numpy(picked).to(self.device)] = sampled.view(
+                3, len(picked), h, w
+            ).transpose(0, 1)
+        flip = torch.from_numpy(np.flatnonzero(rows[:, 1] > 0.5)).to(self.device)
+        if len(flip):
+            out[flip] = out[flip].flip(-1)
+        return out
 
 
 @register("crop.topdown")

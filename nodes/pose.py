@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from nodes import decoders
-from nodes.crop import warp_crops
+from nodes.crop import DeviceFrames, warp_crops
 from nodes.detectors import letterbox, onnx_providers
 from nodes.sources import resolve_path
 from posegraph import codecs, skeletons
@@ -62,9 +62,12 @@ class Normalise:
 
     def torch(self, images: Any, dtype: Any) -> Any:
         """The same on a torch uint8 tensor (B, h, w, 3), on its device."""
+        return self.torch_planar(images.permute(0, 3, 1, 2).float(), dtype)
+
+    def torch_planar(self, x: Any, dtype: Any) -> Any:
+        """The same on float BGR pixels (B, 3, h, w) on the 0-255 scale, on their device."""
         import torch
 
-        x = images.permute(0, 3, 1, 2).float()
         if self.rgb:
             x = x.flip(1)
         mean = torch.as_tensor(self.mean, device=x.device).view(1, 3, 1, 1)
@@ -75,11 +78,20 @@ class Normalise:
 class TorchModel:
     """A zoo model on a torch device: uint8 BGR images (B, h, w, 3) in, named numpy out.
 
-    Preprocessing runs on the model's device, so on CUDA only uint8 pixels are copied.
+    Preprocessing runs on the model's device, so on CUDA only uint8 pixels are copied. With
+    ``frames`` the items are crop rows instead (:class:`~nodes.crop.DeviceFrames`), whose
+    crops of ``size`` (w, h) are sampled on the device from frames uploaded once.
     """
 
     def __init__(
-        self, model: Any, normalise: Normalise, device: str, fp16: bool, single_output: str
+        self,
+        model: Any,
+        normalise: Normalise,
+        device: str,
+        fp16: bool,
+        single_output: str,
+        frames: DeviceFrames | None = None,
+        size: tuple[int, int] | None = None,
     ):
         import torch
 
@@ -89,12 +101,19 @@ class TorchModel:
         self.model = model.to(self.device, self.dtype).eval()
         self.normalise = normalise
         self.single_output = single_output
+        self.frames = frames
+        self.size = size
 
     def __call__(self, images: np.ndarray) -> Outputs:
         torch = self.torch
         with torch.inference_mode():
-            pixels = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-            out = self.model(self.normalise.torch(pixels, self.dtype))
+            if self.frames is not None:
+                crops = self.frames.crops(images, self.size)
+                x = self.normalise.torch_planar(crops, self.dtype)
+            else:
+                pixels = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+                x = self.normalise.torch(pixels, self.dtype)
+            out = self.model(x)
             named = out if isinstance(out, dict) else {self.single_output: out}
             return {k: v.float().cpu().numpy() for k, v in named.items()}
 
@@ -354,14 +373,24 @@ class _ModelNode(Node):
         else:
             single = decoders.output_names(s["codec"])[0]
             loaded = self._load_zoo_model()
-            model = TorchModel(loaded, normalise, self.device, self.fp16, single)
+            frames = getattr(self, "device_frames", None)
+            size = self.input_size if frames is not None else None
+            model = TorchModel(loaded, normalise, self.device, self.fp16, single, frames, size)
             # nodes that load the same weights share one model on the scheduler; random
             # weights are never shared
             name = self.model_name
             origin = self.weights_path or f"random:{id(loaded)}"
         if pairs:
             model = _pairwise(model, fixed_batch)
-        settings = (origin, self.backend, sorted(self.overrides.items()), self.fp16, pairs)
+        device_crops = getattr(self, "device_frames", None) is not None  # items are crop rows
+        settings = (
+            origin,
+            self.backend,
+            sorted(self.overrides.items()),
+            self.fp16,
+            pairs,
+            device_crops,
+        )
         self.client = Client.attach(
             self.device,
             model_key(name, *settings, self.input_size, s["mean"], s["std"], s["color"]),
@@ -426,6 +455,11 @@ class TopDownPose(_ModelNode):
         batch: most crops per model call (a batch may hold crops of several frames and
             streams); calls are padded to bucket sizes (1, 2, 4...).
         flip_test: also run the mirrored crops and average (twice the model work).
+        crop_on: where the crops are cut when ``crop.topdown`` leaves them to this node
+            (``images: false``): ``device`` samples them on the model's device from the
+            frame, uploaded once (torch backend); ``cpu`` cuts them with OpenCV; ``auto``
+            (default) is ``device`` for torch on CUDA, else ``cpu`` (OpenCV is the faster
+            on a CPU). On ``device`` this node always cuts its own crops.
         decode: decode here; off, raw outputs go to ``meta["pose_outputs"]``.
         keypoint_threshold: keypoint score that counts in the instance score.
         threads: onnxruntime intra-op threads, 0 for its default.
@@ -461,6 +495,7 @@ class TopDownPose(_ModelNode):
         fp16: bool = False,
         batch: int = 8,
         flip_test: bool = False,
+        crop_on: str = "auto",
         decode: bool = True,
         keypoint_threshold: float = 0.2,
         threads: int = 0,
@@ -497,6 +532,19 @@ class TopDownPose(_ModelNode):
             )
         if batch < 1:
             raise NodeError(f"batch must be at least 1, got {batch}")
+        if crop_on not in ("auto", "cpu", "device"):
+            raise NodeError(f"crop_on {crop_on!r}: use auto, cpu or device")
+        if crop_on == "device" and self.backend != "torch":
+            raise NodeError(
+                "crop_on: device samples the crops with torch beside the model, which needs "
+                "backend torch; with onnxruntime use crop_on: cpu (OpenCV)"
+            )
+        if crop_on == "auto":
+            on_gpu = self.backend == "torch" and self.device != "cpu"
+            crop_on = "device" if on_gpu else "cpu"
+        self.crop_on = crop_on
+        self.device_frames: DeviceFrames | None = None
+        self._unused_images_told = False
         self.given = {
             "input_size": None if input_size is None else tuple(int(v) for v in input_size),
             "mean": mean,
@@ -570,13 +618,28 @@ class TopDownPose(_ModelNode):
         settled["codec_kwargs"] = kwargs
         self.settled = settled
         self.input_size = (int(w), int(h))
-        crop = np.zeros((int(h), int(w), 3), np.uint8)
-        example = np.stack([crop, crop]) if self.flip_test else crop
-        self._start_model(bucket_sizes(self.batch), example, pairs=self.flip_test)
+        if self.crop_on == "device":
+            self._check_device()
+            self.device_frames = DeviceFrames.on(self.device)
+            # warm-up crops come from a frame of a camera's size, so that the bucket times
+            # include the sampling
+            warm = self.device_frames.add(np.zeros((720, 1280, 3), np.uint8))
+            inverse = np.array([[[1, 0, 0], [0, 1, 0]]], np.float32)
+            row = DeviceFrames.rows(warm, inverse)[0]
+            mirror = DeviceFrames.rows(warm, inverse, flip=True)[0]
+            example = np.stack([row, mirror]) if self.flip_test else row
+            try:
+                self._start_model(bucket_sizes(self.batch), example, pairs=self.flip_test)
+            finally:
+                self.device_frames.remove(warm)
+        else:
+            crop = np.zeros((int(h), int(w), 3), np.uint8)
+            example = np.stack([crop, crop]) if self.flip_test else crop
+            self._start_model(bucket_sizes(self.batch), example, pairs=self.flip_test)
         if self.fallback_model is not None:
             self.fallback = self._start_fallback(ctx)
         log.info(
-            "pose.topdown %s: %s, %s on %s, input %dx%d, buckets %s",
+            "pose.topdown %s: %s, %s on %s, input %dx%d, buckets %s, crops cut on %s",
             ctx.name,
             self.onnx or self.model_name,
             self.backend,
@@ -584,6 +647,7 @@ class TopDownPose(_ModelNode):
             w,
             h,
             self.client.handle.buckets,
+            self.device if self.crop_on == "device" else "cpu (OpenCV)",
         )
 
     def _start_fallback(self, ctx: Context) -> _WholeImagePose:
@@ -646,13 +710,7 @@ class TopDownPose(_ModelNode):
             meta = {**found.meta, "pose_fallback": self.fallback_model}
             meta.pop("crops", None)
             return found.replace(detections=frame.detections, meta=meta)
-        images = crops.get("images")
-        if images is None:
-            images = warp_crops(frame.image, crops["affine"], self.input_size)
-        if self.flip_test:
-            # an item is a crop and its mirror: one batch runs both
-            images = np.stack([images, images[:, :, ::-1]], axis=1)
-        result = self._run(images, frame)
+        result = self._run_crops(frame, crops)
         if not result.done.any():
             # nothing ran in time: the people keep their boxes, the tracker their keypoints
             k = self.skeleton.num_keypoints
@@ -688,6 +746,34 @@ class TopDownPose(_ModelNode):
         if len(skipped):
             poses = _keep_box_scores(poses, crops, frame, skipped)
         return frame.replace(poses=poses, meta=meta)
+
+    def _run_crops(self, frame: Frame, crops: dict[str, Any]) -> Any:
+        """The scheduler's result for the frame's crops, cut here or by crop.topdown; with
+        flip_test an item is a crop and its mirror, which one batch runs both."""
+        if self.device_frames is None:
+            images = crops.get("images")
+            if images is None:
+                images = warp_crops(frame.image, crops["affine"], self.input_size)
+            if self.flip_test:
+                images = np.stack([images, images[:, :, ::-1]], axis=1)
+            return self._run(images, frame)
+        if "images" in crops and not self._unused_images_told:
+            self._unused_images_told = True
+            log.info(
+                "%s: cuts its crops on %s; crop.topdown's crop images go unused: give it "
+                "images: false",
+                self.ctx.name,
+                self.device,
+            )
+        fid = self.device_frames.add(frame.image)
+        try:
+            items = DeviceFrames.rows(fid, crops["inverse"])
+            if self.flip_test:
+                mirrors = DeviceFrames.rows(fid, crops["inverse"], flip=True)
+                items = np.stack([items, mirrors], axis=1)
+            return self._run(items, frame)
+        finally:
+            self.device_frames.remove(fid)
 
 
 def _keep_box_scores(

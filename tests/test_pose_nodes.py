@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from nodes import decoders
-from nodes.crop import TopDownCrop, box_to_center_scale
+from nodes.crop import (
+    DeviceFrames,
+    TopDownCrop,
+    box_to_center_scale,
+    center_scale_to_affine,
+    warp_crops,
+)
 from nodes.pose import BottomUpPose, Normalise, OneStagePose, TopDownPose
 from posegraph import Graph, codecs, skeletons
 from posegraph.codecs.common import PoseInstances, gaussian_heatmaps
@@ -21,6 +28,7 @@ from posegraph.models.export import export_onnx
 from posegraph.node import Context, Node, NodeError
 from posegraph.packet import Detections, Frame
 from posegraph.scheduler import DeviceScheduler, bucket_sizes
+from tests.conftest import SHARED_DATA
 
 # HRNet takes sizes whose quarter is a multiple of 8 (its four branches halve three times).
 SIZE = (64, 96)  # (w, h)
@@ -295,6 +303,68 @@ def test_flip_test_on_an_onnx_graph_of_batch_one(hrnet, tmp_path):
         dynamic.close()
 
 
+# ------------------------------------------------------------ crops on the device
+
+
+def test_crops_sampled_on_the_device_match_opencvs():
+    """grid_sample on an uploaded frame gives cv2.warpAffine's crops: boxes inside, across
+    the border and mostly outside a real photo, plain and mirrored."""
+    image = cv2.imread(str(SHARED_DATA / "coco-mini" / "000000196141.jpg"))
+    height, width = image.shape[:2]
+    rng = np.random.default_rng(0)
+    corner = rng.uniform([-60, -60], [width, height], (24, 2))
+    boxes = np.concatenate([corner, corner + rng.uniform(5, 400, (24, 2))], 1)
+    center, scale = box_to_center_scale(boxes, SIZE[0] / SIZE[1])
+    affine, inverse = center_scale_to_affine(center, scale, SIZE)
+    want = warp_crops(image, affine, SIZE).astype(np.float32)
+    assert (want == 0).all(axis=(1, 2, 3)).sum() < 4  # the boxes mostly see the photo
+
+    table = DeviceFrames.on("cpu")
+    fid = table.add(image)
+    try:
+        got = table.crops(DeviceFrames.rows(fid, inverse), SIZE).permute(0, 2, 3, 1).numpy()
+        mirrored = table.crops(DeviceFrames.rows(fid, inverse, flip=True), SIZE)
+        # OpenCV rounds to uint8 (and samples at 1/32 pixel): half a grey level apart at most
+        assert np.abs(got - want).max() < 0.6
+        assert np.abs(got - want).mean() < 0.2
+        mirrored = mirrored.permute(0, 2, 3, 1).numpy()
+        assert np.abs(mirrored - want[:, :, ::-1]).max() < 0.6
+    finally:
+        table.remove(fid)
+    # a row whose frame is gone (padding, a request given up at its deadline) is black
+    gone = table.crops(DeviceFrames.rows(fid, inverse[:2]), SIZE)
+    padding = table.crops(np.zeros((1, 8), np.float32), SIZE)
+    assert float(gone.abs().max()) == float(padding.abs().max()) == 0.0
+
+
+def test_topdown_pose_cuts_its_crops_on_the_model_device(hrnet):
+    """crop_on: device (here torch on the CPU) feeds the model what the OpenCV crops give,
+    and leaves no frame behind on the device."""
+    frame = cropped_frame(images=False)
+    common = {"weights": hrnet["weights"], "decode": False, "flip_test": True, **ZOO}
+    on_cpu = started(TopDownPose(crop_on="cpu", **common))
+    on_device = started(TopDownPose(crop_on="device", **common))
+    assert on_device.device_frames is DeviceFrames.on("cpu")
+    assert started(TopDownPose(**common)).crop_on == "cpu"  # auto: OpenCV on a CPU model
+    table = DeviceFrames.on("cpu")
+    before = len(table)
+    want = on_cpu.process(frame).meta["pose_outputs"]["outputs"]
+    got = on_device.process(frame).meta["pose_outputs"]["outputs"]
+    assert len(table) == before
+    for name in ("heatmaps", "heatmaps_flipped"):
+        assert got[name].shape == want[name].shape == (2, 17, SIZE[1] // 4, SIZE[0] // 4)
+        # the inputs differ by OpenCV's rounding to uint8 only
+        assert np.abs(got[name] - want[name]).max() < 0.01 * np.abs(want[name]).max()
+    # the mirrored crops are mirrored: their heatmaps are another map
+    assert (
+        np.abs(got["heatmaps"] - got["heatmaps_flipped"]).max()
+        > 0.1 * np.abs(want["heatmaps"]).max()
+    )
+    # crops that crop.topdown did cut are not used on the device: the same outputs
+    again = on_device.process(cropped_frame(images=True)).meta["pose_outputs"]["outputs"]
+    np.testing.assert_allclose(again["heatmaps"], got["heatmaps"], atol=1e-6)
+
+
 # --------------------------------------------------------------------- batching
 
 
@@ -421,6 +491,8 @@ def test_bad_setup_is_a_clear_error(params, message):
         ({"fp16": True}, "fp16 runs with backend torch on a cuda device"),
         ({"codec": "hprnet", "onnx": "m.onnx"}, "pose.topdown decodes"),
         ({"device": "gpu"}, "use cpu, cuda or cuda:N"),
+        ({"crop_on": "gpu"}, "crop_on 'gpu': use auto, cpu or device"),
+        ({"onnx": "m.onnx", "codec": "simcc", "crop_on": "device"}, "needs backend torch"),
     ],
 )
 def test_bad_parameters_are_a_clear_error(params, message):
