@@ -287,6 +287,89 @@ def streams(
     return result
 
 
+def crops(
+    people: tuple[int, ...] = (1, 4, 16, 32),
+    frame_size: tuple[int, int] = (1920, 1080),
+    model: str = "hrnet_w16_128x96",
+    device: str = "cpu",
+    repeat: int = 20,
+) -> dict:
+    """A top-down model's input for P people of one frame, ready on ``device``: cut with
+    OpenCV on the CPU and copied over (``opencv``, the baseline) against the frame copied
+    once and every crop sampled there (``device``, what ``pose.topdown`` does with
+    ``crop_on: device``). Median milliseconds of ``repeat`` runs, and the largest
+    difference between the two inputs (normalised units)."""
+    import torch
+
+    from nodes.crop import DeviceFrames, box_to_center_scale, center_scale_to_affine, warp_crops
+    from nodes.pose import Normalise
+    from posegraph.models import spec_of
+
+    spec = spec_of(model)
+    size = tuple(spec.input_size)
+    normalise = Normalise(spec.mean, spec.std, spec.color)
+    target = torch.device(device)
+    width, height = frame_size
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (height, width, 3), np.uint8)
+    table = DeviceFrames.on(device)
+
+    def sync() -> None:
+        if target.type == "cuda":
+            torch.cuda.synchronize(target)
+
+    def opencv(affine: np.ndarray) -> torch.Tensor:
+        cut = warp_crops(image, affine, size)
+        return normalise.torch(torch.from_numpy(cut).to(target), torch.float32)
+
+    def sampled(inverse: np.ndarray) -> torch.Tensor:
+        fid = table.add(image)
+        try:
+            return normalise.torch_planar(
+                table.crops(DeviceFrames.rows(fid, inverse), size), torch.float32
+            )
+        finally:
+            table.remove(fid)
+
+    result: dict = {
+        "device": device,
+        "frame": [width, height],
+        "crop": list(size),
+        "model": model,
+        "repeat": repeat,
+        "cells": [],
+    }
+    for n in people:
+        h = rng.uniform(0.2, 0.6, n) * height  # standing people, a third as wide as tall
+        x = rng.uniform(0, width - h / 3)
+        y = rng.uniform(0, height - h)
+        boxes = np.stack([x, y, x + h / 3, y + h], 1).astype(np.float32)
+        center, scale = box_to_center_scale(boxes, size[0] / size[1])
+        affine, inverse = center_scale_to_affine(center, scale, size)
+        with torch.inference_mode():
+            diff = float((opencv(affine) - sampled(inverse)).abs().max())
+            base = None
+            for mode, run, matrices in (("opencv", opencv, affine), ("device", sampled, inverse)):
+                times = []
+                for _ in range(repeat):
+                    start = time.perf_counter()
+                    run(matrices)
+                    sync()
+                    times.append(time.perf_counter() - start)
+                ms = float(np.median(times) * 1000)
+                base = ms if base is None else base
+                result["cells"].append(
+                    {
+                        "people": n,
+                        "mode": mode,
+                        "ms_p50": round(ms, 3),
+                        "speedup": round(base / ms, 3),
+                        "max_diff": round(diff, 5),
+                    }
+                )
+    return result
+
+
 def _print_table(title: str, columns: tuple[str, ...], rows: list[list[str]], caption: str):
     from rich.console import Console
     from rich.table import Table
@@ -319,6 +402,29 @@ def _print_streams(result: dict) -> None:
         ],
         "baseline: each model node works on one frame at a time; in_flight: on one frame "
         "per stream, so the streams' images and crops share batches",
+    )
+
+
+def _print_crops(result: dict) -> None:
+    w, h = result["frame"]
+    cw, ch = result["crop"]
+    _print_table(
+        f"crops of one {w}x{h} frame at {cw}x{ch} ({result['model']}), normalised, on "
+        f"{result['device']}: median of {result['repeat']} runs",
+        ("people", "mode", "ms", "speed-up", "max diff"),
+        [
+            [
+                str(c["people"]),
+                c["mode"],
+                f"{c['ms_p50']:.2f}",
+                f"{c['speedup']:.2f}",
+                f"{c['max_diff']:.4f}",
+            ]
+            for c in result["cells"]
+        ],
+        "opencv: cv2.warpAffine per crop on the CPU, crops copied to the device; device: "
+        "the frame copied once, crops sampled there (pose.topdown crop_on: device); max diff: "
+        "the largest difference of the two inputs, in normalised units",
     )
 
 
@@ -414,6 +520,10 @@ def main(args) -> int:
             _numbers(args.streams), args.people, args.seconds, args.repeat, args.device
         )
         show = _print_streams
+    elif args.bench == "crops":
+        w, h = _numbers(args.frame.replace("x", ","))
+        result = crops(_numbers(args.people), (w, h), args.model, args.device, args.repeat)
+        show = _print_crops
     elif args.bench == "transport":
         result = transport(args.frames, args.width, args.height, args.clip)
         show = _print_transport

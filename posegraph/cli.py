@@ -251,6 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--seconds", type=float, default=4.0, help="length of each cell")
     lt.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     lt.add_argument("--json", action="store_true")
+    cr = bsub.add_parser(
+        "crops", help="a top-down model's crops of one frame: OpenCV vs sampled on the device"
+    )
+    cr.add_argument("--people", default="1,4,16,32", help="crops per frame, comma-separated")
+    cr.add_argument("--frame", default="1920x1080", help="frame size WxH")
+    cr.add_argument("--model", default="hrnet_w16_128x96", help="zoo model: the crop size")
+    cr.add_argument("--repeat", type=int, default=20, help="runs per cell (the median counts)")
+    cr.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    cr.add_argument("--json", action="store_true")
     for name, (_module, help_text) in DELEGATED_BENCH.items():
         bsub.add_parser(name, help=help_text, add_help=False)
     b.set_defaults(fn=cmd_bench)

@@ -365,6 +365,24 @@ def test_topdown_pose_cuts_its_crops_on_the_model_device(hrnet):
     np.testing.assert_allclose(again["heatmaps"], got["heatmaps"], atol=1e-6)
 
 
+def test_bench_crops_times_both_ways_and_checks_they_agree(capsys):
+    from posegraph.cli import main
+
+    assert main(["bench", "crops", "--people", "1,3", "--frame", "320x240", "--repeat", "2",
+                 "--json"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert result["device"] == "cpu" and result["frame"] == [320, 240]
+    assert result["crop"] == [96, 128]  # the default model's input
+    cells = {(c["people"], c["mode"]): c for c in result["cells"]}
+    assert set(cells) == {(n, m) for n in (1, 3) for m in ("opencv", "device")}
+    for cell in cells.values():
+        assert cell["ms_p50"] > 0 and cell["speedup"] > 0
+        if cell["mode"] == "opencv":
+            assert cell["speedup"] == 1.0  # the baseline
+        # half a grey level over ImageNet's std (57 to 58), in normalised units
+        assert cell["max_diff"] < 0.5 / 57 + 1e-3
+
+
 # --------------------------------------------------------------------- batching
 
 
