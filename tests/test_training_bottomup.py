@@ -132,12 +132,15 @@ def test_coco_images_read_wholebody_parts_and_body_files(validation_set):
 
 
 #: Measured on these runs (CPU, one thread, images seen again without augmentation): HPRNet's
-#: epoch mean loss falls from 9.57 to 4.36 in three epochs of 8 steps (ratio 0.46), ER-Pose's
-#: from 45.7 to 10.6 in three of 10 (0.23). Validation AP on three other images is 0 after so
-#: few steps; that it is computed right is the ground-truth test below. The ceilings sit
-#: above the measured ratios with margin.
+#: epoch mean loss falls from 9.57 to 4.36 in three epochs of 8 steps (ratio 0.46). Its
+#: validation AP on three other images is 0 after so few steps; that it is computed right is
+#: the ground-truth test below. The ceiling sits above the measured ratio with margin.
 HPRNET_LOSS_RATIO_CEILING = 0.7
-ERPOSE_LOSS_RATIO_CEILING = 0.6
+#: ER-Pose on eight images it sees again (no augmentation, 200 steps of 4): the epoch mean
+#: loss fell from 31.6 to 2.0 (ratio 0.063) and the AP on the same images reached 0.69 (AP50
+#: 0.88) in the run that set these floors. A model that learns nothing scores 0 there.
+ERPOSE_LOSS_RATIO_CEILING = 0.2
+ERPOSE_MEMORISED_AP_FLOOR = 0.4
 
 
 def test_hprnet_tiny_run_lowers_loss_and_validates_body_ap(validation_set, tmp_path):
@@ -158,17 +161,27 @@ def test_hprnet_tiny_run_lowers_loss_and_validates_body_ap(validation_set, tmp_p
     assert (tmp_path / "hprnet" / "best.safetensors").is_file()
 
 
-def test_erpose_tiny_run_lowers_loss_and_validates_ap(validation_set, tmp_path):
-    overrides = ["data.train.length=4", "batch_size=4", "augmentation.enabled=false"]
-    overrides += ["schedule.epochs=3", "schedule.steps_per_epoch=10", "schedule.val_every=3"]
-    overrides += ["ema.enabled=false"]
-    overrides += ["data.val.kind=coco", f"data.val.annotations={validation_set['body']}"]
-    overrides += [f"data.val.images={validation_set['images']}"]
-    trainer = _run("erpose_n_synth.yaml", tmp_path / "erpose", overrides)
+def test_erpose_learns_the_keypoints_of_images_it_sees_again(tmp_path):
+    """The whole one-stage chain (targets, keypoint-driven assignment, OKS loss, NMS-free
+    decoding, COCO scoring) agrees with itself: eight images seen again are learnt."""
+    root = tmp_path / "images"
+    body, _ = write_synthetic_coco(root, 8, seed=3, config=SCENE)
+    data = [f"data.{split}.kind=coco" for split in ("train", "val")]
+    data += [f"data.{split}.annotations={body}" for split in ("train", "val")]
+    data += [f"data.{split}.images={root}" for split in ("train", "val")]
+    overrides = [*data, "batch_size=4", "augmentation.enabled=false", "ema.enabled=false"]
+    overrides += ["schedule.epochs=4", "schedule.steps_per_epoch=50", "schedule.val_every=4"]
+    config = load_config(
+        CONFIGS / "erpose_n_synth.yaml",
+        [*(s for s in SYNTHETIC if not s.startswith("data.train")), *overrides],
+    )
+    trainer = Trainer(config, tmp_path / "erpose", False)
+    trainer.fit()
     history = trainer.history
-    assert [r["step"] for r in history] == [10, 20, 30]
+    assert [r["step"] for r in history] == [50, 100, 150, 200]
     assert history[-1]["loss"] < ERPOSE_LOSS_RATIO_CEILING * history[0]["loss"], history
-    assert 0.0 <= history[-1]["AP"] <= 1.0 and {"AP50", "AR"} <= history[-1].keys()
+    assert history[-1]["AP"] >= ERPOSE_MEMORISED_AP_FLOOR, history[-1]
+    assert {"AP50", "AR", "box_AP"} <= history[-1].keys()
 
 
 def test_resume_continues_from_the_same_step(tmp_path):
