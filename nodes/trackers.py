@@ -8,8 +8,10 @@ survives a short occlusion.
 
 Where the frame carries poses, the matching cost is one minus the Object Keypoint
 Similarity of each track's last keypoints (moved with its predicted box) and each person's
-keypoints, with the sigmas of the frame's skeleton; two people whose boxes overlap while
-they cross keep their ids because their keypoints differ. Without keypoints (a frame with
+keypoints, with the sigmas of the frame's skeleton (the person's keypoints as they are or
+with left and right swapped, whichever matches better: pose models swap the sides of people
+seen from the back); two people whose boxes overlap while they cross keep their ids because
+their keypoints differ. Without keypoints (a frame with
 detections only, an unknown skeleton, or a pair with fewer than four confident keypoints in
 common) the cost is one minus the box IoU.
 
@@ -269,7 +271,8 @@ class People:
     """The people of one frame as the tracker sees them.
 
     ``boxes`` (N, 4) xyxy, ``scores`` (N,); with poses, ``keypoints`` (N, K, 2) and
-    ``keypoint_scores`` (N, K), and ``sigmas`` (K,) when the skeleton is known.
+    ``keypoint_scores`` (N, K), and ``sigmas`` (K,) and ``flip`` (K,) (each keypoint's
+    mirror) when the skeleton is known.
     """
 
     boxes: np.ndarray
@@ -277,6 +280,7 @@ class People:
     keypoints: np.ndarray | None = None
     keypoint_scores: np.ndarray | None = None
     sigmas: np.ndarray | None = None
+    flip: np.ndarray | None = None
 
 
 @dataclass
@@ -322,6 +326,9 @@ class ByteTrack(Node):
         fuse_score: weigh the similarity by the person's score in the first round and when
             confirming new tracks (ByteTrack's ``fuse_score``); turn it off for models whose
             scores run low, or every match costs too much.
+        mirror_invariant: a person's keypoints match a track as they are or with left and
+            right swapped, whichever is the closer (pose models swap the sides of people
+            seen from the back, not always the same way from frame to frame).
     """
 
     def __init__(
@@ -342,6 +349,7 @@ class ByteTrack(Node):
         beta: float = 0.2,
         d_cutoff: float = 1.0,
         fuse_score: bool = True,
+        mirror_invariant: bool = True,
     ):
         self.high_thresh = high_thresh
         self.low_thresh = low_thresh
@@ -359,6 +367,7 @@ class ByteTrack(Node):
         self.beta = beta
         self.d_cutoff = d_cutoff
         self.fuse_score = fuse_score
+        self.mirror_invariant = mirror_invariant
         self.kalman = BoxKalman()
         self.streams: dict[str, StreamState] = {}
         self._unknown_skeletons: set[str] = set()
@@ -496,16 +505,19 @@ class ByteTrack(Node):
         k = poses.keypoints.shape[1]
         if len(poses) and k:
             boxes = _fill_empty_boxes(boxes, poses.keypoints, poses.scores, self.keypoint_thresh)
-        sigmas = None
+        sigmas = flip = None
         if k:
             sigmas = self._sigmas(poses.skeleton, k)
             state.skeleton, state.num_keypoints = poses.skeleton, k
+            if sigmas is not None and self.mirror_invariant:
+                flip = np.asarray(skeletons.get(poses.skeleton).flip_indices, np.int64)
         return People(
             boxes,
             poses.instance_scores.astype(np.float64),
             poses.keypoints,
             poses.scores,
             sigmas,
+            flip,
         )
 
     def _sigmas(self, skeleton: str, k: int) -> np.ndarray | None:
@@ -549,15 +561,25 @@ class ByteTrack(Node):
                     np.stack([t.keypoint_box for t in known]),
                     track_boxes[rows],
                 )
-                confident = (
-                    np.stack([t.keypoint_scores for t in known])[:, None] > self.keypoint_thresh
-                ) & (people.keypoint_scores[cols][None] > self.keypoint_thresh)
+                sure = np.stack([t.keypoint_scores for t in known])[:, None] > self.keypoint_thresh
+                scores = people.keypoint_scores[cols]
+                confident = sure & (scores[None] > self.keypoint_thresh)
                 # The person's box area stands in for COCO's segment area as the scale s^2.
                 boxes = people.boxes[cols]
                 areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
                 pose_similarity = oks(
                     predicted, people.keypoints[cols], areas, people.sigmas, confident
                 )
+                if people.flip is not None:
+                    # a pose model that swaps a person's sides from one frame to the next
+                    # (people seen from the back) still shows the same person
+                    flip = people.flip
+                    mirrored = people.keypoints[cols][:, flip]
+                    confident_mirrored = sure & (scores[:, flip][None] > self.keypoint_thresh)
+                    pose_similarity = np.maximum(
+                        pose_similarity,
+                        oks(predicted, mirrored, areas, people.sigmas, confident_mirrored),
+                    )
                 similarity[rows] = np.where(
                     confident.sum(-1) >= _MIN_SHARED_KEYPOINTS, pose_similarity, similarity[rows]
                 )

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from nodes.trackers import assign
-from posegraph import Frame, Graph, Node
+from posegraph import Frame, Graph, Node, skeletons
 from posegraph.node import Context, NodeError
 from posegraph.packet import DETECT_SKIPPED, POSE_SKIPPED
 from training.synth.video import VideoConfig, write_video
@@ -192,6 +192,26 @@ def test_oks_keeps_crossing_people_apart_where_boxes_alone_swap_them():
     assert set(with_keypoints) == {(1, 2)}
     boxes_only = identities(poses=False)
     assert len(set(boxes_only)) > 1, "the case must confuse box IoU to show anything"
+
+
+def test_a_track_follows_a_person_whose_sides_the_pose_model_swaps():
+    """A person seen from the back gets their sides swapped on some frames, and scores lower
+    there (ByteTrack's second round, which asks for a closer match): matched as they are or
+    mirrored, they are followed on every frame."""
+    flip = np.asarray(skeletons.get("coco17").flip_indices)
+    frames = walker((20, 50), (1, 0), 40, ARMS_UP)
+    for obs in frames[2::2]:
+        obs.keypoints = obs.keypoints[:, flip]
+        obs.scores = np.array([0.4])
+
+    def followed(**params) -> list[int]:
+        node = tracker(**params)
+        return [node.process(as_frame(o, n)).poses.track_ids[0] for n, o in enumerate(frames)]
+
+    assert followed()[1:] == [1] * 39  # confirmed on the second frame
+    plain = followed(mirror_invariant=False)
+    assert plain[1::2] == [1] * 20  # the frames as the model saw them right
+    assert plain[2::2] == [-1] * 19, "the swaps must break plain OKS to show anything"
 
 
 def test_an_id_outlives_an_occlusion_shorter_than_the_buffer_only():
