@@ -136,11 +136,12 @@ def test_coco_images_read_wholebody_parts_and_body_files(validation_set):
 #: validation AP on three other images is 0 after so few steps; that it is computed right is
 #: the ground-truth test below. The ceiling sits above the measured ratio with margin.
 HPRNET_LOSS_RATIO_CEILING = 0.7
-#: ER-Pose on eight images it sees again (no augmentation, 200 steps of 4): the epoch mean
-#: loss fell from 31.6 to 2.0 (ratio 0.063) and the AP on the same images reached 0.69 (AP50
-#: 0.88) in the run that set these floors. A model that learns nothing scores 0 there.
-ERPOSE_LOSS_RATIO_CEILING = 0.2
-ERPOSE_MEMORISED_AP_FLOOR = 0.4
+#: ER-Pose on eight images it sees again (no augmentation, 96x96, 150 steps of 4): the epoch
+#: mean loss fell from 37.9 to 7.1 (ratio 0.19) and the AP on the same images reached 0.34 in
+#: the run that set these floors (0.69 after 200 steps at 128x128, which takes half as long
+#: again). A model that learns nothing scores 0 there.
+ERPOSE_LOSS_RATIO_CEILING = 0.4
+ERPOSE_MEMORISED_AP_FLOOR = 0.15
 
 
 def test_hprnet_tiny_run_lowers_loss_and_validates_body_ap(validation_set, tmp_path):
@@ -170,7 +171,8 @@ def test_erpose_learns_the_keypoints_of_images_it_sees_again(tmp_path):
     data += [f"data.{split}.annotations={body}" for split in ("train", "val")]
     data += [f"data.{split}.images={root}" for split in ("train", "val")]
     overrides = [*data, "batch_size=4", "augmentation.enabled=false", "ema.enabled=false"]
-    overrides += ["schedule.epochs=4", "schedule.steps_per_epoch=50", "schedule.val_every=4"]
+    overrides += ["schedule.epochs=3", "schedule.steps_per_epoch=50", "schedule.val_every=3"]
+    overrides += ["model_overrides.input_size=[96,96]", "optimizer.lr=4.0e-3"]
     config = load_config(
         CONFIGS / "erpose_n_synth.yaml",
         [*(s for s in SYNTHETIC if not s.startswith("data.train")), *overrides],
@@ -178,7 +180,7 @@ def test_erpose_learns_the_keypoints_of_images_it_sees_again(tmp_path):
     trainer = Trainer(config, tmp_path / "erpose", False)
     trainer.fit()
     history = trainer.history
-    assert [r["step"] for r in history] == [50, 100, 150, 200]
+    assert [r["step"] for r in history] == [50, 100, 150]
     assert history[-1]["loss"] < ERPOSE_LOSS_RATIO_CEILING * history[0]["loss"], history
     assert history[-1]["AP"] >= ERPOSE_MEMORISED_AP_FLOOR, history[-1]
     assert {"AP50", "AR", "box_AP"} <= history[-1].keys()
