@@ -200,7 +200,8 @@ class DeviceFrames:
             span = torch.tensor(
                 [max(width - 1, 1), max(height - 1, 1)], dtype=torch.float32, device=self.device
             )
-            grid = source[torch.from_numpy(picked).to(self.device)] * (2 / span) - 1
+            index = torch.from_numpy(picked).to(self.device)
+            grid = source[index] * (2 / span) - 1
             # every crop of the frame in one call: the grids stacked along the height
             sampled = functional.grid_sample(
                 frame,
@@ -209,9 +210,7 @@ class DeviceFrames:
                 padding_mode="zeros",
                 align_corners=True,
             )
-            out[torch.from_numpy(picked).to(self.device)] = sampled.view(
-                3, len(picked), h, w
-            ).transpose(0, 1)
+            out[index] = sampled.view(3, len(picked), h, w).transpose(0, 1)
         flip = torch.from_numpy(np.flatnonzero(rows[:, 1] > 0.5)).to(self.device)
         if len(flip):
             out[flip] = out[flip].flip(-1)
