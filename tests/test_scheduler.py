@@ -208,7 +208,9 @@ def test_no_stream_is_starved_under_overload(scheduler):
     skipped = sum(c["skipped"] for c in counts.values())
     assert skipped > 0, "the load was meant to be more than the device can do"
     assert min(done.values()) >= 0.5 * max(done.values()), counts
-    assert min(done.values()) > 0.2, counts
+    # The device is kept busy: 0.33-0.37 of each stream's items are done on an idle
+    # machine, 0.20-0.25 in the middle of the test suite. The floor is half of that.
+    assert min(done.values()) > 0.1, counts
 
 
 # ----------------------------------------------------------------- in a pipeline

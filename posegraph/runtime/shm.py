@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from multiprocessing import resource_tracker, shared_memory
@@ -44,13 +45,33 @@ _ALIGN = 64
 SHM_DIR = "/dev/shm"
 
 
-def _untrack(shm: shared_memory.SharedMemory) -> None:
-    # The pipeline supervisor owns cleanup of every segment; Python's resource tracker
-    # would otherwise unlink a segment when the first process that touched it exits.
-    try:
-        resource_tracker.unregister(shm._name, "shared_memory")  # noqa: SLF001
-    except Exception:  # noqa: BLE001 - tracker not running in this process
-        pass
+_TRACKER_LOCK = threading.Lock()
+
+
+def _open(name: str, create: bool = False, size: int = 0) -> shared_memory.SharedMemory:
+    """Create or map a segment without telling Python's resource tracker.
+
+    The pipeline supervisor owns the cleanup of every segment. The tracker would unlink a
+    segment when the first process that touched it exits, and since the processes of a
+    pipeline share one tracker that keeps a set of names, registering a segment from two
+    processes and unregistering it from both makes the tracker print a KeyError traceback
+    on the run's stderr. So the segment is never registered (``track=False`` from Python
+    3.13; before, the register call is skipped for shared memory while the segment opens).
+    """
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name=name, create=create, size=size, track=False)
+    with _TRACKER_LOCK:
+        register = resource_tracker.register
+
+        def skip_shared_memory(resource: str, rtype: str) -> None:
+            if rtype != "shared_memory":
+                register(resource, rtype)
+
+        resource_tracker.register = skip_shared_memory
+        try:
+            return shared_memory.SharedMemory(name=name, create=create, size=size)
+        finally:
+            resource_tracker.register = register
 
 
 def _layout(slots: int, rows: int) -> tuple[int, int, int, int, int]:
@@ -210,8 +231,7 @@ class FramePlane:
         name = f"pg-{self.run_id}-{self.owner}-{os.getpid()}-{self._serial}"
         slot_bytes = (nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
         total = _layout(self.slots, self.rows)[-1] + slot_bytes * self.slots
-        shm = shared_memory.SharedMemory(name=name, create=True, size=total)
-        _untrack(shm)
+        shm = _open(name, create=True, size=total)
         header = np.ndarray((4,), np.uint64, shm.buf, 0)
         header[:] = (self.slots, self.rows, slot_bytes, 0)
         del header
@@ -260,8 +280,7 @@ class FramePlane:
     def _segment(self, pool: str) -> _Segment:
         seg = self._mapped.get(pool)
         if seg is None:
-            shm = shared_memory.SharedMemory(name=pool)
-            _untrack(shm)
+            shm = _open(pool)
             seg = _Segment(shm)
             seg.pids[self.row] = os.getpid()  # this process's row: only it writes there
             self._mapped[pool] = seg
@@ -270,7 +289,8 @@ class FramePlane:
     def view(self, ref: ShmRef) -> np.ndarray | None:
         """Map a reference; None if its pool is gone or the slot was reclaimed."""
         try:
-            seg = self._segment(ref.pool)
+            with self._lock:  # threads of a process that read a new pool at once map it once
+                seg = self._segment(ref.pool)
         except FileNotFoundError:
             return None
         if int(seg.generation[ref.slot]) != ref.generation:
