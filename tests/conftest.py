@@ -1,8 +1,15 @@
 """Shared fixtures: real videos written with PyAV, the posegraph command in a subprocess,
-and checks that a run left no process and no shared-memory segment behind."""
+and checks that a run left no process and no shared-memory segment behind.
+
+The suite runs in two processes (pytest-xdist, ``-n 2`` in pyproject.toml; ``-n 0`` runs it
+in one). A test marked ``exclusive`` runs while no other test does: it measures time, or
+it looks at state that every run on the machine shares. The check for shared-memory
+segments left behind counts only this test's runs.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -10,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
@@ -20,6 +28,41 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "exclusive: run while no other test runs (timing, or machine-wide state)"
+    )
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        # Each test process runs its own models with one thread: two processes each with as
+        # many threads as cores made a training test 2.5 times slower than alone.
+        import torch
+
+        torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _exclusive_or_shared(request, tmp_path_factory):
+    """With several test processes: an ``exclusive`` test holds a lock that every other
+    test holds shared. A gate, taken first (for good by an exclusive test, for a moment by
+    the others), keeps a stream of shared holders from starving an exclusive test."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    shared = tmp_path_factory.getbasetemp().parent  # one folder for the run's processes
+    exclusive = request.node.get_closest_marker("exclusive") is not None
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    with open(shared / "exclusive.gate", "a") as gate, open(shared / "exclusive.lock", "a") as lock:
+        fcntl.flock(gate, mode)
+        fcntl.flock(lock, mode)
+        if not exclusive:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(gate, fcntl.LOCK_UN)
 
 
 def write_video(
@@ -116,6 +159,28 @@ def shm_segments() -> set[str]:
     return {n for n in os.listdir("/dev/shm") if n.startswith("pg-")}
 
 
+def own_segments(names: set[str], supervisors: Iterable[int] = ()) -> set[str]:
+    """Those of the segments ``names`` that are still there and belong to this test: the
+    segments of runs whose supervisor is this process, one of ``supervisors`` or gone (a
+    run that left them behind), not those of a run that a test beside this one has under
+    way. A supervisor writes its pid before any segment is made, and removes the segments
+    before its folder."""
+    from posegraph.runtime.plan import rundir_of
+
+    mine = {os.getpid(), *supervisors}
+    out = set()
+    for name in names:
+        try:
+            pid = int((Path(rundir_of(name.split("-")[1])) / "supervisor.pid").read_text())
+        except (OSError, ValueError):
+            pid = None
+        if pid is not None and pid not in mine and psutil.pid_exists(pid):
+            continue
+        if os.path.exists(f"/dev/shm/{name}"):
+            out.add(name)
+    return out
+
+
 @pytest.fixture
 def posegraph(tmp_path):
     """Start ``posegraph ARGS`` in tmp_path; checks afterwards that nothing was left behind."""
@@ -137,7 +202,8 @@ def posegraph(tmp_path):
         time.sleep(0.1)
     left = [p.pid for r in runs for p in r.processes()]
     assert not left, f"processes left behind: {left}"
-    assert shm_segments() - before == set(), "shared-memory segments left in /dev/shm"
+    left = own_segments(shm_segments() - before)
+    assert not left, f"shared-memory segments left in /dev/shm: {sorted(left)}"
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):

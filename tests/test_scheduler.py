@@ -50,6 +50,7 @@ def items(*ids: int) -> np.ndarray:
     return np.array([[i, 0] for i in ids], np.float32)
 
 
+@pytest.mark.exclusive
 def test_requests_run_earliest_deadline_first(scheduler):
     model = SleepModel(0.0, 0.0)
     handle = scheduler.register("m", model, (1,))
@@ -73,6 +74,7 @@ def test_requests_run_earliest_deadline_first(scheduler):
     assert all(results[i][0, 0] == 2 * i for i in results)
 
 
+@pytest.mark.exclusive
 def test_fifo_baseline_keeps_arrival_order(scheduler):
     fifo = DeviceScheduler("cpu", "fifo")
     try:
@@ -94,6 +96,7 @@ def test_fifo_baseline_keeps_arrival_order(scheduler):
         fifo.close()
 
 
+@pytest.mark.exclusive
 def test_bucket_is_the_largest_that_meets_the_deadline(scheduler):
     assert bucket_sizes(8) == (1, 2, 4, 8) and bucket_sizes(6) == (1, 2, 4, 6)
     # slow enough that a busy machine's sleep overshoot does not change the choice
@@ -120,6 +123,7 @@ def test_bucket_is_the_largest_that_meets_the_deadline(scheduler):
     assert counts["skipped"] == result.skipped and counts["done"] == 5 + int(result.done.sum())
 
 
+@pytest.mark.exclusive
 def test_a_request_that_cannot_meet_its_deadline_is_skipped_not_run(scheduler):
     model = SleepModel(0.05, 0.0)
     handle = scheduler.register("m", model, (1,))
@@ -136,6 +140,7 @@ def test_a_request_that_cannot_meet_its_deadline_is_skipped_not_run(scheduler):
     }
 
 
+@pytest.mark.exclusive
 def test_a_client_leaves_early_enough_for_its_work_after_the_model(scheduler):
     # The device stays busy past the deadline; the node works 60 ms on what it gets back.
     # The 20 ms margin alone lets the frame end 40 ms late; the client learns the 60 ms and
@@ -157,6 +162,7 @@ def test_a_client_leaves_early_enough_for_its_work_after_the_model(scheduler):
     assert 0.06 <= client.after_estimate() < 0.1
 
 
+@pytest.mark.exclusive
 def test_a_client_keeps_the_time_to_the_sinks_free_up_to_a_quarter_of_the_budget(scheduler):
     # The device stays busy past the deadline; the nodes after this one take ``tail`` to
     # bring the frame to the sinks. The client leaves that much before the deadline (the
@@ -185,6 +191,7 @@ def test_run_times_are_learnt_per_bucket():
     assert times.estimate(2) > 0.015  # a slow run raises the estimate at once
 
 
+@pytest.mark.exclusive
 def test_no_stream_is_starved_under_overload(scheduler):
     """Four streams ask for twice what the device can do: each gets a fair share."""
     model = SleepModel(0.004, 0.004)  # 8 items in 36 ms

@@ -114,6 +114,7 @@ def test_published_message_matches_the_schema():
     }
 
 
+@pytest.mark.exclusive  # segments with no run: another test's run would remove them
 def test_frame_plane_reference_counting():
     run = uuid.uuid4().hex[:8]
     owner = FramePlane(run, "src", row=0, rows=2, slots=2, reclaim_after=60)
@@ -152,15 +153,17 @@ def _hold_and_die(run: str, ref: ShmRef) -> None:
     os._exit(0)
 
 
+@pytest.mark.exclusive  # segments with no run: another test's run would remove them
 def test_frame_plane_reclaims_only_what_a_dead_process_held():
+    # reclaim_after leaves a loaded machine time to fork, map and reap the child below
     run = uuid.uuid4().hex[:8]
-    owner = FramePlane(run, "src", row=0, rows=3, slots=1, reclaim_after=0.2)
+    owner = FramePlane(run, "src", row=0, rows=3, slots=1, reclaim_after=1.0)
     reader = FramePlane(run, "sink", row=1, rows=3)
     img = np.full((8, 8, 3), 7, np.uint8)
     try:
         ref, _ = owner.put(img)
         assert reader.view(ref) is not None  # a live, slow reader holds the only slot
-        time.sleep(0.3)
+        time.sleep(1.1)
         assert owner.put(img) is None  # so the image goes inline: the reader keeps its frame
         assert (owner.reclaimed, owner.fallbacks) == (0, 1)
         np.testing.assert_array_equal(reader.view(ref), img)
@@ -172,7 +175,7 @@ def test_frame_plane_reclaims_only_what_a_dead_process_held():
         child.join(10)
         assert child.exitcode == 0
         assert owner.put(img) is None  # held for less than reclaim_after: not yet
-        time.sleep(0.3)
+        time.sleep(1.1)
         again, _ = owner.put(img)  # its holder has died: the slot is taken back
         assert owner.reclaimed == 1 and again.generation == ref.generation + 1
         assert reader.view(ref) is None
@@ -212,6 +215,7 @@ print(unlink_run(run))
 """
 
 
+@pytest.mark.exclusive  # segments with no run: another test's run would remove them
 def test_pools_mapped_by_several_threads_leave_python_s_resource_tracker_quiet():
     # Python's resource tracker, shared by the processes of a run, keeps a set of segment
     # names: a segment registered twice and unregistered twice made it print a KeyError

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
@@ -321,7 +322,8 @@ class FramePlane:
 
 
 def reap_stale(rundir_of) -> int:
-    """Remove segments left by runs whose supervisor is gone (killed with SIGKILL, say).
+    """Remove segments left by runs whose supervisor is gone (killed with SIGKILL, say),
+    and those runs' folders.
 
     ``rundir_of(run_id)`` is the run's folder, where its supervisor keeps ``supervisor.pid``.
     """
@@ -329,18 +331,34 @@ def reap_stale(rundir_of) -> int:
     try:
         names = os.listdir(SHM_DIR)
     except FileNotFoundError:
-        return 0
+        names = []
     for run_id in {name.split("-")[1] for name in names if name.startswith("pg-")}:
-        try:
-            pid = int(open(os.path.join(rundir_of(run_id), "supervisor.pid")).read())
-            os.kill(pid, 0)
-            continue  # that run is alive
-        except (OSError, ValueError):
-            pass
+        if _supervisor_alive(rundir_of(run_id)):
+            continue
         n += unlink_run(run_id)
     if n:
         log.warning("removed %d shared-memory segments left by runs that were killed", n)
+    # folders of killed runs that had no segment left (a folder without a pid is a run
+    # being set up: its supervisor writes the pid first thing)
+    parent, prefix = os.path.split(rundir_of(""))
+    try:
+        folders = [f for f in os.listdir(parent) if f.startswith(prefix)]
+    except FileNotFoundError:
+        folders = []
+    for folder in folders:
+        rundir = os.path.join(parent, folder)
+        if os.path.exists(os.path.join(rundir, "supervisor.pid")) and not _supervisor_alive(rundir):
+            shutil.rmtree(rundir, ignore_errors=True)
     return n
+
+
+def _supervisor_alive(rundir: str) -> bool:
+    try:
+        with open(os.path.join(rundir, "supervisor.pid")) as f:
+            pid = int(f.read())
+    except (OSError, ValueError):
+        return False
+    return _alive(pid)
 
 
 def unlink_run(run_id: str) -> int:
