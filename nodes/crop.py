@@ -101,6 +101,18 @@ def warp_crops(image: np.ndarray, affine: np.ndarray, size: tuple[int, int]) -> 
 CROP_ROW = 8
 
 
+def read_only_tensor(torch: Any, array: np.ndarray) -> Any:
+    """``torch.from_numpy`` of a contiguous copy-free view, for arrays torch only reads:
+    a frame in shared memory is not writeable, and torch would warn about it on every run.
+    """
+    array = np.ascontiguousarray(array)
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
+
+
 class DeviceFrames:
     """Frames on a torch device, from which crops are sampled there.
 
@@ -133,15 +145,13 @@ class DeviceFrames:
 
     def add(self, image: np.ndarray) -> int:
         """Upload ``image`` (H, W, 3) uint8; its id for the crop rows (exact in float32)."""
-        torch = self.torch
-        image = np.ascontiguousarray(image)
-        if not image.flags.writeable:  # a shared-memory frame: torch only reads it here
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                pixels = torch.from_numpy(image)
-        else:
-            pixels = torch.from_numpy(image)
-        frame = pixels.to(self.device).permute(2, 0, 1).unsqueeze(0).float()  # (1, 3, H, W)
+        frame = (
+            read_only_tensor(self.torch, image)
+            .to(self.device)
+            .permute(2, 0, 1)
+            .unsqueeze(0)
+            .float()
+        )  # (1, 3, H, W)
         with self.lock:
             fid = next(self.ids) % (1 << 24)  # float32 holds every integer below 2**24
             if fid == 0:
