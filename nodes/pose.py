@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from nodes import decoders
-from nodes.crop import DeviceFrames, warp_crops
+from nodes.crop import DeviceFrames, read_only_tensor, warp_crops
 from nodes.detectors import letterbox, onnx_providers
 from nodes.sources import resolve_path
 from posegraph import codecs, skeletons
@@ -111,7 +111,7 @@ class TorchModel:
                 crops = self.frames.crops(images, self.size)
                 x = self.normalise.torch_planar(crops, self.dtype)
             else:
-                pixels = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+                pixels = read_only_tensor(torch, images).to(self.device)
                 x = self.normalise.torch(pixels, self.dtype)
             out = self.model(x)
             named = out if isinstance(out, dict) else {self.single_output: out}
@@ -1000,8 +1000,9 @@ class SyntheticDetector(_WholeImagePose):
     By default the shipped HPRNet (``hprnet_dla34_half_256``): its centre heatmap and box
     size heads give the boxes. The shipped ER-Pose-n (``model: erpose_n_320``) also runs;
     its boxes are the extent of its confident keypoints, and while its keypoints are as
-    weak as now it finds almost nobody (box AP50 0.000005 against HPRNet's 0.481 on the 500
-    held-out synthetic images, ``posegraph eval``). Both were trained on rendered people:
+    weak as now it finds almost nobody (box AP50 0.000005 on the 500 held-out synthetic
+    images of the earlier generator, ``posegraph eval``; HPRNet's 0.561 there, 0.588 on
+    this generator's). Both were trained on rendered people:
     on real video use ``detect.onnx`` with a real detector.
 
     Parameters:

@@ -422,7 +422,8 @@ def test_synthetic_detector_finds_the_sample_clips_people():
             total += len(truth)
     finally:
         node.close()
-    # measured: 35 of the 40 people in the first 10 frames (0.875) at IoU 0.5
+    # measured: 33 of the 40 people in the first 10 frames (0.825) at IoU 0.5 (35 with the
+    # detector shipped before, which finds fewer people over the whole clip)
     assert found / total >= 0.7, (found, total)
 
 
