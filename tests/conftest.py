@@ -42,16 +42,18 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True)
-def _exclusive_or_shared(request, tmp_path_factory):
-    """With several test processes: an ``exclusive`` test holds a lock that every other
-    test holds shared. A gate, taken first (for good by an exclusive test, for a moment by
-    the others), keeps a stream of shared holders from starving an exclusive test."""
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With several test processes: a test marked ``exclusive`` holds a lock that every
+    other test holds shared, over its whole protocol (the set-up and tear-down of module
+    fixtures included: they can load the machine too). A gate, taken first (for good by an
+    exclusive test, for a moment by the others), keeps a stream of shared holders from
+    starving an exclusive test."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         yield
         return
-    shared = tmp_path_factory.getbasetemp().parent  # one folder for the run's processes
-    exclusive = request.node.get_closest_marker("exclusive") is not None
+    shared = Path(item.config.option.basetemp).parent  # the run's folder: popen-gwN's parent
+    exclusive = item.get_closest_marker("exclusive") is not None
     mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
     with open(shared / "exclusive.gate", "a") as gate, open(shared / "exclusive.lock", "a") as lock:
         fcntl.flock(gate, mode)

@@ -453,5 +453,5 @@ def test_the_last_model_node_learns_the_time_its_frames_take_to_the_sinks(tmp_pa
     lasts = [float(v) for v in (tmp_path / "2").read_text().split()]
     assert set(firsts) == {0.0}
     # the 95th percentile of the recent frames: at least the 60 ms delay; the ceiling leaves
-    # room for one stall of a busy 2-core machine among them (a CI run once saw 0.36 s)
-    assert lasts[0] == 0.0 and 0.06 <= lasts[-1] < 0.5, lasts
+    # room for one stall of a busy 2-core machine among them (CI runs saw 0.36 and 0.58 s)
+    assert lasts[0] == 0.0 and 0.06 <= lasts[-1] < 1.0, lasts
