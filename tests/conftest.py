@@ -168,14 +168,12 @@ def own_segments(names: set[str], supervisors: Iterable[int] = ()) -> set[str]:
     way. A supervisor writes its pid before any segment is made, and removes the segments
     before its folder."""
     from posegraph.runtime.plan import rundir_of
+    from posegraph.runtime.shm import supervisor_pid
 
     mine = {os.getpid(), *supervisors}
     out = set()
     for name in names:
-        try:
-            pid = int((Path(rundir_of(name.split("-")[1])) / "supervisor.pid").read_text())
-        except (OSError, ValueError):
-            pid = None
+        pid = supervisor_pid(rundir_of(name.split("-")[1]))
         if pid is not None and pid not in mine and psutil.pid_exists(pid):
             continue
         if os.path.exists(f"/dev/shm/{name}"):

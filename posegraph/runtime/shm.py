@@ -352,13 +352,18 @@ def reap_stale(rundir_of) -> int:
     return n
 
 
-def _supervisor_alive(rundir: str) -> bool:
+def supervisor_pid(rundir: str) -> int | None:
+    """The pid a run's supervisor wrote in its folder; None if there is none."""
     try:
         with open(os.path.join(rundir, "supervisor.pid")) as f:
-            pid = int(f.read())
+            return int(f.read())
     except (OSError, ValueError):
-        return False
-    return _alive(pid)
+        return None
+
+
+def _supervisor_alive(rundir: str) -> bool:
+    pid = supervisor_pid(rundir)
+    return pid is not None and _alive(pid)
 
 
 def unlink_run(run_id: str) -> int:
