@@ -343,6 +343,42 @@ def test_segments_left_by_a_killed_run_are_removed_by_the_next(tmp_path, posegra
     assert not any(folder.exists() for folder in folders)
 
 
+@pytest.mark.exclusive  # another test's run would remove the folder first
+def test_the_folder_of_a_killed_inproc_run_is_removed_by_the_next(tmp_path, posegraph):
+    from posegraph.runtime.plan import rundir_of
+    from posegraph.runtime.shm import supervisor_pid
+
+    def pipeline(frames: int) -> list[dict]:
+        return [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 32, "height": 32, "fps": 10, "frames": frames, "realtime": True},
+            },
+            {"name": "n", "type": "sink.null", "from": "cam"},
+        ]
+
+    write_pipeline(tmp_path / "long.yaml", pipeline(1000))
+    killed = posegraph("run", "long.yaml", "--inproc")
+    parent, prefix = os.path.split(rundir_of(""))
+
+    def its_folder() -> Path | None:
+        for name in os.listdir(parent):
+            folder = Path(parent, name)
+            if name.startswith(prefix) and supervisor_pid(str(folder)) == killed.proc.pid:
+                return folder
+        return None
+
+    folder = wait_for(its_folder, 30, "the inproc run's folder")
+    os.killpg(killed.proc.pid, signal.SIGKILL)
+    killed.proc.wait()
+    assert folder.exists()
+    write_pipeline(tmp_path / "short.yaml", pipeline(2))
+    code, _, stderr = posegraph("run", "short.yaml", "--inproc").wait()
+    assert code == 0, stderr
+    assert not folder.exists()
+
+
 @pytest.mark.parametrize(
     "inproc, node", [(False, "Refuse"), (True, "Refuse"), (True, "RefuseConcurrently")]
 )

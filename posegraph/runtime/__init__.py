@@ -15,7 +15,7 @@ from typing import Any
 from posegraph.graph import Graph
 from posegraph.metrics import Metrics
 from posegraph.runtime.plan import Plan, build_plan
-from posegraph.runtime.supervisor import PipelineError, Supervisor
+from posegraph.runtime.supervisor import PipelineError, Supervisor, claim_rundir
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ def _run_inproc(
             worker.abort.set()
 
     try:
+        claim_rundir(plan)
         with _signals(on_signal):
             try:
                 worker.build()

@@ -149,6 +149,15 @@ class _Proc:
     started: list[float] = field(default_factory=list)
 
 
+def claim_rundir(plan: Plan) -> None:
+    """Make the run's folder with this process's pid in it, as the run's supervisor, and
+    remove what runs that were killed left behind (their segments and folders)."""
+    os.makedirs(plan.rundir, exist_ok=True)
+    with open(os.path.join(plan.rundir, "supervisor.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    reap_stale(rundir_of)
+
+
 class Supervisor:
     def __init__(self, plan: Plan, metrics: Metrics, log_level: int = logging.WARNING):
         self.plan = plan
@@ -186,10 +195,7 @@ class Supervisor:
 
     def run(self, duration: float | None = None, on_tick: Callable[[], None] | None = None) -> None:
         plan = self.plan
-        os.makedirs(plan.rundir, exist_ok=True)
-        with open(os.path.join(plan.rundir, "supervisor.pid"), "w") as f:
-            f.write(str(os.getpid()))
-        reap_stale(rundir_of)
+        claim_rundir(plan)
         zctx = zmq.Context.instance()
         control = zctx.socket(zmq.ROUTER)
         control.setsockopt(zmq.LINGER, 0)
