@@ -9,7 +9,8 @@ Each publishes the message of DESIGN section 2 (``v`` = 1) for every frame and e
 - while the service is unreachable the buffer keeps up to ``buffer`` messages; beyond
   that the oldest are dropped, counted and logged (the first drop, then every 100);
 - the thread retries with exponential backoff (``backoff`` doubling up to
-  ``backoff_max``) and delivers what was kept once the service is back, oldest first;
+  ``backoff_max``, or longer where the service says when to come back: HTTP's
+  ``Retry-After``) and delivers what was kept once the service is back, oldest first;
 - an unreachable service at start is not an error (it may come up later); a malformed
   address is a NodeError;
 - ``close`` delivers what it can within ``close_timeout`` seconds and logs a summary:
@@ -22,8 +23,12 @@ identifies it).
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import json
 import logging
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -42,6 +47,8 @@ log = logging.getLogger(__name__)
 LOG_EVERY = 100
 #: while closing, a service that is down is retried this often until the timeout
 CLOSING_RETRY_S = 0.2
+#: the longest wait a service's own "retry after" may ask for; longer asks wait this long
+RETRY_AFTER_MAX_S = 600.0
 
 T = TypeVar("T")
 
@@ -49,12 +56,14 @@ T = TypeVar("T")
 class ServiceDown(Exception):
     """The service did not take the batch; its first ``delivered`` messages did get there.
 
-    The rest are kept and sent again after a backoff.
+    The rest are kept and sent again after a backoff, or after ``retry_after`` seconds
+    where the service asked for that (and it is longer).
     """
 
-    def __init__(self, reason: str, delivered: int = 0):
+    def __init__(self, reason: str, delivered: int = 0, retry_after: float | None = None):
         super().__init__(reason)
         self.delivered = delivered
+        self.retry_after = retry_after
 
 
 class Rejected(Exception):
@@ -263,11 +272,13 @@ class Outbox(Generic[T]):
                     return
                 self._settle(getattr(exc, "delivered", 0), requeue=True)
                 self.down(str(exc) or type(exc).__name__)
+                asked = getattr(exc, "retry_after", None)
+                asked = min(asked, RETRY_AFTER_MAX_S) if asked is not None else 0.0
                 if self._closing.is_set():
-                    if self.abandoned.wait(min(delay, CLOSING_RETRY_S)):
+                    if self.abandoned.wait(max(asked, min(delay, CLOSING_RETRY_S))):
                         return
                 else:
-                    self._closing.wait(delay)
+                    self._closing.wait(max(asked, delay))
                 delay = min(delay * 2, self.backoff_max)
                 continue
             self._settle(len(batch), requeue=False)
@@ -363,18 +374,29 @@ class MqttSink(ServiceSink):
     sent again by paho after it reconnects (its loop thread reconnects on its own, with
     the same backoff). QoS 0 is at most once: what was written to a connection that had
     just died is lost.
+
+    ``tls: true`` encrypts the connection (port 8883 unless ``port`` is given) and checks
+    the broker's certificate against the system's certificate authorities, or against
+    ``ca_certs`` (a PEM file); ``certfile`` and ``keyfile`` give a client certificate for
+    brokers that ask for one; ``tls_insecure: true`` skips the check that the
+    certificate names ``host`` (for test set-ups only).
     """
 
     def __init__(
         self,
         host: str = "127.0.0.1",
-        port: int = 1883,
+        port: int | None = None,
         topic: str = "posegraph/{stream}",
         qos: Literal[0, 1] = 1,
         client_id: str | None = None,
         keepalive: int = 30,
         username: str | None = None,
         password: str | None = None,
+        tls: bool = False,
+        ca_certs: str | None = None,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        tls_insecure: bool = False,
         format: Literal["json", "msgpack"] = "json",
         buffer: int = 10000,
         backoff: float = 0.5,
@@ -383,7 +405,10 @@ class MqttSink(ServiceSink):
     ):
         super().__init__(buffer, backoff, backoff_max, close_timeout)
         self.host = host
-        self.port = port
+        self.port = port if port is not None else (8883 if tls else 1883)
+        self.tls = tls
+        self.tls_files = {"ca_certs": ca_certs, "certfile": certfile, "keyfile": keyfile}
+        self.tls_insecure = tls_insecure
         self.topic = topic
         self.qos = qos
         self.client_id = client_id
@@ -407,10 +432,18 @@ class MqttSink(ServiceSink):
             )
         if self.keepalive < 1:
             raise NodeError(f"keepalive must be at least 1 s, got {self.keepalive}")
+        given = [name for name, path in self.tls_files.items() if path is not None]
+        if given and not self.tls:
+            raise NodeError(f"{', '.join(given)} given without tls: true")
+        for name in given:
+            if not os.path.isfile(self.tls_files[name]):
+                raise NodeError(f"{name} {self.tls_files[name]!r}: no such file")
+        if (self.tls_files["keyfile"] is None) != (self.tls_files["certfile"] is None):
+            raise NodeError("a client certificate needs both certfile and keyfile")
         import paho.mqtt.client as mqtt
 
         self._mqtt = mqtt
-        self.target = f"mqtt://{self.host}:{self.port}"
+        self.target = f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
         client_id = self.client_id or f"posegraph-{self.ctx.pipeline}-{self.ctx.name}"
         if self.ctx.replicas > 1:
             client_id += f"-{self.ctx.replica}"  # a broker lets one client per id in
@@ -421,6 +454,12 @@ class MqttSink(ServiceSink):
         )
         if self.username is not None:
             self.client.username_pw_set(self.username, self.password)
+        if self.tls:
+            try:
+                self.client.tls_set(**self.tls_files)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise NodeError(f"TLS files cannot be used: {exc}") from None
+            self.client.tls_insecure_set(self.tls_insecure)
         self.client.reconnect_delay_set(self.backoff, self.backoff_max)
         self._acks = threading.Condition()
         self._last_error = "not connected yet"
@@ -438,7 +477,9 @@ class MqttSink(ServiceSink):
             self._last_error = f"connection refused: {reason_code}"
 
     def _on_connect_fail(self, client, userdata) -> None:
-        self._last_error = "no connection"
+        # paho calls this inside its handler of the connection's error
+        error = sys.exc_info()[1]
+        self._last_error = f"no connection: {error}" if error is not None else "no connection"
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._last_error = f"disconnected: {reason_code}"
@@ -581,8 +622,9 @@ class WebhookSink(ServiceSink):
 
     A batch holds up to ``max_batch`` messages and waits at most ``max_delay`` seconds
     to fill. Connection errors, timeouts, 408, 429 and 5xx answers are retried with
-    backoff; any other 4xx answer means the endpoint refuses the batch, which is then
-    counted as rejected and not sent again. ``headers`` are added to each request (an
+    backoff, and no sooner than the answer's ``Retry-After`` (seconds or an HTTP date;
+    at most 600 s) where it has one; any other 4xx answer means the endpoint refuses the
+    batch, which is then counted as rejected and not sent again. ``headers`` are added to each request (an
     ``Authorization`` header, for instance).
     """
 
@@ -639,8 +681,29 @@ class WebhookSink(ServiceSink):
                 response.read()
         except urllib.error.HTTPError as exc:
             if exc.code in (408, 429) or exc.code >= 500:
-                raise ServiceDown(f"HTTP {exc.code} {exc.reason}") from None
+                wait = retry_after(exc.headers.get("Retry-After"))
+                reason = f"HTTP {exc.code} {exc.reason}"
+                if wait is not None:
+                    reason += f", retry after {wait:.0f} s"
+                raise ServiceDown(reason, retry_after=wait) from None
             raise Rejected(f"HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             raise ServiceDown(str(reason)) from None
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from an HTTP ``Retry-After`` value: delay seconds or an HTTP date
+    (RFC 9110 10.2.3); None when absent or unreadable, 0 for a date already past."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is in GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

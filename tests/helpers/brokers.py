@@ -6,12 +6,16 @@ Both brokers keep their data across a restart (mosquitto's persistence file, Red
 saved at shutdown), as a production broker would, so a test sees what was delivered
 before the outage as well as after it.
 
-Run as a script, this module is the HTTP receiver: ``python brokers.py PORT LOG`` appends
-the body of every POST to LOG, one line per request, and answers 200.
+Run as a script, this module is the HTTP receiver: ``python brokers.py PORT LOG REQUESTS
+[ANSWERS]`` answers every POST 200 and appends its body to LOG, one line per request;
+ANSWERS (``429/1,400``: a status, optionally a Retry-After in seconds) scripts the answers
+to the first requests instead. REQUESTS gets one JSON line per request: its arrival time
+(``time.time()``) and the status it was answered.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -74,13 +78,23 @@ class Service:
 
 
 class Mosquitto(Service):
+    """mosquitto; with ``tls`` (cafile, certfile, keyfile: paths) it listens with TLS only
+    and asks each client for a certificate that ``cafile`` signed."""
+
     name = "mosquitto"
+
+    def __init__(self, workdir: Path, tls: dict[str, Path] | None = None):
+        super().__init__(workdir)
+        self.tls = tls
 
     def command(self) -> list[str]:
         conf = self.workdir / "mosquitto.conf"
+        tls = ""
+        if self.tls:
+            tls = "".join(f"{key} {path}\n" for key, path in self.tls.items())
+            tls += "require_certificate true\n"
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            f"listener {self.port} 127.0.0.1\n" + tls + "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             "max_queued_messages 100000\n"
@@ -115,12 +129,23 @@ class HttpReceiver(Service):
 
     name = "http-receiver"
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, answers: str = ""):
         super().__init__(workdir)
         self.posts = self.workdir / "posts.jsonl"
+        self.requests = self.workdir / "requests.jsonl"
+        self.answers = answers
 
     def command(self) -> list[str]:
-        return [sys.executable, str(Path(__file__).resolve()), str(self.port), str(self.posts)]
+        script = str(Path(__file__).resolve())
+        return [sys.executable, script, str(self.port), str(self.posts), str(self.requests)] + (
+            [self.answers] if self.answers else []
+        )
+
+    def answered(self) -> list[dict]:
+        """Each request so far: ``t`` (its arrival, time.time()) and ``status``."""
+        if not self.requests.exists():
+            return []
+        return [json.loads(line) for line in self.requests.read_text().splitlines() if line]
 
 
 def _service(kind: type[Service], binary: str | None, package: str, tmp_path: Path):
@@ -152,18 +177,27 @@ def http_receiver(tmp_path):
     service.stop()
 
 
-def _receive(port: int, log_path: str) -> None:
+def _receive(port: int, log_path: str, requests_path: str, answers: str = "") -> None:
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     log = open(log_path, "ab")  # noqa: SIM115 - open for the life of the server
+    requests = open(requests_path, "a")  # noqa: SIM115
+    script = [answer.split("/") for answer in answers.split(",") if answer]
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
+            arrived = time.time()
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            # written before the answer: what was answered 200 is in the log
-            log.write(body.replace(b"\n", b" ") + b"\n")
-            log.flush()
-            self.send_response(200)
+            status, *after = script.pop(0) if script else ("200",)
+            requests.write(json.dumps({"t": arrived, "status": int(status)}) + "\n")
+            requests.flush()
+            if status == "200":
+                # written before the answer: what was answered 200 is in the log
+                log.write(body.replace(b"\n", b" ") + b"\n")
+                log.flush()
+            self.send_response(int(status))
+            if after:
+                self.send_header("Retry-After", after[0])
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -174,4 +208,4 @@ def _receive(port: int, log_path: str) -> None:
 
 
 if __name__ == "__main__":
-    _receive(int(sys.argv[1]), sys.argv[2])
+    _receive(int(sys.argv[1]), *sys.argv[2:])
