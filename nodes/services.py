@@ -624,8 +624,8 @@ class WebhookSink(ServiceSink):
     to fill. Connection errors, timeouts, 408, 429 and 5xx answers are retried with
     backoff, and no sooner than the answer's ``Retry-After`` (seconds or an HTTP date;
     at most 600 s) where it has one; any other 4xx answer means the endpoint refuses the
-    batch, which is then counted as rejected and not sent again. ``headers`` are added to each request (an
-    ``Authorization`` header, for instance).
+    batch, which is then counted as rejected and not sent again. ``headers`` are added to
+    each request (an ``Authorization`` header, for instance).
     """
 
     def __init__(
