@@ -463,6 +463,8 @@ class MqttSink(ServiceSink):
         self.client.reconnect_delay_set(self.backoff, self.backoff_max)
         self._acks = threading.Condition()
         self._last_error = "not connected yet"
+        self._socket_error = ""  # paho logs why a socket failed, and reports no more
+        self.client.on_log = self._on_log
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
@@ -472,7 +474,12 @@ class MqttSink(ServiceSink):
         self.client.connect_async(self.host, self.port, self.keepalive)
         self.client.loop_start()
 
+    def _on_log(self, client, userdata, level, buf) -> None:
+        if level == self._mqtt.MQTT_LOG_ERR:
+            self._socket_error = buf
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._socket_error = ""
         if reason_code.is_failure:
             self._last_error = f"connection refused: {reason_code}"
 
@@ -482,7 +489,8 @@ class MqttSink(ServiceSink):
         self._last_error = f"no connection: {error}" if error is not None else "no connection"
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self._last_error = f"disconnected: {reason_code}"
+        why = f" ({self._socket_error})" if self._socket_error else ""
+        self._last_error = f"disconnected: {reason_code}{why}"
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._acks:

@@ -425,6 +425,15 @@ def test_mqtt_over_tls_with_a_client_certificate(posegraph, tmp_path):
         assert code == 0, stderr
         assert f"cannot deliver to mqtts://127.0.0.1:{broker.port} (no connection: " in stderr
         assert "CERTIFICATE_VERIFY_FAILED" in stderr
+
+        # without a client certificate the broker shuts the door, and the log says why
+        tls = {"tls": True, "ca_certs": str(pem["ca.pem"])}
+        params = {"port": broker.port, "qos": 1, "close_timeout": 1.0, **tls}
+        pipeline(tmp_path, "sink.mqtt", params, frames=10)
+        code, _, stderr = posegraph("run", "p.yaml").wait(60)
+        assert code == 0, stderr
+        assert "certificate required" in stderr, stderr
+        assert summary(stderr)["undelivered"] == 11
         assert summary(stderr)["undelivered"] == 11
     finally:
         subscriber.terminate()
