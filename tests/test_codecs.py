@@ -66,6 +66,22 @@ def test_heatmap_round_trips(input_size, heatmap_size, sigma) -> None:
     assert np.abs(integer_only - keypoints).max() / stride > 0.4
 
 
+def test_dark_steps_on_ragged_maps_stay_near_the_maximum_and_on_the_map() -> None:
+    """An untrained model's maps are noise: the Taylor step may not fly off the peak."""
+    codec = MSRAHeatmap((96, 128), (24, 32), 1.5, refine="dark")
+    rng = np.random.default_rng(3)
+    heatmaps = rng.normal(0, 1e-3, (64, 17, 32, 24)).astype(np.float32)
+    # noise on a plateau at the border, and one shallow bump at a corner
+    heatmaps[:, :, 0, :] += 0.01
+    heatmaps[0, 0, 31, 23] += 0.02
+    maxima = heatmaps.reshape(64, 17, -1).argmax(-1)
+    argmax = np.stack([maxima % 24, maxima // 24], -1) * codec.stride
+    decoded, _ = codec.decode(heatmaps)
+    assert np.abs(decoded - argmax).max() <= codec.stride.max() + 1e-4
+    assert decoded.min() >= 0
+    assert (decoded <= (np.array([24, 32]) - 1) * codec.stride).all()
+
+
 def test_msra_reference_targets_peak_on_pixels() -> None:
     codec = codecs.build("msra_heatmap")
     keypoints = np.array([[[101.0, 37.0]]], np.float32)  # heatmap (25.25, 9.25)

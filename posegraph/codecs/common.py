@@ -172,7 +172,11 @@ def refine_dark(locations: np.ndarray, heatmaps: np.ndarray, blur_kernel_size: i
     For a Gaussian heatmap the log is a quadratic, so one Newton step from the integer maximum
     lands on the true centre: ``x* = x - H^-1 g`` with gradient ``g`` and Hessian ``H`` from
     central differences. Maxima where the Hessian is not negative definite are left as they
-    are. UDP decoding uses the same step on its own grid.
+    are. Each step is kept to one pixel per axis: a Gaussian's centre lies within half a
+    pixel of its maximum (one, once the blur and noise have moved the maximum), and on a flat
+    or ragged map (an untrained model, a keypoint out of view) the quadratic fits noise and
+    its step would fly off the map. Locations stay on the map, as the quarter-pixel
+    refinement's do. UDP decoding uses the same step on its own grid.
 
     Args:
         locations: (..., 2) integer (x, y) maxima from :func:`heatmap_maximum`.
@@ -203,10 +207,10 @@ def refine_dark(locations: np.ndarray, heatmaps: np.ndarray, blur_kernel_size: i
     det = dxx * dyy - dxy**2
     ok = (det > 1e-12) & (dxx < 0)
     safe = np.where(ok, det, 1.0)
-    step_x = np.where(ok, (dyy * gx - dxy * gy) / safe, 0.0)
-    step_y = np.where(ok, (dxx * gy - dxy * gx) / safe, 0.0)
-    locs[:, 0] -= step_x.astype(np.float32)
-    locs[:, 1] -= step_y.astype(np.float32)
+    step_x = np.clip(np.where(ok, (dyy * gx - dxy * gy) / safe, 0.0), -1.0, 1.0)
+    step_y = np.clip(np.where(ok, (dxx * gy - dxy * gx) / safe, 0.0), -1.0, 1.0)
+    locs[:, 0] = np.clip(locs[:, 0] - step_x.astype(np.float32), 0, w - 1)
+    locs[:, 1] = np.clip(locs[:, 1] - step_y.astype(np.float32), 0, h - 1)
     return locs.reshape(*lead, 2)
 
 
