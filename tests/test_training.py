@@ -8,6 +8,8 @@ HRNet (width 8) at a small input on a few synthetic images written to a temporar
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -278,6 +280,53 @@ def test_load_from_starts_a_run_from_another_runs_weights(tmp_path):
     wide = [*settings, f"load_from={tmp_path / 'wide.safetensors'}"]
     with pytest.raises(ValueError, match=r"load_from .*wide\.safetensors: .*other shapes"):
         Trainer(load_config(config_path, wide), tmp_path / "e")
+
+
+#: One rank of a torchrun job: the trainer, then this rank's weights in a file of its own
+#: (only rank 0 writes the run's checkpoints).
+DDP_RANK = """
+import os
+import sys
+from pathlib import Path
+
+from posegraph.models import save_checkpoint
+from training.config import load_config
+from training.trainer import Trainer
+
+config, out, *settings = sys.argv[1:]
+trainer = Trainer(load_config(Path(config), settings), Path(out) / "run")
+trainer.fit()
+save_checkpoint(trainer.model, Path(out) / f"rank{os.environ['RANK']}.safetensors")
+"""
+
+
+def test_torchrun_ranks_split_the_data_and_keep_one_set_of_weights(tmp_path):
+    """Two CPU processes under torchrun (gloo): each reads half of the epoch, the gradients
+    are averaged, so both ranks end with the same weights, and only rank 0 writes."""
+    script = tmp_path / "rank.py"
+    script.write_text(DDP_RANK)
+    settings = [*TINY, "data.val=null", "schedule.epochs=1", "data.train.length=64"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node", "2", str(script)]
+    command += [str(CONFIGS / "hrnet_w32_synth_tiny.yaml"), str(tmp_path), *settings]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    # 64 crops in batches of 16 on each of 2 ranks: 2 steps, not the 4 of one process
+    assert state["step"] == 2
+    rank0 = load_file(str(tmp_path / "rank0.safetensors"))
+    rank1 = load_file(str(tmp_path / "rank1.safetensors"))
+    fresh = Trainer(load_config(CONFIGS / "hrnet_w32_synth_tiny.yaml", settings), tmp_path / "x")
+    parameters = dict(fresh.model.named_parameters())
+    drifted = [k for k in parameters if not torch.equal(rank0[k], rank1[k])]
+    assert not drifted, f"the ranks' weights drifted: {drifted}"
+    # BatchNorm statistics are rank 0's, broadcast before each step, plus each rank's own
+    # last batch: what the checkpoint holds is rank 0's
+    assert any(not torch.equal(rank0[k], rank1[k]) for k in rank0 if "running_" in k)
+    written = load_file(str(tmp_path / "run" / "last.safetensors"))
+    assert all(torch.equal(rank0[k], written[k]) for k in rank0)
+    trained = [k for k, v in parameters.items() if not torch.equal(v.detach(), rank0[k])]
+    assert trained, "nothing was trained"
 
 
 def test_export_writes_onnx_and_safetensors_with_parity(tmp_path):
