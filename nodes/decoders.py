@@ -83,8 +83,8 @@ def decode_crops(
         return codec.decode(simcc_x, simcc_y)
     heatmaps = np.asarray(outputs["heatmaps"], np.float32)
     if flipped:
-        back = codec.flip_back(np.asarray(outputs["heatmaps" + FLIPPED], np.float32), flip_indices)
-        heatmaps = (heatmaps + back) / 2
+        mirrored = np.asarray(outputs["heatmaps" + FLIPPED], np.float32)
+        return codec.decode_flip_test(heatmaps, mirrored, flip_indices)
     return codec.decode(heatmaps)
 
 

@@ -132,8 +132,8 @@ def _decode_batch(
     if not flip_test:
         return codec.decode(output)
     flipped = model(x.flip(3)).float().cpu().numpy()
-    if hasattr(codec, "flip_back"):
-        return codec.decode((output + codec.flip_back(flipped, flip_indices)) * 0.5)
+    if hasattr(codec, "decode_flip_test"):
+        return codec.decode_flip_test(output, flipped, flip_indices)
     # Coordinate codecs: un-mirror the decoded points and average the coordinates.
     keypoints, scores = codec.decode(output)
     mirrored, mirrored_scores = codec.decode(flipped)

@@ -100,3 +100,10 @@ class UDPHeatmap:
         """
         heatmaps = check_heatmaps(heatmaps, self.heatmap_size, "UDPHeatmap.flip_back")
         return flip_heatmaps(heatmaps, flip_indices, shift=False)
+
+    def decode_flip_test(
+        self, heatmaps: np.ndarray, flipped: np.ndarray, flip_indices: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Keypoints of the flip test: the crops' heatmaps averaged with their mirrors',
+        which the UDP grid aligns exactly. Shapes as :meth:`MSRAHeatmap.decode_flip_test`."""
+        return self.decode((heatmaps + self.flip_back(flipped, flip_indices)) * 0.5)
