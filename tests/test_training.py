@@ -358,6 +358,9 @@ def test_tiny_training_run_lowers_loss_and_reaches_ap(synthetic_set, tmp_path, c
     settings += ["schedule.epochs=2", "schedule.steps_per_epoch=60", "schedule.milestones=[2]"]
     settings += ["schedule.warmup_steps=0", "model_overrides.sigma=2.0"]
     settings += ["augmentation.enabled=false", "ema.enabled=false", "optimizer.lr=0.002"]
+    # the quarter-pixel shift: DARK's Gaussian model fits a 120-step model's ragged maps
+    # worse (bbox PCK 0.125 against 0.26 here)
+    settings += ["model_overrides.refine=quarter"]
     argv = [str(CONFIGS / "hrnet_w32_synth_tiny.yaml"), "--out", str(out)]
     assert train_main([*argv, *[a for s in settings for a in ("--set", s)]]) == 0
     history = json.loads((out / "state.json").read_text())["history"]
@@ -378,6 +381,8 @@ def test_tiny_training_run_lowers_loss_and_reaches_ap(synthetic_set, tmp_path, c
         "width=8",
         "--set",
         "input_size=[64,64]",
+        "--set",
+        "refine=quarter",
         "--json",
     ]
     assert eval_main(eval_argv) == 0

@@ -29,12 +29,14 @@ class SimpleBaselineConfig:
         num_keypoints: heatmap channels K.
         sigma: Gaussian sigma of the training heatmaps, in heatmap pixels.
         deconv_channels: width of the three deconvolution layers.
+        refine: sub-pixel decoding, as :class:`~posegraph.models.hrnet.HRNetConfig`'s.
     """
 
     input_size: tuple[int, int] = (192, 256)
     num_keypoints: int = 17
     sigma: float = 2.0
     deconv_channels: int = 256
+    refine: str = "dark"
 
 
 VARIANTS: dict[str, SimpleBaselineConfig] = {
@@ -77,6 +79,9 @@ def make_spec(name: str, config: SimpleBaselineConfig) -> ModelSpec:
     return heatmap_spec(
         name,
         HRNetConfig(
-            input_size=config.input_size, num_keypoints=config.num_keypoints, sigma=config.sigma
+            input_size=config.input_size,
+            num_keypoints=config.num_keypoints,
+            sigma=config.sigma,
+            refine=config.refine,
         ),
     )
