@@ -320,9 +320,8 @@ def test_torchrun_ranks_split_the_data_and_keep_one_set_of_weights(tmp_path):
     parameters = dict(fresh.model.named_parameters())
     drifted = [k for k in parameters if not torch.equal(rank0[k], rank1[k])]
     assert not drifted, f"the ranks' weights drifted: {drifted}"
-    # BatchNorm statistics are rank 0's, broadcast before each step, plus each rank's own
-    # last batch: what the checkpoint holds is rank 0's
-    assert any(not torch.equal(rank0[k], rank1[k]) for k in rank0 if "running_" in k)
+    # BatchNorm running statistics may differ (each rank's own last batch): the checkpoint
+    # holds rank 0's
     written = load_file(str(tmp_path / "run" / "last.safetensors"))
     assert all(torch.equal(rank0[k], written[k]) for k in rank0)
     trained = [k for k, v in parameters.items() if not torch.equal(v.detach(), rank0[k])]
