@@ -21,10 +21,10 @@ from posegraph import codecs, skeletons
 from posegraph.models import save_checkpoint
 from training.cli import main as train_main
 from training.config import ConfigError, load_config
-from training.datasets.coco import CocoPersons, TopDownDataset
+from training.datasets.coco import CocoPersons, PersonInstance, TopDownDataset
 from training.datasets.mpii import load_mpii
 from training.datasets.synthetic import SyntheticTopDown, write_synthetic_coco
-from training.evaluate import coco_keypoint_ap
+from training.evaluate import PosePrediction, coco_keypoint_ap, sides_swapped
 from training.evaluate import main as eval_main
 from training.export import export
 from training.export import main as export_main
@@ -113,6 +113,28 @@ def test_ground_truth_as_predictions_scores_ap_one():
     for r in results:
         r["keypoints"] = [v + 10 if i % 3 != 2 else v for i, v in enumerate(r["keypoints"])]
     assert coco_keypoint_ap(path, results, "coco17")["AP"] < 0.9
+
+
+def test_swapped_counts_people_whose_left_and_right_are_exchanged():
+    skeleton = skeletons.get("coco17")
+    rng = np.random.default_rng(0)
+    people = []
+    for i in range(4):
+        points = rng.uniform([0, 0], [80, 200], (17, 2)).astype(np.float32) + 100 * i
+        truth = np.concatenate([points, np.ones((17, 1), np.float32)], axis=1)
+        box = np.array([100 * i, 100 * i, 80, 200], np.float32)
+        people.append(PersonInstance(Path("x.jpg"), 0, truth, box[:2], box[2:] / 200, box=box))
+
+    def predictions(*poses):
+        return [PosePrediction(0, p, np.ones(17, np.float32), 1.0, 1.0, i) for i, p in poses]
+
+    flip = skeleton.flip_indices
+    exact = predictions(*((i, p.keypoints[:, :2]) for i, p in enumerate(people)))
+    assert sides_swapped(exact, people, flip, skeleton.sigmas) == (0.0, 4)
+    mirrored = [(0, people[0].keypoints[flip, :2]), (1, people[1].keypoints[flip, :2])]
+    lost = (2, people[2].keypoints[:, :2] + 60)  # found on neither side: not counted
+    half = predictions(*mirrored, lost, (3, people[3].keypoints[:, :2]))
+    assert sides_swapped(half, people, flip, skeleton.sigmas) == (pytest.approx(2 / 3), 3)
 
 
 @pytest.mark.parametrize("udp", [False, True])

@@ -34,6 +34,7 @@ from torch import nn
 
 from posegraph import codecs, skeletons
 from posegraph.codecs import PoseInstances
+from posegraph.codecs.oks import oks
 from posegraph.models import ModelSpec, build, load_checkpoint, spec_of
 from training.datasets.bottomup import CocoImages
 from training.datasets.coco import CocoPersons, PersonInstance, TopDownDataset, guess_skeleton
@@ -333,6 +334,45 @@ def pck_bbox(
     return pck(predictions, instances, sizes, threshold)
 
 
+def sides_swapped(
+    predictions: list[PosePrediction],
+    instances: list[PersonInstance],
+    flip_indices: np.ndarray,
+    sigmas: np.ndarray,
+    min_oks: float = 0.5,
+) -> tuple[float, int]:
+    """How often the model puts a person's left keypoints on the right and the reverse.
+
+    Over each person's labelled keypoints that have a mirror partner (not the nose), the OKS
+    of the prediction as it is and with its left and right keypoints exchanged, against the
+    truth (area: the box's). A person counts as found where the better of the two reaches
+    ``min_oks``, and as swapped where the exchanged one is the better.
+
+    Returns:
+        the share of found people that are swapped (0 when none is found), and how many were
+        found.
+    """
+    flip_indices = np.asarray(flip_indices)
+    paired = flip_indices != np.arange(len(flip_indices))
+    found = swapped = 0
+    for pred in predictions:
+        person = instances[pred.index]
+        counted = (person.keypoints[:, 2] > 0) & paired
+        if person.box is None or counted.sum() < 2:
+            continue
+        truth = person.keypoints[None, :, :2]
+        area = np.array([person.box[2] * person.box[3]])
+        as_is, exchanged = (
+            oks(points[None], truth, area, sigmas, counted[None])[0, 0]
+            for points in (pred.keypoints, pred.keypoints[flip_indices])
+        )
+        if max(as_is, exchanged) < min_oks:
+            continue
+        found += 1
+        swapped += int(exchanged > as_is)
+    return (swapped / found if found else 0.0), found
+
+
 def evaluate_coco(
     model: nn.Module,
     spec: ModelSpec,
@@ -343,7 +383,9 @@ def evaluate_coco(
 ) -> dict[str, float]:
     """The whole top-down protocol on a COCO-format file: predict, rescore, NMS, COCOeval.
 
-    With ground-truth boxes it also gives ``PCK`` (bbox-normalised, 0.05) per person.
+    With ground-truth boxes it also gives ``PCK`` (bbox-normalised, 0.05) per person and
+    ``swapped``, the share of people found (OKS >= 0.5 on either side) whose left and right
+    keypoints the model exchanged (:func:`sides_swapped`).
     """
     codec = codecs.build(spec.codec, **spec.codec_kwargs)
     skeleton = skeletons.get(persons.skeleton)
@@ -358,6 +400,9 @@ def evaluate_coco(
     )
     if persons.detections is None:
         metrics["PCK"] = pck_bbox(predictions, persons.instances)
+        metrics["swapped"], _ = sides_swapped(
+            predictions, persons.instances, skeleton.flip_indices, skeleton.sigmas
+        )
     return metrics
 
 
