@@ -304,12 +304,12 @@ def test_load_from_starts_a_run_from_another_runs_weights(tmp_path):
         Trainer(load_config(config_path, wide), tmp_path / "e")
 
 
-def test_target_overrides_change_the_training_targets_only(tmp_path):
+def test_unbiased_targets_sit_on_the_keypoints_sub_pixel_position(tmp_path):
     settings = [*TINY, "data.val=null", "schedule.epochs=1"]
     config_path = CONFIGS / "hrnet_w32_synth_tiny.yaml"
     plain = Trainer(load_config(config_path, settings), tmp_path / "a")
     unbiased = Trainer(
-        load_config(config_path, [*settings, "target_overrides.unbiased=true"]), tmp_path / "b"
+        load_config(config_path, [*settings, "model_overrides.unbiased=true"]), tmp_path / "b"
     )
     # a keypoint 0.3 heatmap pixels right of pixel (5, 6) of the 16x16 maps
     point = np.array([[[5.3, 6.0]]], np.float32) * plain.codec.stride
@@ -317,11 +317,10 @@ def test_target_overrides_change_the_training_targets_only(tmp_path):
     exact = unbiased.codec.encode(point)["heatmaps"][0, 0, 6]
     assert rounded[4] == pytest.approx(rounded[6]) and rounded.argmax() == 5
     assert exact[6] > exact[4] and exact.argmax() == 5
-    assert unbiased.codec.refine == plain.codec.refine == "dark"
     decoded, _ = unbiased.codec.decode(unbiased.codec.encode(point)["heatmaps"])
     assert decoded[0, 0] / unbiased.codec.stride == pytest.approx([5.3, 6.0], abs=0.02)
-    with pytest.raises(ValueError, match=r"target_overrides .*msra.* arguments are .*unbiased"):
-        Trainer(load_config(config_path, [*settings, "target_overrides.unbias=true"]), tmp_path)
+    # the model's codec: what validation and the pose nodes decode with
+    assert unbiased.spec.codec_kwargs["unbiased"] and not plain.spec.codec_kwargs["unbiased"]
 
 
 #: One rank of a torchrun job: the trainer, then this rank's weights in a file of its own

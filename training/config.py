@@ -136,9 +136,6 @@ class TrainConfig:
 
     Attributes:
         model: zoo name; ``model_overrides`` change its config (``input_size``, ``width``...).
-        target_overrides: arguments of the codec that encodes the training targets, over the
-            model's (``unbiased: true`` for DARK's sub-pixel Gaussians); validation and
-            inference decode with the model's own codec.
         skeleton: the keypoint set of the data; the model is built with its K.
         batch_size: per process (per GPU under torchrun).
         workers: DataLoader worker processes per rank.
@@ -156,7 +153,6 @@ class TrainConfig:
 
     model: str = "hrnet_w32"
     model_overrides: dict[str, Any] = field(default_factory=dict)
-    target_overrides: dict[str, Any] = field(default_factory=dict)
     skeleton: str = "coco17"
     data: DataConfig = field(default_factory=DataConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)

@@ -22,7 +22,6 @@ Files in the output folder:
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import math
@@ -201,7 +200,7 @@ class Trainer:
         self.skeleton = skeletons.get(config.skeleton)
         self.model, self.spec = self._build_model()
         self.paradigm = self.spec.paradigm
-        self.codec = self._target_codec()
+        self.codec = codecs.build(self.spec.codec, **self._codec_kwargs())
         self.collate: Any = None
         if self.paradigm == "topdown" and self.spec.codec in HEATMAP_CODECS:
             init_weights(self.model)
@@ -263,18 +262,6 @@ class Trainer:
                 )
             overrides["num_keypoints"] = self.skeleton.num_keypoints
         return build(config.model, **overrides)
-
-    def _target_codec(self) -> Any:
-        """The codec that encodes training targets: the model's, with ``target_overrides``."""
-        kwargs = {**self._codec_kwargs(), **self.config.target_overrides}
-        try:
-            return codecs.build(self.spec.codec, **kwargs)
-        except TypeError as error:
-            names = sorted(f.name for f in dataclasses.fields(codecs.CODECS[self.spec.codec]))
-            raise ValueError(
-                f"target_overrides {self.config.target_overrides}: the {self.spec.codec} codec "
-                f"of {self.config.model} does not take them ({error}); its arguments are {names}"
-            ) from None
 
     def _codec_kwargs(self, validation: bool = False) -> dict[str, Any]:
         """The spec's codec arguments; ER-Pose's codec also takes the skeleton (its K)."""

@@ -222,6 +222,8 @@ class HRNetConfig:
         input_size: ``(width, height)`` of the person crop.
         num_keypoints: heatmap channels K.
         sigma: Gaussian sigma of the training heatmaps, in heatmap pixels.
+        unbiased: centre each training Gaussian on the keypoint's sub-pixel position (DARK's
+            encoding) rather than on the nearest heatmap pixel; training only.
         refine: sub-pixel decoding of the heatmaps, ``"dark"`` or ``"quarter"`` (the
             official post-processing); see :func:`heatmap_spec`.
     """
@@ -230,6 +232,7 @@ class HRNetConfig:
     input_size: tuple[int, int] = (192, 256)
     num_keypoints: int = 17
     sigma: float = 2.0
+    unbiased: bool = False
     refine: str = "dark"
 
 
@@ -352,6 +355,7 @@ def heatmap_spec(name: str, config: HRNetConfig) -> ModelSpec:
             "input_size": (w, h),
             "heatmap_size": (w // 4, h // 4),
             "sigma": config.sigma,
+            "unbiased": config.unbiased,
             "refine": config.refine,
         },
         num_keypoints=config.num_keypoints,

@@ -29,6 +29,7 @@ class SimpleBaselineConfig:
         num_keypoints: heatmap channels K.
         sigma: Gaussian sigma of the training heatmaps, in heatmap pixels.
         deconv_channels: width of the three deconvolution layers.
+        unbiased: sub-pixel training Gaussians, as :class:`~posegraph.models.hrnet.HRNetConfig`'s.
         refine: sub-pixel decoding, as :class:`~posegraph.models.hrnet.HRNetConfig`'s.
     """
 
@@ -36,6 +37,7 @@ class SimpleBaselineConfig:
     num_keypoints: int = 17
     sigma: float = 2.0
     deconv_channels: int = 256
+    unbiased: bool = False
     refine: str = "dark"
 
 
@@ -82,6 +84,7 @@ def make_spec(name: str, config: SimpleBaselineConfig) -> ModelSpec:
             input_size=config.input_size,
             num_keypoints=config.num_keypoints,
             sigma=config.sigma,
+            unbiased=config.unbiased,
             refine=config.refine,
         ),
     )
