@@ -60,9 +60,8 @@ def test_real_detector_with_pose_on_a_real_video(tmp_path, posegraph):
 # weights: surveillance 0.638 (HPRNet's boxes, HRNet's keypoints; 0.657 over 45 frames;
 # 0.609 with the HRNet before; 0.585 with the one before that, 0.591 decoded as now; 0.574
 # with the detector before that, 0.502 with the HRNet that drew one map for both sides of
-# the body), realtime 0.457
-# (ER-Pose-n after 4706 steps; 0.122 after 905, random weights score about 0). Raise them
-# with the weights.
+# the body), realtime 0.457 (ER-Pose-n after 4706 steps; 0.122 after 905, random weights
+# score about 0). Raise them with the weights.
 FRAMES = 30
 OKS_FLOOR = {"surveillance": 0.55, "realtime": 0.35}
 

@@ -130,11 +130,11 @@ def test_swapped_counts_people_whose_left_and_right_are_exchanged():
 
     flip = skeleton.flip_indices
     exact = predictions(*((i, p.keypoints[:, :2]) for i, p in enumerate(people)))
-    assert sides_swapped(exact, people, flip, skeleton.sigmas) == (0.0, 4)
+    assert sides_swapped(exact, people, flip, skeleton.sigmas) == 0.0
     mirrored = [(0, people[0].keypoints[flip, :2]), (1, people[1].keypoints[flip, :2])]
     lost = (2, people[2].keypoints[:, :2] + 60)  # found on neither side: not counted
     half = predictions(*mirrored, lost, (3, people[3].keypoints[:, :2]))
-    assert sides_swapped(half, people, flip, skeleton.sigmas) == (pytest.approx(2 / 3), 3)
+    assert sides_swapped(half, people, flip, skeleton.sigmas) == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize("udp", [False, True])

@@ -340,7 +340,7 @@ def sides_swapped(
     flip_indices: np.ndarray,
     sigmas: np.ndarray,
     min_oks: float = 0.5,
-) -> tuple[float, int]:
+) -> float:
     """How often the model puts a person's left keypoints on the right and the reverse.
 
     Over each person's labelled keypoints that have a mirror partner (not the nose), the OKS
@@ -349,8 +349,7 @@ def sides_swapped(
     ``min_oks``, and as swapped where the exchanged one is the better.
 
     Returns:
-        the share of found people that are swapped (0 when none is found), and how many were
-        found.
+        the share of found people that are swapped; 0 when none is found.
     """
     flip_indices = np.asarray(flip_indices)
     paired = flip_indices != np.arange(len(flip_indices))
@@ -370,7 +369,7 @@ def sides_swapped(
             continue
         found += 1
         swapped += int(exchanged > as_is)
-    return (swapped / found if found else 0.0), found
+    return swapped / found if found else 0.0
 
 
 def evaluate_coco(
@@ -400,7 +399,7 @@ def evaluate_coco(
     )
     if persons.detections is None:
         metrics["PCK"] = pck_bbox(predictions, persons.instances)
-        metrics["swapped"], _ = sides_swapped(
+        metrics["swapped"] = sides_swapped(
             predictions, persons.instances, skeleton.flip_indices, skeleton.sigmas
         )
     return metrics
