@@ -282,6 +282,33 @@ def test_resume_continues_from_the_same_step(synthetic_set, tmp_path):
         Trainer(load_config(config_path, settings), tmp_path / "empty", resume=True)
 
 
+def test_minutes_replans_the_epochs_to_end_at_the_deadline(synthetic_set, tmp_path):
+    settings = [
+        *TINY,
+        *_data_overrides(synthetic_set, "all", None),
+        "batch_size=2",
+        "schedule.steps_per_epoch=2",
+        "schedule.kind=cosine",
+        "schedule.epochs=50",
+        "schedule.warmup_steps=0",
+    ]
+    config_path = CONFIGS / "hrnet_w32_synth_tiny.yaml"
+    # a deadline shorter than one epoch: that epoch is the last (lr annealed by its end)
+    short = Trainer(load_config(config_path, [*settings, "schedule.minutes=0.0001"]), tmp_path)
+    history = short.fit()
+    assert len(history) == 1 and short.config.schedule.epochs == 1
+    assert short.learning_rate(1, short.step) == pytest.approx(3e-3 * 0.01)
+    # a long one keeps re-planning from the mean epoch time: far more than 50 epochs fit
+    long = Trainer(load_config(config_path, [*settings, "schedule.minutes=600"]), tmp_path / "b")
+    long.train_epoch()
+    long._fit_epochs_to_time(seconds=1.0)
+    assert long.config.schedule.epochs == 36000
+    with pytest.raises(ConfigError, match="step schedule"):
+        load_config(config_path, ["schedule.minutes=5"])  # this config's schedule is step
+    with pytest.raises(ConfigError, match="positive"):
+        load_config(config_path, ["schedule.kind=cosine", "schedule.minutes=0"])
+
+
 def test_load_from_starts_a_run_from_another_runs_weights(tmp_path):
     settings = [*TINY, "data.val=null", "schedule.epochs=1"]
     config_path = CONFIGS / "hrnet_w32_synth_tiny.yaml"

@@ -109,6 +109,11 @@ class ScheduleConfig:
     is shorter (None: one pass); ``warmup_steps`` ramps
     the learning rate linearly from 0; validation runs every ``val_every`` epochs and after
     the last.
+
+    ``minutes`` (Ultralytics' ``time``) trains for that long instead of ``epochs``: after
+    each epoch, ``epochs`` becomes as many as the mean epoch so far (validation included)
+    fits in the time, at least the epochs done, so that the ``linear`` or ``cosine`` decay
+    ends at the deadline; training stops there.
     """
 
     kind: Literal["step", "linear", "cosine"] = "step"
@@ -119,6 +124,18 @@ class ScheduleConfig:
     steps_per_epoch: int | None = None
     warmup_steps: int = 0
     val_every: int = 1
+    minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.minutes is None:
+            return
+        if self.minutes <= 0:
+            raise ConfigError(f"schedule.minutes: {self.minutes} is not a positive time")
+        if self.kind == "step":
+            raise ConfigError(
+                "schedule.minutes re-plans the epochs, which a step schedule's milestones "
+                "(in epochs) cannot follow; use kind: cosine or linear, or drop minutes"
+            )
 
 
 @dataclass

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -167,6 +168,12 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, rest: dict)
         index, key = flat.split(".", 1)
         state.setdefault(int(index), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
+
+
+def _one_cv2_thread(worker: int) -> None:
+    """Loader workers are the parallelism: OpenCV's own threads in each would oversubscribe
+    the cores."""
+    cv2.setNumThreads(1)
 
 
 def _write_atomically(path: Path, write: Any) -> None:
@@ -382,8 +389,13 @@ class Trainer:
             sampler: Any = DistributedSampler(self.train_set, seed=order_seed)
             sampler.set_epoch(epoch)
         else:
+            # the whole epoch from one loader, further passes over a small set included, so
+            # that the workers start once an epoch (restarting them every pass cost ~15% of
+            # a GPU run's time on a few thousand images)
             sampler = RandomSampler(
-                self.train_set, generator=torch.Generator().manual_seed(order_seed)
+                self.train_set,
+                num_samples=self.steps_per_epoch() * self.config.batch_size,
+                generator=torch.Generator().manual_seed(order_seed),
             )
         return DataLoader(
             self.train_set,
@@ -393,6 +405,7 @@ class Trainer:
             collate_fn=self.collate,
             pin_memory=self.device.type == "cuda",
             drop_last=True,
+            worker_init_fn=_one_cv2_thread,
         )
 
     def steps_per_epoch(self) -> int:
@@ -423,7 +436,8 @@ class Trainer:
 
     def _batches(self, epoch: int) -> Iterator[dict[str, Any]]:
         """The epoch's batches; more steps than one pass holds take further passes (a small
-        set then still makes epochs of a useful length, without a checkpoint per pass)."""
+        set then still makes epochs of a useful length, without a checkpoint per pass): in
+        one loader on one process, one loader a pass under torchrun."""
         steps, done, repeat = self.steps_per_epoch(), 0, 0
         while done < steps:
             for batch in self._loader(epoch, repeat):
@@ -590,6 +604,26 @@ class Trainer:
         self.best, self.history = state["best_ap"], state["history"]
         logger.info("resumed from %s: epoch %d, step %d", self.out, self.epoch, self.step)
 
+    def _fit_epochs_to_time(self, seconds: float) -> None:
+        """Re-set ``schedule.epochs`` to what ``schedule.minutes`` holds at the mean epoch
+        time so far (earlier epochs as recorded, the one just trained took ``seconds``)."""
+        schedule = self.config.schedule
+        done = self.epoch + 1
+        elapsed = sum(record["seconds"] for record in self.history) + seconds
+        fits = int(schedule.minutes * 60 / (elapsed / (len(self.history) + 1)))
+        epochs = max(done, fits)
+        if epochs != schedule.epochs:
+            logger.info(
+                "%.1f minutes at %.1f s an epoch: %d epochs (were %d)",
+                schedule.minutes,
+                elapsed / (len(self.history) + 1),
+                epochs,
+                schedule.epochs,
+            )
+        schedule.epochs = epochs
+        if isinstance(self.train_set, BottomUpDataset):  # mosaic closes before the new end
+            self.train_set.mosaic_epochs = epochs - self.config.augmentation.close_mosaic
+
     def fit(self, console: Any = None) -> list[dict[str, Any]]:
         """Train to the last epoch; returns one record per epoch (loss, metrics, time)."""
         from rich.progress import (
@@ -620,6 +654,8 @@ class Trainer:
                 )
                 started = time.perf_counter()
                 loss = self.train_epoch(progress, task)
+                if self.config.schedule.minutes is not None:
+                    self._fit_epochs_to_time(time.perf_counter() - started)
                 last = self.epoch + 1 == self.config.schedule.epochs
                 due = (self.epoch + 1) % self.config.schedule.val_every == 0 or last
                 metrics = self.validate() if self.dist.main and due else {}

@@ -1,6 +1,7 @@
 """``posegraph synth``: write synthetic image sets, videos and preview sheets.
 
 posegraph synth images --n 5000 --out data/synth [--seed 0] [--size 640x480] [--people 1-8]
+                       [--workers N]
 posegraph synth video --people 8 --seconds 20 --fps 25 --out clips/walk [--seed 0]
 posegraph synth preview --out sheet.png [--seed 0]
 """
@@ -8,7 +9,10 @@ posegraph synth preview --out sheet.png [--seed 0]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import multiprocessing
+import os
 import sys
 import time
 from pathlib import Path
@@ -83,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument(
         "--people", type=_people_range, default=None, help="MIN-MAX people per image"
     )
+    images.add_argument(
+        "--workers",
+        type=_positive(int),
+        default=None,
+        help="rendering processes (default: one per available core); the files are the same "
+        "for any number",
+    )
 
     video = sub.add_parser("video", help="an MP4 with MOT and COCO ground truth")
     video.add_argument("--people", type=_positive(int), default=8)
@@ -116,6 +127,27 @@ def _progress(console: Console) -> Progress:
     )
 
 
+class _ImageWriter:
+    """Renders image ``i`` of a set and writes it as ``{i:06d}.jpg`` (in a worker process).
+
+    Returns the sample without its pixels: the annotations (with the instance map, for the
+    masks) are what the parent needs.
+    """
+
+    def __init__(self, data: SyntheticPeople, img_dir: Path) -> None:
+        self.data, self.img_dir = data, img_dir
+
+    def __call__(self, index: int) -> Sample:
+        sample = self.data[index]
+        name = self.img_dir / f"{index:06d}.jpg"
+        quality = int(self.data.rng(index).integers(70, 96))
+        if not cv2.imwrite(str(name), sample.image, [cv2.IMWRITE_JPEG_QUALITY, quality]):
+            raise OSError(f"cannot write {name}")
+        h, w = sample.image.shape[:2]
+        # a (h, w, 0) array keeps the size CocoBuilder records, with no pixels
+        return dataclasses.replace(sample, image=np.empty((h, w, 0), np.uint8))
+
+
 def _images(args, console: Console) -> str:
     people = args.people or (1, 8)
     config = SceneConfig(
@@ -128,22 +160,33 @@ def _images(args, console: Console) -> str:
     img_dir = args.out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     coco = CocoBuilder(info={"description": "posegraph synthetic people", "seed": args.seed})
+    write = _ImageWriter(data, img_dir)
+    workers = min(args.workers or len(os.sched_getaffinity(0)), args.n)
     start = time.perf_counter()
     with _progress(console) as bar:
         task = bar.add_task("rendering", total=args.n)
-        for i in range(args.n):
-            sample = data[i]
-            name = f"{i:06d}.jpg"
-            quality = int(data.rng(i).integers(70, 96))
-            cv2.imwrite(str(img_dir / name), sample.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            coco.add(sample, f"images/{name}")
-            bar.advance(task)
+        if workers == 1:
+            samples = map(write, range(args.n))
+            pool = None
+        else:
+            # spawn: the parent may hold threads (torch's) that a fork would copy mid-state
+            pool = multiprocessing.get_context("spawn").Pool(workers)
+            samples = pool.imap(write, range(args.n), chunksize=4)
+        try:
+            for i, sample in enumerate(samples):  # in index order, whatever the workers
+                coco.add(sample, f"images/{i:06d}.jpg")
+                bar.advance(task)
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
     write_json(coco.keypoints_json(), args.out / "annotations" / "person_keypoints.json")
     write_json(coco.wholebody_json(), args.out / "annotations" / "coco_wholebody.json")
     took = time.perf_counter() - start
     return (
         f"wrote {args.n} images with {len(coco.body)} people to {args.out} "
-        f"in {took:.1f} s ({args.n / took:.1f} images/s)"
+        f"in {took:.1f} s ({args.n / took:.1f} images/s, "
+        f"{workers} process{'es' if workers > 1 else ''})"
     )
 
 

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 
 from .background import draw_background
@@ -194,6 +193,8 @@ def write_video(
 ) -> dict:
     """Write ``out`` (.mp4, H.264 yuv420p), ``out`` .csv (MOT ground truth) and .json
     (per-frame COCO with COCO-WholeBody fields and ``track_id``). Returns a summary dict."""
+    import av  # here: rendering stills and training need no video library
+
     base = out.with_suffix("") if out.suffix == ".mp4" else out
     base.parent.mkdir(parents=True, exist_ok=True)
     mp4, csv, js = base.with_suffix(".mp4"), base.with_suffix(".csv"), base.with_suffix(".json")
