@@ -34,6 +34,7 @@ from nodes import decoders
 from nodes.crop import DeviceFrames, read_only_tensor, warp_crops
 from nodes.detectors import letterbox, onnx_providers
 from nodes.sources import resolve_path
+from nodes.trackers import box_iou
 from posegraph import codecs, skeletons
 from posegraph.node import Context, Node, NodeError, register
 from posegraph.packet import DETECT_SKIPPED, POSE_SKIPPED, Detections, Frame
@@ -469,7 +470,10 @@ class TopDownPose(_ModelNode):
             (its poses replace the crops'; ``meta["pose_fallback"]`` names it).
         fallback_weights: the fallback's weights (default: the shipped ones).
 
-    Crops run in order of detection score; those the scheduler cannot run by the frame's
+    Crops run in order of detection score, except that people skipped in the stream's
+    frame before (a box overlapping theirs at IoU >= 0.3) go first: under a load the model
+    cannot keep up with, the misses then pass from person to person instead of falling on
+    the lowest-scored people every frame. Crops the scheduler cannot run by the frame's
     deadline are skipped (listed in ``meta["pose_skipped"]``, keypoint scores 0, instance
     score the box's) and the tracker coasts them.
     """
@@ -560,6 +564,8 @@ class TopDownPose(_ModelNode):
         self.fallback_weights = fallback_weights
         self.fallback: _WholeImagePose | None = None
         self.fallbacks = 0
+        # per stream, the boxes of the people whose crops were skipped in its last frame
+        self._waiting: dict[str, np.ndarray] = {}
 
     def setup(self, ctx: Context) -> None:
         super().setup(ctx)
@@ -698,6 +704,7 @@ class TopDownPose(_ModelNode):
         n = len(crops["detection"])
         meta = dict(frame.meta)
         if n == 0:
+            self._waiting.pop(frame.stream, None)
             if self.decode:
                 k = self.skeleton.num_keypoints
                 return frame.replace(poses=decoders.empty_poses(k, self.skeleton.name))
@@ -706,11 +713,22 @@ class TopDownPose(_ModelNode):
         if self._over_budget(n, frame):
             # too many people for top-down in time: the whole-image model takes the frame
             self.fallbacks += 1
+            self._waiting.pop(frame.stream, None)  # everyone got a pose from it
             found = self.fallback.process(frame)
             meta = {**found.meta, "pose_fallback": self.fallback_model}
             meta.pop("crops", None)
             return found.replace(detections=frame.detections, meta=meta)
-        result = self._run_crops(frame, crops)
+        order = self._serving_order(frame, crops)
+        result = self._run_crops(frame, _reordered(crops, order))
+        if order is not None:
+            back = np.argsort(order)
+            result = dataclasses.replace(
+                result,
+                outputs={name: v[back] for name, v in result.outputs.items()},
+                done=result.done[back],
+            )
+        boxes = frame.detections.xyxy[crops["detection"]]
+        self._waiting[frame.stream] = boxes[~result.done]
         if not result.done.any():
             # nothing ran in time: the people keep their boxes, the tracker their keypoints
             k = self.skeleton.num_keypoints
@@ -747,6 +765,18 @@ class TopDownPose(_ModelNode):
             poses = _keep_box_scores(poses, crops, frame, skipped)
         return frame.replace(poses=poses, meta=meta)
 
+    def _serving_order(self, frame: Frame, crops: dict[str, Any]) -> np.ndarray | None:
+        """Crop indices with the people skipped in the stream's last frame first (each group
+        in its detection order); None when that changes nothing."""
+        waiting = self._waiting.get(frame.stream)
+        if waiting is None or not len(waiting):
+            return None
+        boxes = frame.detections.xyxy[crops["detection"]]
+        first = box_iou(boxes, waiting).max(axis=1) >= 0.3
+        if first.all() or not first.any() or np.all(np.diff(first.astype(int)) <= 0):
+            return None
+        return np.concatenate([np.flatnonzero(first), np.flatnonzero(~first)])
+
     def _run_crops(self, frame: Frame, crops: dict[str, Any]) -> Any:
         """The scheduler's result for the frame's crops, cut here or by crop.topdown; with
         flip_test an item is a crop and its mirror, which one batch runs both."""
@@ -774,6 +804,14 @@ class TopDownPose(_ModelNode):
             return self._run(items, frame)
         finally:
             self.device_frames.remove(fid)
+
+
+def _reordered(crops: dict[str, Any], order: np.ndarray | None) -> dict[str, Any]:
+    """``crops`` with its per-person arrays in ``order`` (the crops as they are for None)."""
+    if order is None:
+        return crops
+    per_person = ("images", "affine", "inverse", "detection")
+    return {**crops, **{key: crops[key][order] for key in per_person if key in crops}}
 
 
 def _keep_box_scores(

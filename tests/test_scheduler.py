@@ -316,6 +316,57 @@ def test_too_many_people_for_top_down_in_time_go_to_the_whole_image_fallback():
         pose.close()
 
 
+def test_people_skipped_in_the_last_frame_are_served_first():
+    """Under overload the misses move on: the crops of people skipped in the stream's frame
+    before (matched by box) go to the scheduler first, and the poses come back in the
+    detections' order whatever order they ran in."""
+    from nodes.crop import TopDownCrop
+    from nodes.pose import TopDownPose
+    from posegraph.node import Context
+    from posegraph.packet import POSE_SKIPPED, Detections, Frame
+    from posegraph.scheduler.bench import _first_frame
+
+    ctx = Context(name="pose")
+    crop = TopDownCrop(model="hrnet_w16_128x96")
+    pose = TopDownPose(model="hrnet_w16_128x96", weights="builtin")
+    crop.setup(ctx)
+    pose.setup(ctx)
+    try:
+        image = _first_frame()
+        # six people side by side (no two boxes overlap), best score first
+        x = np.arange(6, dtype=np.float32)[:, None] * 100 + 10
+        people = Detections(
+            np.hstack([x, np.full_like(x, 100), x + 80, np.full_like(x, 400)]),
+            np.linspace(0.9, 0.4, 6),
+            np.zeros(6, np.int64),
+        )
+
+        def frame(deadline: float) -> Frame:
+            f = Frame(stream="cam", index=0, pts=0.0, captured_at=time.time(), deadline=deadline)
+            return crop.process(f.replace(image=image, detections=people))
+
+        plain = pose.process(frame(math.inf))
+        assert pose._waiting["cam"].shape == (0, 4)  # everyone served
+        # a frame already past its deadline: nobody is served, everyone waits
+        late = pose.process(frame(time.time() - 1.0))
+        assert late.meta[POSE_SKIPPED] == list(range(6))
+        assert len(pose._waiting["cam"]) == 6
+        # the last three people were skipped: their crops go first ...
+        pose._waiting["cam"] = people.xyxy[3:]
+        f = frame(math.inf)
+        assert pose._serving_order(f, f.meta["crops"]).tolist() == [3, 4, 5, 0, 1, 2]
+        # ... and each pose still lands on its own person
+        again = pose.process(f)
+        np.testing.assert_allclose(again.poses.keypoints, plain.poses.keypoints, atol=1e-3)
+        np.testing.assert_allclose(again.poses.scores, plain.poses.scores, atol=1e-4)
+        assert pose._waiting["cam"].shape == (0, 4)
+        # no other stream's misses count, and a frame with nobody waiting keeps its order
+        other = f.replace(stream="other")
+        assert pose._serving_order(other, other.meta["crops"]) is None
+    finally:
+        pose.close()
+
+
 def test_fallback_must_be_a_whole_image_model_of_the_same_skeleton():
     from nodes.pose import TopDownPose
     from posegraph.node import Context, NodeError

@@ -2,8 +2,9 @@
 of fixed sizes that still meet the oldest deadline.
 
 A *request* is ``n`` items for one model (a frame's image for a detector, a frame's person
-crops for a top-down model, best detection score first) with the frame's ``deadline``
-(``time.time()`` seconds) and stream. Items of a request may run in different batches; a
+crops for a top-down model, in the order ``pose.topdown`` gives them: people it could not
+serve in the stream's frame before first, then best detection score first) with the
+frame's ``deadline`` (``time.time()`` seconds) and stream. Items of a request may run in different batches; a
 batch may hold items of many requests, of many streams.
 
 The ``edf`` policy, each time the device is free:
@@ -539,9 +540,10 @@ class DeviceScheduler:
         room = fits[-1]
         live = [r for r in sorted(handle.queue) if r.remaining and not r.cancelled]
         # Fairness, within the batch: the room goes round-robin, one item at a time, to the
-        # oldest request of each stream (best-scored people first within a frame), the
+        # oldest request of each stream (within a frame in the request's order), the
         # streams that lost the largest share of their items first; under overload every
-        # stream loses its lowest-scored people rather than some streams whole frames.
+        # stream loses the people at the end of its requests (pose.topdown puts those it
+        # skipped last frame first) rather than some streams whole frames.
         firsts: dict[str, _Request] = {}
         for request in live:
             firsts.setdefault(request.stream, request)
