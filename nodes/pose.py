@@ -718,7 +718,8 @@ class TopDownPose(_ModelNode):
             meta = {**found.meta, "pose_fallback": self.fallback_model}
             meta.pop("crops", None)
             return found.replace(detections=frame.detections, meta=meta)
-        order = self._serving_order(frame, crops)
+        boxes = frame.detections.xyxy[crops["detection"]]
+        order = self._serving_order(frame.stream, boxes)
         result = self._run_crops(frame, _reordered(crops, order))
         if order is not None:
             back = np.argsort(order)
@@ -727,7 +728,6 @@ class TopDownPose(_ModelNode):
                 outputs={name: v[back] for name, v in result.outputs.items()},
                 done=result.done[back],
             )
-        boxes = frame.detections.xyxy[crops["detection"]]
         self._waiting[frame.stream] = boxes[~result.done]
         if not result.done.any():
             # nothing ran in time: the people keep their boxes, the tracker their keypoints
@@ -765,13 +765,13 @@ class TopDownPose(_ModelNode):
             poses = _keep_box_scores(poses, crops, frame, skipped)
         return frame.replace(poses=poses, meta=meta)
 
-    def _serving_order(self, frame: Frame, crops: dict[str, Any]) -> np.ndarray | None:
-        """Crop indices with the people skipped in the stream's last frame first (each group
-        in its detection order); None when that changes nothing."""
-        waiting = self._waiting.get(frame.stream)
+    def _serving_order(self, stream: str, boxes: np.ndarray) -> np.ndarray | None:
+        """Indices of the crops (``boxes``, xyxy in crop order) with the people skipped in
+        the stream's last frame first (each group in crop order); None when that changes
+        nothing."""
+        waiting = self._waiting.get(stream)
         if waiting is None or not len(waiting):
             return None
-        boxes = frame.detections.xyxy[crops["detection"]]
         first = box_iou(boxes, waiting).max(axis=1) >= 0.3
         if first.all() or not first.any() or np.all(np.diff(first.astype(int)) <= 0):
             return None

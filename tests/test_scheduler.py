@@ -354,15 +354,15 @@ def test_people_skipped_in_the_last_frame_are_served_first():
         # the last three people were skipped: their crops go first ...
         pose._waiting["cam"] = people.xyxy[3:]
         f = frame(math.inf)
-        assert pose._serving_order(f, f.meta["crops"]).tolist() == [3, 4, 5, 0, 1, 2]
+        boxes = people.xyxy[f.meta["crops"]["detection"]]
+        assert pose._serving_order("cam", boxes).tolist() == [3, 4, 5, 0, 1, 2]
         # ... and each pose still lands on its own person
         again = pose.process(f)
         np.testing.assert_allclose(again.poses.keypoints, plain.poses.keypoints, atol=1e-3)
         np.testing.assert_allclose(again.poses.scores, plain.poses.scores, atol=1e-4)
         assert pose._waiting["cam"].shape == (0, 4)
         # no other stream's misses count, and a frame with nobody waiting keeps its order
-        other = f.replace(stream="other")
-        assert pose._serving_order(other, other.meta["crops"]) is None
+        assert pose._serving_order("other", boxes) is None
     finally:
         pose.close()
 
