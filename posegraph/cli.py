@@ -23,6 +23,7 @@ DELEGATED = {
 # Benchmarks that need synthetic data live with it, in the training package.
 DELEGATED_BENCH = {
     "tracking": ("training.tracking", "track.bytetrack on a synthetic clip: MOTA, IDF1"),
+    "training": ("training.bench", "a training config's images/s, and variants' against it"),
 }
 
 

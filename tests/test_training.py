@@ -8,6 +8,7 @@ HRNet (width 8) at a small input on a few synthetic images written to a temporar
 from __future__ import annotations
 
 import json
+import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +19,12 @@ import torch
 from safetensors.torch import load_file
 
 from posegraph import codecs, skeletons
+from posegraph.cli import main as posegraph_main
 from posegraph.models import save_checkpoint
 from training.cli import main as train_main
 from training.config import ConfigError, load_config
 from training.datasets.coco import CocoPersons, PersonInstance, TopDownDataset
+from training.datasets.draws import Draw
 from training.datasets.mpii import load_mpii
 from training.datasets.synthetic import SyntheticTopDown, write_synthetic_coco
 from training.evaluate import PosePrediction, coco_keypoint_ap, sides_swapped
@@ -30,7 +33,7 @@ from training.export import export
 from training.export import main as export_main
 from training.losses.topdown import CoordinateMSELoss, JointsMSELoss
 from training.synth import SceneConfig
-from training.trainer import Trainer
+from training.trainer import EpochBatches, Trainer
 from training.transforms.topdown import (
     Augmentation,
     TopDownAffine,
@@ -309,6 +312,72 @@ def test_minutes_replans_the_epochs_to_end_at_the_deadline(synthetic_set, tmp_pa
         load_config(config_path, ["schedule.kind=cosine", "schedule.minutes=0"])
 
 
+def test_an_epochs_later_passes_are_drawn_afresh_by_workers_that_stop_with_the_run(
+    synthetic_set, tmp_path
+):
+    # 5 items in batches of 2: a pass makes 2 batches (its fifth item dropped); 5 steps take 3
+    batches = EpochBatches(5, 2, 5, seed=0, world_size=1, rank=0)
+    batches.epoch = 3
+    drawn = list(batches)
+    assert len(drawn) == len(batches) == 5
+    assert [{d.repeat for d in b} for b in drawn] == [{0}, {0}, {1}, {1}, {2}]
+    assert all(d.epoch == 3 for b in drawn for d in b)
+    for repeat in range(2):
+        indices = [d.index for b in drawn[2 * repeat : 2 * repeat + 2] for d in b]
+        assert len(set(indices)) == 4, "a pass holds each item once"
+    assert list(batches) == drawn, "an epoch's batches follow from the seed and the epoch"
+    # the first pass draws an item as a plain index does; a later pass draws it anew
+    flip = skeletons.get("coco17").flip_indices
+    crops = TopDownAffine((96, 128), flip, augmentation=Augmentation())
+    people = SyntheticTopDown(4, crops, None, config=SCENE)
+    people.set_epoch(3)
+    first = people[Draw(1, epoch=3)]["image"]
+    assert np.array_equal(first, people[1]["image"])
+    assert not np.array_equal(first, people[Draw(1, epoch=3, repeat=1)]["image"])
+    # the loader's worker serves every epoch of the run and stops when it ends
+    settings = [*TINY, *_data_overrides(synthetic_set, "all", None), "workers=1"]
+    settings += ["batch_size=2", "schedule.steps_per_epoch=4", "schedule.epochs=2"]
+    trainer = Trainer(load_config(CONFIGS / "hrnet_w32_synth_tiny.yaml", settings), tmp_path)
+    trainer.train_epoch()
+    workers = multiprocessing.active_children()
+    assert len(workers) == 1
+    trainer.epoch += 1
+    trainer.train_epoch()
+    assert multiprocessing.active_children() == workers, "the same workers serve each epoch"
+    trainer.close()
+    assert multiprocessing.active_children() == []
+    assert trainer.fit()[-1]["step"] == 12 and multiprocessing.active_children() == []
+    # losses are read from the device in groups; a non-finite one names its own step
+    steps = [torch.tensor(0.5), torch.tensor(float("nan")), torch.tensor(float("inf"))]
+    with pytest.raises(FloatingPointError, match="loss is nan at epoch 2, step 10;"):
+        trainer._read_losses(steps, epoch=2)
+    assert trainer._read_losses(steps[:1] * 3, epoch=2) == 1.5
+
+
+def test_bench_training_times_variants_against_the_config(synthetic_set, capsys):
+    config = str(CONFIGS / "hrnet_w32_synth_tiny.yaml")
+    settings = [*TINY, *_data_overrides(synthetic_set, "all", None), "batch_size=2"]
+    argv = ["bench", "training", config, *[a for s in settings for a in ("--set", s)]]
+    argv += ["--steps", "2", "--warmup", "1", "--profile", "3"]
+    assert posegraph_main([*argv, "--variant", "nchw=channels_last=false", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    variants = report["variants"]
+    assert list(variants) == ["config", "nchw"]
+    assert variants["config"]["ratio"] == 1.0 and variants["config"]["batch"] == 2
+    for result in variants.values():
+        assert result["images_per_s"] > 0 and result["warmup_s"] > 0
+        assert result["ms_per_step"] == pytest.approx(2000 / result["images_per_s"])
+    operators = report["profile"]["operators"]
+    assert len(operators) == 3 and all(row["calls_per_step"] > 0 for row in operators)
+    assert report["profile"]["kernel_launches_per_step"] is None  # no CUDA here
+    with pytest.raises(SystemExit):
+        posegraph_main([*argv, "--variant", "nchw"])
+    assert "write NAME=KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        posegraph_main([*argv, "--variant", "x=no_such_key=1"])
+    assert "variant 'x'" in capsys.readouterr().err
+
+
 def test_load_from_starts_a_run_from_another_runs_weights(tmp_path):
     settings = [*TINY, "data.val=null", "schedule.epochs=1"]
     config_path = CONFIGS / "hrnet_w32_synth_tiny.yaml"
@@ -357,9 +426,10 @@ import os
 import sys
 from pathlib import Path
 
+from posegraph.cli import main as posegraph_main
 from posegraph.models import save_checkpoint
 from training.config import load_config
-from training.trainer import Trainer
+from training.trainer import EpochBatches, Trainer
 
 config, out, *settings = sys.argv[1:]
 trainer = Trainer(load_config(Path(config), settings), Path(out) / "run")

@@ -155,8 +155,12 @@ class TrainConfig:
         model: zoo name; ``model_overrides`` change its config (``input_size``, ``width``...).
         skeleton: the keypoint set of the data; the model is built with its K.
         batch_size: per process (per GPU under torchrun).
-        workers: DataLoader worker processes per rank.
+        workers: DataLoader worker processes per rank, started once for the run in fresh
+            interpreters (``spawn``): a script that builds a :class:`~training.trainer.Trainer`
+            with workers must guard its entry point with ``if __name__ == "__main__":``.
         amp: mixed precision, on CUDA only.
+        amp_dtype: ``float16`` (with a gradient scaler, whose inf check waits for the GPU
+            each step) or ``bfloat16`` (float32's range: no scaler, no wait; Ampere and newer).
         channels_last: keep weights and inputs in NHWC, which convolutions run faster in
             (about 12% per HRNet-W16 step on a 2-core CPU; more with tensor cores).
         clip_grad_norm: clip the gradient norm to this; None: no clipping.
@@ -166,6 +170,9 @@ class TrainConfig:
             instead of fresh weights: a fine-tuning run with its own schedule (``--resume``
             continues a run; this starts one).
         device: ``auto`` (CUDA if present), ``cpu`` or ``cuda``.
+        deterministic: cuDNN's deterministic kernels, for runs repeatable to the bit on one
+            GPU; false lets cuDNN benchmark and pick the fastest (CPU runs are repeatable
+            either way).
     """
 
     model: str = "hrnet_w32"
@@ -179,12 +186,14 @@ class TrainConfig:
     batch_size: int = 32
     workers: int = 4
     amp: bool = True
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"
     channels_last: bool = True
     clip_grad_norm: float | None = None
     flip_test: bool = True
     seed: int = 0
     load_from: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as written next to checkpoints."""

@@ -21,6 +21,7 @@ Files in the output folder:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -29,7 +30,6 @@ import os
 import random
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from training.datasets.bottomup import (
     collate_hprnet,
 )
 from training.datasets.coco import CocoPersons, TopDownDataset
+from training.datasets.draws import Draw
 from training.datasets.mpii import load_mpii
 from training.datasets.synthetic import SyntheticTopDown
 from training.evaluate import (
@@ -140,13 +141,14 @@ class Distributed:
         return cls(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch; ask torch for deterministic kernels where it has them."""
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, numpy and torch; with ``deterministic``, ask cuDNN for its deterministic
+    kernels, else let it benchmark for the fastest."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
 
 
 def init_weights(model: nn.Module) -> None:
@@ -200,6 +202,56 @@ def _write_atomically(path: Path, write: Any) -> None:
     tmp.replace(path)
 
 
+#: Steps between reads of the losses from the device (see :meth:`Trainer.train_epoch`).
+LOSS_READ_EVERY = 10
+
+
+class EpochBatches:
+    """The batch sampler of the trainer's loader: an epoch's ``steps`` batches, as lists of
+    :class:`~training.datasets.draws.Draw`.
+
+    An epoch with more steps than one pass over the data holds makes further passes, each in
+    its own order (a permutation seeded by the seed, the epoch and the pass; on several
+    processes, a DistributedSampler's share of it) and drawn afresh (the pass is part of each
+    item's draw); each pass drops its last partial batch. Set ``epoch`` before iterating.
+    """
+
+    def __init__(
+        self, length: int, batch_size: int, steps: int, seed: int, world_size: int, rank: int
+    ) -> None:
+        self.length, self.batch_size, self.steps = length, batch_size, steps
+        self.seed, self.world_size, self.rank = seed, world_size, rank
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def _order(self, repeat: int) -> Iterator[int]:
+        order_seed = self.seed + self.epoch + 1_000_003 * repeat
+        if self.world_size > 1:
+            sampler: Any = DistributedSampler(
+                range(self.length), self.world_size, self.rank, seed=order_seed
+            )
+            sampler.set_epoch(self.epoch)
+            return iter(sampler)
+        generator = torch.Generator().manual_seed(order_seed)
+        return iter(RandomSampler(range(self.length), generator=generator))
+
+    def __iter__(self) -> Iterator[list[Draw]]:
+        done, repeat = 0, 0
+        while True:
+            batch: list[Draw] = []
+            for index in self._order(repeat):
+                batch.append(Draw(index, self.epoch, repeat))
+                if len(batch) == self.batch_size:
+                    yield batch
+                    done += 1
+                    if done == self.steps:
+                        return
+                    batch = []
+            repeat += 1
+
+
 class Trainer:
     """Trains the zoo model a :class:`TrainConfig` names (top-down, bottom-up or one-stage).
 
@@ -219,7 +271,7 @@ class Trainer:
         self.device = torch.device(f"cuda:{self.dist.local_rank}" if cuda else "cpu")
         if cuda:
             torch.cuda.set_device(self.device)
-        seed_everything(config.seed)
+        seed_everything(config.seed, config.deterministic)
 
         self.skeleton = skeletons.get(config.skeleton)
         self.model, self.spec = self._build_model()
@@ -257,12 +309,25 @@ class Trainer:
         )
         self.optimizer = self._make_optimizer()
         self.amp = config.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.amp_dtype = getattr(torch, config.amp_dtype)
+        # bfloat16 keeps float32's exponent range: gradients need no scaling
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.amp and self.amp_dtype == torch.float16
+        )
         self.train_set = self._dataset(config.data.train, train=True)
         self.epoch, self.step, self.best = 0, 0, -1.0
         self.history: list[dict[str, Any]] = []
         if resume:
             self._resume()
+        self.batches = EpochBatches(
+            len(self.train_set),
+            config.batch_size,
+            self.steps_per_epoch(),
+            config.seed,
+            self.dist.world_size,
+            self.dist.rank,
+        )
+        self.loader: DataLoader | None = None
         self.net: nn.Module = self.model
         if self.dist.world_size > 1:
             self.net = nn.parallel.DistributedDataParallel(
@@ -300,10 +365,11 @@ class Trainer:
         opt = self.config.optimizer
         params = self.model.parameters()
         betas = (opt.momentum, 0.999)
-        if opt.name == "adam":
-            return torch.optim.Adam(params, lr=opt.lr, betas=betas, weight_decay=opt.weight_decay)
-        if opt.name == "adamw":
-            return torch.optim.AdamW(params, lr=opt.lr, betas=betas, weight_decay=opt.weight_decay)
+        # one kernel for all the weights on CUDA, instead of several per tensor list
+        fused = self.device.type == "cuda" or None
+        if opt.name in ("adam", "adamw"):
+            kind = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
+            return kind(params, lr=opt.lr, betas=betas, weight_decay=opt.weight_decay, fused=fused)
         return torch.optim.SGD(
             params,
             lr=opt.lr,
@@ -398,26 +464,21 @@ class Trainer:
             source.score_threshold,
         )
 
-    def _loader(self, epoch: int, repeat: int) -> DataLoader:
-        """Pass ``repeat`` over the data in ``epoch``; its order follows from both and the seed."""
-        self.train_set.set_epoch(epoch)
-        order_seed = self.config.seed + epoch + 1_000_003 * repeat
-        if self.dist.world_size > 1:
-            sampler: Any = DistributedSampler(self.train_set, seed=order_seed)
-            sampler.set_epoch(epoch)
-        else:
-            sampler = RandomSampler(
-                self.train_set, generator=torch.Generator().manual_seed(order_seed)
-            )
+    def _make_loader(self) -> DataLoader:
+        """The run's one loader: its workers live until :meth:`close` (``persistent_workers``)
+        and ``self.batches`` says which draws each epoch's batches hold."""
+        workers = self.config.workers
         return DataLoader(
             self.train_set,
-            batch_size=self.config.batch_size,
-            sampler=sampler,
-            num_workers=self.config.workers,
+            batch_sampler=self.batches,
+            num_workers=workers,
             collate_fn=self.collate,
             pin_memory=self.device.type == "cuda",
-            drop_last=True,
             worker_init_fn=_one_cv2_thread,
+            persistent_workers=workers > 0,
+            # fresh interpreters: a forked child inherits OpenCV's and OpenMP's thread pools
+            # without their threads, and hangs on its first parallel call
+            multiprocessing_context="spawn" if workers > 0 else None,
         )
 
     def steps_per_epoch(self) -> int:
@@ -446,36 +507,30 @@ class Trainer:
             lr *= (step + 1) / schedule.warmup_steps
         return lr
 
-    def _batches(self, epoch: int) -> Iterator[dict[str, Any]]:
-        """The epoch's batches; more steps than one pass holds take further passes (a small
-        set then still makes epochs of a useful length, without a checkpoint per pass)."""
-        steps, done, repeat = self.steps_per_epoch(), 0, 0
-        while done < steps:
-            for batch in self._loader(epoch, repeat):
-                if done == steps:
-                    return
-                done += 1
-                yield batch
-            repeat += 1
-
     def train_epoch(self, progress: Any = None, task: Any = None) -> float:
-        """One epoch; returns the mean loss over it."""
+        """One epoch; returns the mean loss over it.
+
+        The losses are read back every :data:`LOSS_READ_EVERY` steps, not each step: a read
+        makes the host wait for the GPU, which then idles while the next step is launched. A
+        non-finite loss still stops the run with the step it came at, before a checkpoint.
+        """
         epoch = self.epoch
         # Per-epoch seeding makes dropout and any other torch randomness resume exactly.
         torch.manual_seed(self.config.seed + epoch)
         self.net.train()
         total, count, started = 0.0, 0, time.perf_counter()
-        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
-        for batch in self._batches(epoch):
+        pending: list[torch.Tensor] = []
+        autocast = (
+            torch.autocast("cuda", dtype=self.amp_dtype) if self.amp else contextlib.nullcontext()
+        )
+        self.batches.epoch = epoch
+        if self.loader is None:
+            self.loader = self._make_loader()
+        for batch in self.loader:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(epoch, self.step)
             with autocast:
                 loss = self.batch_loss(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at epoch {epoch}, step {self.step}; lower the "
-                    "learning rate or turn on clip_grad_norm"
-                )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.config.clip_grad_norm:
@@ -486,13 +541,31 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model)
             self.step += 1
-            total += loss.item()
             count += 1
+            pending.append(loss.detach())
+            shown: dict[str, float] = {}
+            if len(pending) == LOSS_READ_EVERY or count == len(self.batches):
+                total += self._read_losses(pending, epoch)
+                pending = []
+                shown["loss"] = total / count
             if progress is not None:
                 images = count * len(batch["image"]) * self.dist.world_size
                 rate = images / (time.perf_counter() - started)
-                progress.update(task, advance=1, loss=total / count, rate=rate)
+                progress.update(task, advance=1, rate=rate, **shown)
         return total / max(count, 1)
+
+    def _read_losses(self, losses: list[torch.Tensor], epoch: int) -> float:
+        """The sum of the last ``len(losses)`` steps' losses (one wait for the device); a
+        non-finite one raises with its step."""
+        values = torch.stack(losses).float().tolist()
+        for offset, value in enumerate(values):
+            if not math.isfinite(value):
+                step = self.step - len(values) + offset
+                raise FloatingPointError(
+                    f"loss is {value} at epoch {epoch}, step {step}; lower the learning rate "
+                    "or turn on clip_grad_norm"
+                )
+        return math.fsum(values)
 
     def batch_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """The scalar loss of one collated batch, by paradigm.
@@ -635,6 +708,11 @@ class Trainer:
         if isinstance(self.train_set, BottomUpDataset):  # mosaic closes before the new end
             self.train_set.mosaic_epochs = epochs - self.config.augmentation.close_mosaic
 
+    def close(self) -> None:
+        """Stop the loader's worker processes (:meth:`fit` does at its end; a later epoch
+        starts new ones)."""
+        self.loader = None  # its iterator shuts the workers down when dropped
+
     def fit(self, console: Any = None) -> list[dict[str, Any]]:
         """Train to the last epoch; returns one record per epoch (loss, metrics, time)."""
         from rich.progress import (
@@ -655,7 +733,7 @@ class Trainer:
             console=console,
             disable=not self.dist.main,
         )
-        with progress:
+        with progress, contextlib.closing(self):
             while self.epoch < self.config.schedule.epochs:
                 task = progress.add_task(
                     f"epoch {self.epoch + 1}/{self.config.schedule.epochs}",

@@ -8,8 +8,9 @@ augmentation the image is letterboxed, as in evaluation.
 
 Images come from a COCO-format file (:class:`CocoImages`: COCO keypoints, or COCO-WholeBody
 with its face and hand boxes and valid flags) or are rendered on the fly
-(:class:`SyntheticImages`). Each item follows from (seed, epoch, index) alone, as the
-top-down datasets do, so a resumed run sees the same batches.
+(:class:`SyntheticImages`). Each item follows from the seed, the epoch, the index and the
+pass alone (:mod:`training.datasets.draws`), as the top-down datasets do, so a resumed run sees
+the same batches.
 
 Collate with :func:`collate_hprnet` (targets stacked into tensors, as ``HPRNetLoss`` reads
 them) or :func:`collate_erpose` (a list of per-image targets, as ``ERPoseLoss`` reads them).
@@ -30,6 +31,7 @@ import torch
 from posegraph.codecs.erpose import ERPoseCodec
 from posegraph.codecs.hprnet import HPRNetCodec
 from training.datasets.coco import annotation_keypoints, clean_box, guess_skeleton, read_image
+from training.datasets.draws import Draw, as_draw, draw_rng
 from training.losses.hprnet import stack_targets
 from training.synth import SceneConfig, SyntheticPeople
 from training.transforms.bottomup import BottomUpSample, Mosaic, RandomAffine, letterbox
@@ -272,20 +274,23 @@ class BottomUpDataset:
         sample.keypoints = convert_keypoints(sample.keypoints, self.images.skeleton, self.skeleton)
         return sample
 
-    def sample(self, index: int) -> BottomUpSample:
-        """Image ``index`` transformed as this epoch draws it."""
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+    def sample(self, key: int | Draw) -> BottomUpSample:
+        """Image ``key`` (an index, or a :class:`~training.datasets.draws.Draw`) transformed as
+        its epoch (this epoch for an index) and pass draw it."""
+        draw = as_draw(key, self.epoch)
+        index = draw.index
+        rng = draw_rng(self.seed, draw)
         if self.affine is None:
             return letterbox(self._load(index), self.input_size, MIN_BOX_SIZE)
-        mosaic_on = self.mosaic_epochs is None or self.epoch < self.mosaic_epochs
+        mosaic_on = self.mosaic_epochs is None or draw.epoch < self.mosaic_epochs
         if self.mosaic is not None and mosaic_on and rng.random() < self.mosaic_p:
             others = rng.integers(0, len(self), size=3)
             return self.mosaic([self._load(i) for i in (index, *others)], rng)
         return self.affine(self._load(index), rng)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | Draw) -> dict[str, Any]:
         """``image`` (S, S, 3) uint8 BGR and ``targets``, the codec's dict for the image."""
-        sample = self.sample(index)
+        sample = self.sample(key)
         return {"image": sample.image, "targets": encode_sample(self.codec, sample)}
 
 

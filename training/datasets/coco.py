@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from posegraph import skeletons
+from training.datasets.draws import Draw, as_draw, draw_rng
 from training.transforms.topdown import TopDownAffine, box_to_center_scale
 
 logger = logging.getLogger(__name__)
@@ -235,8 +236,9 @@ class CocoPersons:
 class TopDownDataset:
     """Person crops and codec targets, a map-style dataset (``len`` and indexing).
 
-    Item ``i`` of epoch ``e`` is drawn with ``numpy.random.default_rng([seed, e, i])``, so a run
-    is repeatable whatever the number of workers, and a resumed run sees the same crops.
+    Item ``i`` of epoch ``e`` is drawn with ``numpy.random.default_rng([seed, e, i])`` (pass
+    ``r`` > 0 of an epoch appends ``r``: :mod:`training.datasets.draws`), so a run is
+    repeatable whatever the number of workers, and a resumed run sees the same crops.
 
     Args:
         instances: the people.
@@ -260,12 +262,15 @@ class TopDownDataset:
     def __len__(self) -> int:
         return len(self.instances)
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    def __getitem__(self, key: int | Draw) -> dict[str, np.ndarray]:
         """A dict of ``image`` (h, w, 3) uint8 BGR, ``keypoints`` (K, 3) in crop pixels,
         ``center``, ``scale`` (2,), ``rotation``, ``score``, ``index``, and the codec targets
-        (e.g. ``heatmaps`` (K, H, W) and ``keypoint_weights`` (K,))."""
+        (e.g. ``heatmaps`` (K, H, W) and ``keypoint_weights`` (K,)). ``key``: an index, or a
+        :class:`~training.datasets.draws.Draw` that also names the epoch and pass."""
+        draw = as_draw(key, self.epoch)
+        index = draw.index
         person = self.instances[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = draw_rng(self.seed, draw)
         image = self.load_image(person.image_path)
         return crop_item(self.transform, self.encode, image, person, rng, index)
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from posegraph import skeletons
 from training.datasets.coco import PersonInstance, crop_item
+from training.datasets.draws import Draw, as_draw, draw_rng
 from training.synth import CocoBuilder, SceneConfig, SyntheticPeople, write_json
 from training.transforms.topdown import TopDownAffine, box_to_center_scale
 
@@ -89,9 +90,11 @@ class SyntheticTopDown:
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    def __getitem__(self, key: int | Draw) -> dict[str, np.ndarray]:
         """As :meth:`training.datasets.coco.TopDownDataset.__getitem__`."""
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        draw = as_draw(key, self.epoch)
+        index = draw.index
+        rng = draw_rng(self.seed, draw)
         for offset in range(self.length):
             sample = self.people[(index + offset) % self.length]
             keypoints = sample.keypoints[:, _KEYPOINTS_OF[self.skeleton]].copy()
