@@ -370,6 +370,7 @@ def test_bench_training_times_variants_against_the_config(synthetic_set, capsys)
     operators = report["profile"]["operators"]
     assert len(operators) == 3 and all(row["calls_per_step"] > 0 for row in operators)
     assert report["profile"]["kernel_launches_per_step"] is None  # no CUDA here
+    assert report["loader_images_per_s"] > 0
     with pytest.raises(SystemExit):
         posegraph_main([*argv, "--variant", "nchw"])
     assert "write NAME=KEY=VALUE" in capsys.readouterr().err

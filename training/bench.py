@@ -9,7 +9,8 @@ host waits for the last losses, so queued device work is counted.
 
 With ``--profile N``, the config as written then trains once more under ``torch.profiler``
 (apart from the timed runs, which it would slow), and the N operators that took the most
-time (device time on CUDA) are printed: what bounds a step.
+time (device time on CUDA) are printed: what bounds a step. The loader is also timed alone,
+without the model: a rate near the config's says the data, not the step, sets the pace.
 """
 
 from __future__ import annotations
@@ -72,6 +73,15 @@ def measure(config_path: Path, overrides: list[str], warmup: int, steps: int) ->
         "batch": batch,
         "device": str(trainer.device),
     }
+
+
+def loader_rate(config_path: Path, overrides: list[str], warmup: int, steps: int) -> float:
+    """Images per second the config's loader delivers alone (no model), timed as
+    :func:`measure` times steps: what the data could feed a step at most."""
+    with _trainer(config_path, overrides, warmup + steps) as trainer:
+        times = [time.perf_counter() for _ in trainer.epoch_data(0)]
+        images = trainer.config.batch_size * trainer.dist.world_size
+    return steps * images / (times[-1] - times[warmup - 1])
 
 
 def profile_steps(
@@ -181,23 +191,32 @@ def main(argv: list[str]) -> int:
     baseline = results["config"]["images_per_s"]
     for result in results.values():
         result["ratio"] = result["images_per_s"] / baseline
+    loader = loader_rate(args.config, args.set, args.warmup, args.steps)
     profiled = None
     if args.profile:
         profiled = profile_steps(args.config, args.set, args.warmup, args.steps, args.profile)
     if args.json:
-        report = {"config": str(args.config), "variants": results, "profile": profiled}
+        report = {
+            "config": str(args.config),
+            "variants": results,
+            "loader_images_per_s": loader,
+            "profile": profiled,
+        }
         print(json.dumps(report))
         return 0
-    _print(args.config, results, profiled)
+    _print(args.config, results, loader, profiled)
     return 0
 
 
-def _print(config: Path, results: dict[str, Any], profiled: dict[str, Any] | None) -> None:
+def _print(
+    config: Path, results: dict[str, Any], loader: float, profiled: dict[str, Any] | None
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     first = next(iter(results.values()))
+    baseline = first["images_per_s"]
     if profiled is not None:
         table = Table(title=f"costliest operators per step, config as written ({first['device']})")
         for column in ("operator", "calls", "ms", "share"):
@@ -223,5 +242,6 @@ def _print(config: Path, results: dict[str, Any], profiled: dict[str, Any] | Non
             f"{result['ratio']:.2f}x",
             f"{result['warmup_s']:.1f}",
         )
+    table.add_row("(the loader alone)", f"{loader:.1f}", "", f"{loader / baseline:.2f}x", "")
     console.print(table)
     console.print(f"batch {first['batch']} images a step; times end where the host waited")

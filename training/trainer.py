@@ -464,6 +464,13 @@ class Trainer:
             source.score_threshold,
         )
 
+    def epoch_data(self, epoch: int) -> DataLoader:
+        """The loader, set to give ``epoch``'s batches (made on first use)."""
+        self.batches.epoch = epoch
+        if self.loader is None:
+            self.loader = self._make_loader()
+        return self.loader
+
     def _make_loader(self) -> DataLoader:
         """The run's one loader: its workers live until :meth:`close` (``persistent_workers``)
         and ``self.batches`` says which draws each epoch's batches hold."""
@@ -523,10 +530,7 @@ class Trainer:
         autocast = (
             torch.autocast("cuda", dtype=self.amp_dtype) if self.amp else contextlib.nullcontext()
         )
-        self.batches.epoch = epoch
-        if self.loader is None:
-            self.loader = self._make_loader()
-        for batch in self.loader:
+        for batch in self.epoch_data(epoch):
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(epoch, self.step)
             with autocast:
