@@ -32,8 +32,8 @@ def as_draw(key: int | Draw, epoch: int) -> Draw:
 
 def draw_rng(seed: int, draw: Draw) -> np.random.Generator:
     """The generator of every random choice of one item: ``default_rng([seed, epoch, index])``
-    for the first pass of an epoch (as runs drew it before passes were told apart), with the
-    pass appended for the later ones."""
+    for the first pass of an epoch, as a plain index draws it, with the pass appended for the
+    later ones."""
     key = [seed, draw.epoch, draw.index]
     if draw.repeat:
         key.append(draw.repeat)
