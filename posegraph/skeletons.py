@@ -91,6 +91,12 @@ class Skeleton:
             raise ValueError(f"{where}: parts overlap")
         object.__setattr__(self, "parts", MappingProxyType(dict(self.parts)))
 
+    def __reduce__(self) -> tuple:
+        """Pickled as its fields (its read-only ``parts`` view cannot be): it travels to
+        training loader workers and other processes."""
+        fields = (self.keypoint_names, self.flip_pairs, self.limbs, np.array(self.sigmas))
+        return (Skeleton, (self.name, *fields, dict(self.parts)))
+
     @property
     def num_keypoints(self) -> int:
         """K, the number of keypoints."""

@@ -205,6 +205,26 @@ def test_resume_continues_from_the_same_step(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), f"{name}: resumed differs from straight"
 
 
+def test_a_deadline_that_moves_the_mosaics_end_reaches_the_loader_workers(tmp_path):
+    overrides = ["data.train.length=4", "batch_size=2", "schedule.steps_per_epoch=2"]
+    overrides += ["data.val=null", "augmentation.mosaic_p=1.0", "augmentation.close_mosaic=1"]
+    overrides += ["workers=1", "schedule.epochs=3", "schedule.minutes=0.01"]
+    settings = [*SYNTHETIC, *overrides]
+    trainer = Trainer(load_config(CONFIGS / "erpose_n_synth.yaml", settings), tmp_path)
+    try:
+        trainer.train_epoch()
+        assert trainer.train_set.mosaic_epochs == 2
+        # one epoch of 60 s against a 0.6 s deadline: this epoch was the last, without mosaics
+        trainer._fit_epochs_to_time(seconds=60.0)
+        assert trainer.config.schedule.epochs == 1 and trainer.train_set.mosaic_epochs == 0
+        draws = next(iter(trainer.batches))
+        served = next(iter(trainer.epoch_data(0)))["image"].numpy()
+        expected = np.stack([trainer.train_set[d]["image"] for d in draws])
+        assert np.array_equal(served, expected), "a worker drew with the old mosaic plan"
+    finally:
+        trainer.close()
+
+
 def test_hprnet_needs_its_own_keypoint_set(tmp_path):
     config = load_config(CONFIGS / "hprnet_dla34_synth.yaml", [*SYNTHETIC, "skeleton=coco17"])
     with pytest.raises(ValueError, match="skeleton: wholebody133"):

@@ -709,8 +709,12 @@ class Trainer:
                 schedule.epochs,
             )
         schedule.epochs = epochs
-        if isinstance(self.train_set, BottomUpDataset):  # mosaic closes before the new end
-            self.train_set.mosaic_epochs = epochs - self.config.augmentation.close_mosaic
+        data = self.train_set
+        mosaic_epochs = epochs - self.config.augmentation.close_mosaic
+        if isinstance(data, BottomUpDataset) and data.mosaic_epochs != mosaic_epochs:
+            data.mosaic_epochs = mosaic_epochs  # mosaic closes before the new end
+            if data.mosaic_p > 0:
+                self.close()  # the workers hold copies of the dataset: start them anew
 
     def close(self) -> None:
         """Stop the loader's worker processes (:meth:`fit` does at its end; a later epoch
