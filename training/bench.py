@@ -55,8 +55,8 @@ class _StepClock:
 def measure(config_path: Path, overrides: list[str], warmup: int, steps: int) -> dict[str, Any]:
     """Images per second of ``steps`` training steps after ``warmup`` untimed ones.
 
-    Returns ``images_per_s``, ``ms_per_step``, ``warmup_s`` (the untimed steps, compilation
-    included), ``batch`` (images a step, all processes) and ``device``.
+    Returns ``images_per_s``, ``ms_per_step``, ``warmup_s`` (the untimed steps, the loader's
+    start included), ``batch`` (images a step, all processes) and ``device``.
     """
     with _trainer(config_path, overrides, warmup + steps) as trainer:
         clock = _StepClock(wait_at=warmup, device=trainer.device)
