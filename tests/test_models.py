@@ -218,6 +218,35 @@ def test_partial_load_reports_keys(hrnet_w32) -> None:
     assert report.missing == ["final_layer.bias"]
 
 
+def test_hrnet_context_head_starts_as_the_plain_head_and_exports(tmp_path) -> None:
+    # Weights without the context head load into a model with it (strict=False) and give
+    # the same heatmaps; once its weights grow, the head reads the lower branches, in
+    # PyTorch, in NHWC and in the exported ONNX graph alike.
+    torch.manual_seed(0)
+    overrides = {"input_size": (64, 64)}
+    plain, _ = models.build("hrnet_w16_128x96", **overrides)
+    model, spec = models.build("hrnet_w16_128x96", context_head=True, **overrides)
+    report = models.load_checkpoint(model, plain.state_dict(), strict=False)
+    assert report.missing == [f"final_context.{i}.weight" for i in range(3)]
+    with pytest.raises(ValueError, match=r"3 keys missing \(first: \['final_context.0.weight'"):
+        models.load_checkpoint(model, plain.state_dict())
+    plain.eval()
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+        for conv in model.final_context:
+            conv.weight.normal_(0, 0.1)
+        heatmaps = model(x)
+        assert (heatmaps - plain(x)).abs().max() > 1e-2
+        nhwc = model.to(memory_format=torch.channels_last)(
+            x.contiguous(memory_format=torch.channels_last)
+        )
+    assert torch.allclose(nhwc, heatmaps, atol=1e-5)
+    path = export_onnx(model, spec, tmp_path / "context.onnx")
+    assert check_parity(model, path, x) < 1e-3
+
+
 # ---------------------------------------------------------------- inputs and outputs
 
 

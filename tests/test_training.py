@@ -399,6 +399,15 @@ def test_load_from_starts_a_run_from_another_runs_weights(tmp_path):
     wide = [*settings, f"load_from={tmp_path / 'wide.safetensors'}"]
     with pytest.raises(ValueError, match=r"load_from .*wide\.safetensors: .*other shapes"):
         Trainer(load_config(config_path, wide), tmp_path / "e")
+    # a head the weights lack (HRNet's context head): an error unless load_strict is false,
+    # and then the rest loads and the new head starts at zero
+    grown = [*settings, f"load_from={weights}", "model_overrides.context_head=true"]
+    with pytest.raises(ValueError, match=r"load_from .*a\.safetensors: .*3 keys missing"):
+        Trainer(load_config(config_path, grown), tmp_path / "f")
+    wider_head = Trainer(load_config(config_path, [*grown, "load_strict=false"]), tmp_path / "g")
+    state = wider_head.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in expected.items())
+    assert all(not conv.weight.any() for conv in wider_head.model.final_context)
 
 
 def test_unbiased_targets_sit_on_the_keypoints_sub_pixel_position(tmp_path):

@@ -169,6 +169,10 @@ class TrainConfig:
         load_from: a checkpoint of the same model (``.safetensors`` or ``.pth``) to start from
             instead of fresh weights: a fine-tuning run with its own schedule (``--resume``
             continues a run; this starts one).
+        load_strict: with false, ``load_from`` may lack some of the model's weights (a
+            head added to the model since, e.g. HRNet's ``context_head``), which keep their
+            fresh values, and hold weights the model has not; both are logged. Shapes must
+            still match.
         device: ``auto`` (CUDA if present), ``cpu`` or ``cuda``.
         deterministic: cuDNN's deterministic kernels, for runs repeatable to the bit on one
             GPU; false lets cuDNN benchmark and pick the fastest (CPU runs are repeatable
@@ -192,6 +196,7 @@ class TrainConfig:
     flip_test: bool = True
     seed: int = 0
     load_from: str | None = None
+    load_strict: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = True
 

@@ -156,9 +156,13 @@ def init_weights(model: nn.Module) -> None:
 
     Convolutions drawn from N(0, 0.001) with zero bias, batch norms at 1 and 0: the heatmaps
     start near 0, as the targets mostly are, instead of at PyTorch's default scale, whose first
-    losses are thousands of times larger.
+    losses are thousands of times larger. HRNet's context head stays at zero, where it starts
+    (the heatmaps are the plain head's until it learns).
     """
+    zero = {id(conv) for conv in getattr(model, "final_context", ())}
     for module in model.modules():
+        if id(module) in zero:
+            continue
         if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
             nn.init.normal_(module.weight, std=0.001)
             if module.bias is not None:
@@ -295,7 +299,7 @@ class Trainer:
             raise ValueError(f"no {self.paradigm} loss for codec {self.spec.codec!r}")
         if config.load_from is not None and not resume:
             try:
-                load_checkpoint(self.model, Path(config.load_from))
+                load_checkpoint(self.model, Path(config.load_from), strict=config.load_strict)
             except (OSError, ValueError) as error:
                 raise ValueError(f"load_from {config.load_from}: {error}") from error
             logger.info("starting from the weights of %s", config.load_from)

@@ -209,7 +209,9 @@ class HighResolutionModule(nn.Module):
                 if j != i:
                     y = y + layer(xs[j])
             fused.append(self.relu(y))
-        return fused
+        # Without multi-scale output the unfused lower branches follow the fused branch 0,
+        # for a head that reads them (HRNet's ``context_head``); others ignore them.
+        return fused + xs[len(fused) :]
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,8 @@ class HRNetConfig:
             encoding) rather than on the nearest heatmap pixel; training only.
         refine: sub-pixel decoding of the heatmaps, ``"dark"`` or ``"quarter"`` (the
             official post-processing); see :func:`heatmap_spec`.
+        context_head: add to the heatmaps a 1x1 projection of each lower branch of the last
+            module, up-sampled bilinearly (``final_context``; see :class:`HRNet`).
     """
 
     width: int = 32
@@ -234,6 +238,7 @@ class HRNetConfig:
     sigma: float = 2.0
     unbiased: bool = False
     refine: str = "dark"
+    context_head: bool = False
 
 
 VARIANTS: dict[str, HRNetConfig] = {
@@ -251,6 +256,14 @@ BLOCKS_PER_BRANCH = 4
 
 class HRNet(nn.Module):
     """HRNet pose network: stem, four stages, 1x1 heatmap head.
+
+    The official head reads only the fused highest-resolution branch, ``width``
+    channels: at width 16 that is fewer channels than the 17 COCO heatmaps, and the
+    shipped HRNet-W16 had learnt one map for both ankles. ``context_head`` adds
+    ``final_context``: per lower branch of the last module, a 1x1 convolution to the K
+    heatmaps (no bias), up-sampled bilinearly to the head's resolution and added. Its
+    weights start at zero, so a checkpoint without them (loaded with ``strict=False``)
+    gives the same heatmaps as before, and training grows them from there.
 
     Args:
         config: the variant.
@@ -296,6 +309,12 @@ class HRNet(nn.Module):
             self.add_module(f"stage{stage}", nn.Sequential(*modules))
             previous = channels
         self.final_layer = nn.Conv2d(width, config.num_keypoints, 1)
+        if config.context_head:
+            self.final_context = nn.ModuleList(
+                nn.Conv2d(width * 2**i, config.num_keypoints, 1, bias=False) for i in (1, 2, 3)
+            )
+            for conv in self.final_context:
+                nn.init.zeros_(conv.weight)
 
     @staticmethod
     def _make_transition(previous: list[int], channels: list[int]) -> nn.ModuleList:
@@ -329,7 +348,14 @@ class HRNet(nn.Module):
                 for i, layer in enumerate(transition)
             ]
             ys = getattr(self, f"stage{stage}")(xs)
-        return self.final_layer(ys[0])
+        heatmaps = self.final_layer(ys[0])
+        if hasattr(self, "final_context"):
+            size = heatmaps.shape[2:]
+            for conv, y in zip(self.final_context, ys[1:], strict=True):
+                heatmaps = heatmaps + nn.functional.interpolate(
+                    conv(y), size=size, mode="bilinear", align_corners=False
+                )
+        return heatmaps
 
 
 def heatmap_spec(name: str, config: HRNetConfig) -> ModelSpec:
