@@ -27,7 +27,15 @@ from training.datasets.coco import CocoPersons, PersonInstance, TopDownDataset
 from training.datasets.draws import Draw
 from training.datasets.mpii import load_mpii
 from training.datasets.synthetic import SyntheticTopDown, write_synthetic_coco
-from training.evaluate import PosePrediction, coco_keypoint_ap, sides_swapped
+from training.evaluate import (
+    PosePrediction,
+    coco_keypoint_ap,
+    coco_results,
+    error_analysis,
+    keypoint_groups,
+    rescore_and_nms,
+    sides_swapped,
+)
 from training.evaluate import main as eval_main
 from training.export import export
 from training.export import main as export_main
@@ -138,6 +146,36 @@ def test_swapped_counts_people_whose_left_and_right_are_exchanged():
     lost = (2, people[2].keypoints[:, :2] + 60)  # found on neither side: not counted
     half = predictions(*mirrored, lost, (3, people[3].keypoints[:, :2]))
     assert sides_swapped(half, people, flip, skeleton.sigmas) == pytest.approx(2 / 3)
+
+
+@needs_data
+def test_error_analysis_finds_what_costs_ap_and_collapsed_pairs():
+    # On coco-mini's truth: ankles exchanged (a mirrored pair) and wrists 15 pixels off;
+    # making either exact recovers AP, making any other group exact does not.
+    path = DATA / "coco-mini" / "test_coco.json"
+    skeleton = skeletons.get("coco17")
+    groups = keypoint_groups(skeleton)
+    assert list(groups)[:3] == ["nose", "eye", "ear"] and groups["ankle"] == [15, 16]
+    people = CocoPersons(path, DATA / "coco-mini", "coco17", (192, 256)).instances
+    predictions = []
+    for i, person in enumerate(people):
+        points = person.keypoints[:, :2].copy()
+        points[[15, 16]] = points[[16, 15]]
+        points[[9, 10]] += 15
+        predictions.append(PosePrediction(person.image_id, points, np.ones(17), 1.0, 1.0, i))
+    analysis = error_analysis(predictions, people, path, "coco17")
+    base = coco_keypoint_ap(
+        path, coco_results(rescore_and_nms(predictions, skeleton.sigmas), "coco17"), "coco17"
+    )["AP"]
+    assert base < 0.9
+    assert analysis["ankle"]["mirrored"] == 1.0 and analysis["knee"]["mirrored"] == 0.0
+    assert (
+        analysis["ankle"]["exact_AP"] > base + 0.05 and analysis["wrist"]["exact_AP"] > base + 0.05
+    )
+    assert analysis["knee"]["exact_AP"] == pytest.approx(base)
+    assert (
+        analysis["nose"]["exact_AP"] == pytest.approx(base) and "mirrored" not in analysis["nose"]
+    )
 
 
 @pytest.mark.parametrize("udp", [False, True])
@@ -543,3 +581,12 @@ def test_tiny_training_run_lowers_loss_and_reaches_ap(synthetic_set, tmp_path, c
     assert both["fp16"].keys() == metrics.keys()
     assert both["AP_change"] == pytest.approx(both["fp16"]["AP"] - metrics["AP"])
     assert abs(both["AP_change"]) < 0.05, both
+    # --analyze: the AP with each keypoint group exact, in the JSON object and as a table
+    assert eval_main([*eval_argv, "--analyze"]) == 0
+    analysed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert analysed.pop("analysis").keys() == keypoint_groups(skeletons.get("coco17")).keys()
+    assert analysed == metrics
+    assert eval_main([*eval_argv[:-1], "--analyze"]) == 0
+    assert "ankle" in capsys.readouterr().out
+    assert eval_main([*eval_argv, "--analyze", "--boxes", "detections.json"]) == 2
+    assert "--analyze needs a top-down model" in capsys.readouterr().err

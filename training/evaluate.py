@@ -23,7 +23,7 @@ import io
 import json
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -372,6 +372,83 @@ def sides_swapped(
     return swapped / found if found else 0.0
 
 
+def keypoint_groups(skeleton: skeletons.Skeleton) -> dict[str, list[int]]:
+    """Each mirror pair as one group named without its side (``ankle``), each mid-line
+    keypoint alone (``nose``), in keypoint order."""
+    groups: dict[str, list[int]] = {}
+    partner = skeleton.flip_indices
+    for k, name in enumerate(skeleton.keypoint_names):
+        if partner[k] < k:
+            continue
+        if partner[k] == k:
+            groups[name] = [k]
+            continue
+        other = skeleton.keypoint_names[partner[k]]
+        side_free = [n.removeprefix("left_").removeprefix("right_") for n in (name, other)]
+        label = side_free[0] if side_free[0] == side_free[1] else f"{name}/{other}"
+        groups[label] = [k, int(partner[k])]
+    return groups
+
+
+def mirrored_share(
+    predictions: list[PosePrediction],
+    instances: list[PersonInstance],
+    pair: tuple[int, int],
+    min_separation: float = 0.05,
+) -> float:
+    """How often a predicted keypoint of ``pair`` lies nearer its mirror partner's truth than
+    its own: about 0.5 where a model has learnt one map for both (a collapsed pair), the
+    share of swapped sides where it tells them apart.
+
+    Counted over the people whose two keypoints are labelled and at least ``min_separation``
+    times the longer side of their box apart, each keypoint of the pair once.
+    """
+    nearer = total = 0
+    for pred in predictions:
+        person = instances[pred.index]
+        truth = person.keypoints
+        if person.box is None or not (truth[list(pair), 2] > 0).all():
+            continue
+        own, other = truth[pair[0], :2], truth[pair[1], :2]
+        if np.linalg.norm(own - other) < min_separation * max(person.box[2:]):
+            continue
+        for k, (mine, theirs) in zip(pair, ((own, other), (other, own)), strict=True):
+            point = pred.keypoints[k]
+            nearer += int(np.linalg.norm(point - theirs) < np.linalg.norm(point - mine))
+            total += 1
+    return nearer / total if total else 0.0
+
+
+def error_analysis(
+    predictions: list[PosePrediction],
+    instances: list[PersonInstance],
+    annotations: Path,
+    skeleton_name: str,
+) -> dict[str, dict[str, float]]:
+    """Where a top-down model loses AP, by keypoint group (:func:`keypoint_groups`).
+
+    ``exact_AP``: the AP of the same protocol (rescoring, OKS-NMS, COCOeval) with that
+    group's predicted keypoints moved onto their labelled truth, so ``exact_AP - AP`` is what
+    the group's errors cost. ``mirrored`` (pairs only): :func:`mirrored_share`.
+    """
+    skeleton = skeletons.get(skeleton_name)
+    analysis: dict[str, dict[str, float]] = {}
+    for group, indices in keypoint_groups(skeleton).items():
+        exact = []
+        for pred in predictions:
+            truth = instances[pred.index].keypoints
+            points = pred.keypoints.copy()
+            labelled = [k for k in indices if truth[k, 2] > 0]
+            points[labelled] = truth[labelled, :2]
+            exact.append(replace(pred, keypoints=points))
+        results = coco_results(rescore_and_nms(exact, skeleton.sigmas), skeleton_name)
+        entry = {"exact_AP": coco_keypoint_ap(annotations, results, skeleton_name)["AP"]}
+        if len(indices) == 2:
+            entry["mirrored"] = mirrored_share(predictions, instances, (indices[0], indices[1]))
+        analysis[group] = entry
+    return analysis
+
+
 def evaluate_coco(
     model: nn.Module,
     spec: ModelSpec,
@@ -379,12 +456,14 @@ def evaluate_coco(
     flip_test: bool = True,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
-) -> dict[str, float]:
+    analyze: bool = False,
+) -> dict[str, Any]:
     """The whole top-down protocol on a COCO-format file: predict, rescore, NMS, COCOeval.
 
     With ground-truth boxes it also gives ``PCK`` (bbox-normalised, 0.05) per person and
     ``swapped``, the share of people found (OKS >= 0.5 on either side) whose left and right
-    keypoints the model exchanged (:func:`sides_swapped`).
+    keypoints the model exchanged (:func:`sides_swapped`); with ``analyze``, ``analysis``:
+    :func:`error_analysis`.
     """
     codec = codecs.build(spec.codec, **spec.codec_kwargs)
     skeleton = skeletons.get(persons.skeleton)
@@ -402,6 +481,10 @@ def evaluate_coco(
         metrics["swapped"] = sides_swapped(
             predictions, persons.instances, skeleton.flip_indices, skeleton.sigmas
         )
+        if analyze:
+            metrics["analysis"] = error_analysis(
+                predictions, persons.instances, persons.annotations, persons.skeleton
+            )
     return metrics
 
 
@@ -580,8 +663,27 @@ def build_parser() -> argparse.ArgumentParser:
         default="fp32",
         help="run the model in float32, float16, or both (fp16's accuracy against fp32)",
     )
+    parser.add_argument(
+        "--analyze",
+        action="store_true",
+        help="with ground-truth boxes: the AP with each keypoint group exact, and how often "
+        "a left or right point lands nearer its mirror partner",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+def _analysis_table(analysis: dict[str, dict[str, float]], ap: float, precision: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"where the AP is lost ({precision}; AP {ap:.4f})")
+    for column in ("keypoints", "AP with them exact", "gain", "mirrored"):
+        table.add_column(column, justify="left" if column == "keypoints" else "right")
+    for group, entry in analysis.items():
+        mirrored = f"{entry['mirrored']:.3f}" if "mirrored" in entry else "-"
+        gain = f"{entry['exact_AP'] - ap:+.4f}"
+        table.add_row(group, f"{entry['exact_AP']:.4f}", gain, mirrored)
+    return table
 
 
 def main(argv: list[str]) -> int:
@@ -597,6 +699,16 @@ def main(argv: list[str]) -> int:
         skeleton = "mpii16" if is_mpii else args.skeleton or guess_skeleton(doc)
         overrides = _parse_overrides(args.set)
         whole_image = spec_of(args.model).paradigm in WHOLE_IMAGE_PARADIGMS
+        if args.analyze and (whole_image or is_mpii or args.boxes != "gt"):
+            raise ValueError(
+                "--analyze needs a top-down model on a COCO-format file with ground-truth "
+                "boxes (--boxes gt)"
+            )
+        if args.analyze and skeleton not in ("coco17", "crowdpose14"):
+            raise ValueError(
+                f"--analyze: {skeleton} has too many keypoint groups to score one by one; "
+                "use a coco17 or crowdpose14 file"
+            )
         if not whole_image:
             overrides.setdefault("num_keypoints", skeletons.get(skeleton).num_keypoints)
         model, spec = build(args.model, **overrides)
@@ -632,7 +744,9 @@ def main(argv: list[str]) -> int:
             )
         if is_mpii:
             return evaluate_mpii(net, spec, instances, flip, args.batch_size, args.device)
-        return evaluate_coco(net, spec, persons, flip, args.batch_size, args.device)
+        return evaluate_coco(
+            net, spec, persons, flip, args.batch_size, args.device, analyze=args.analyze
+        )
 
     headline = "PCKh" if is_mpii else "AP"
     runs: dict[str, dict[str, float]] = {}
@@ -651,6 +765,7 @@ def main(argv: list[str]) -> int:
     if args.json:
         Console(highlight=False, soft_wrap=True).print(json.dumps(metrics), markup=False)
         return 0
+    analyses = {p: r.pop("analysis") for p, r in runs.items() if "analysis" in r}
     table = Table(title=f"{args.model} on {args.data.name}")
     table.add_column("metric")
     for precision in runs:
@@ -658,6 +773,8 @@ def main(argv: list[str]) -> int:
     for name in next(iter(runs.values())):
         table.add_row(name, *(f"{r[name]:.4f}" for r in runs.values()))
     console.print(table)
+    for precision, analysis in analyses.items():
+        console.print(_analysis_table(analysis, runs[precision]["AP"], precision))
     summary = ", ".join(f"{headline} {r[headline]:.4f} in {p}" for p, r in runs.items())
     console.print(f"{args.model}: {summary} on {args.data}")
     return 0
