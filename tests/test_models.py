@@ -224,7 +224,7 @@ def test_hrnet_context_head_starts_as_the_plain_head_and_exports(tmp_path) -> No
     # PyTorch, in NHWC and in the exported ONNX graph alike.
     torch.manual_seed(0)
     overrides = {"input_size": (64, 64)}
-    plain, _ = models.build("hrnet_w16_128x96", **overrides)
+    plain, _ = models.build("hrnet_w16_128x96", context_head=False, **overrides)
     model, spec = models.build("hrnet_w16_128x96", context_head=True, **overrides)
     report = models.load_checkpoint(model, plain.state_dict(), strict=False)
     assert report.missing == [f"final_context.{i}.weight" for i in range(3)]

@@ -21,8 +21,9 @@ hrnet_w48          256x192   63.6M   14.6
 hrnet_w48_384x288  384x288   63.6M   32.9
 ================== ========= ======= =======
 
-``hrnet_w16_128x96`` is ours: the same network at width 16 and a 128x96 input, the size
-of the default weights trained on synthetic people (``posegraph/weights/``).
+``hrnet_w16_128x96`` is ours: the same network at width 16 and a 128x96 input, with the
+context head (:class:`HRNet`), the size of the default weights trained on synthetic people
+(``posegraph/weights/``).
 """
 
 from __future__ import annotations
@@ -246,7 +247,7 @@ VARIANTS: dict[str, HRNetConfig] = {
     "hrnet_w32_384x288": HRNetConfig(32, (288, 384), sigma=3.0),
     "hrnet_w48": HRNetConfig(48, (192, 256), sigma=2.0),
     "hrnet_w48_384x288": HRNetConfig(48, (288, 384), sigma=3.0),
-    "hrnet_w16_128x96": HRNetConfig(16, (96, 128), sigma=1.5),
+    "hrnet_w16_128x96": HRNetConfig(16, (96, 128), sigma=1.5, context_head=True),
 }
 
 #: Modules per stage (stages 2, 3, 4) and basic blocks per branch.
