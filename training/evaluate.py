@@ -372,6 +372,14 @@ def sides_swapped(
     return swapped / found if found else 0.0
 
 
+def keypoint_ap(
+    predictions: list[PosePrediction], annotations: Path, skeleton_name: str
+) -> dict[str, float]:
+    """COCO AP of top-down predictions: rescored, OKS-NMS per image, then COCOeval."""
+    scored = rescore_and_nms(predictions, skeletons.get(skeleton_name).sigmas)
+    return coco_keypoint_ap(annotations, coco_results(scored, skeleton_name), skeleton_name)
+
+
 def keypoint_groups(skeleton: skeletons.Skeleton) -> dict[str, list[int]]:
     """Each mirror pair as one group named without its side (``ankle``), each mid-line
     keypoint alone (``nose``), in keypoint order."""
@@ -441,8 +449,7 @@ def error_analysis(
             labelled = [k for k in indices if truth[k, 2] > 0]
             points[labelled] = truth[labelled, :2]
             exact.append(replace(pred, keypoints=points))
-        results = coco_results(rescore_and_nms(exact, skeleton.sigmas), skeleton_name)
-        entry = {"exact_AP": coco_keypoint_ap(annotations, results, skeleton_name)["AP"]}
+        entry = {"exact_AP": keypoint_ap(exact, annotations, skeleton_name)["AP"]}
         if len(indices) == 2:
             entry["mirrored"] = mirrored_share(predictions, instances, (indices[0], indices[1]))
         analysis[group] = entry
@@ -472,10 +479,7 @@ def evaluate_coco(
     predictions = predict(
         model, spec, codec, dataset, persons.skeleton, flip_test, batch_size, device
     )
-    scored = rescore_and_nms(predictions, skeleton.sigmas)
-    metrics = coco_keypoint_ap(
-        persons.annotations, coco_results(scored, persons.skeleton), persons.skeleton
-    )
+    metrics: dict[str, Any] = keypoint_ap(predictions, persons.annotations, persons.skeleton)
     if persons.detections is None:
         metrics["PCK"] = pck_bbox(predictions, persons.instances)
         metrics["swapped"] = sides_swapped(
