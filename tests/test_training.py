@@ -8,6 +8,7 @@ HRNet (width 8) at a small input on a few synthetic images written to a temporar
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import subprocess
 import sys
@@ -341,6 +342,12 @@ def test_minutes_replans_the_epochs_to_end_at_the_deadline(synthetic_set, tmp_pa
     long.train_epoch()
     long._fit_epochs_to_time(seconds=1.0)
     assert long.config.schedule.epochs == 36000
+    # the decay follows the time spent, so a re-plan to more epochs does not raise the rate
+    long.history = [{"epoch": 0, "seconds": 9000.0}]  # a quarter of the 600 minutes
+    quarter = 3e-3 * (0.01 + 0.99 * (1 + math.cos(math.pi / 4)) / 2)
+    for epochs in (4, 36000):
+        long.config.schedule.epochs = epochs
+        assert long.learning_rate(1, long.step) == pytest.approx(quarter)
     with pytest.raises(ConfigError, match="step schedule"):
         load_config(config_path, ["schedule.minutes=5"])  # this config's schedule is step
     with pytest.raises(ConfigError, match="positive"):

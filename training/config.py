@@ -112,8 +112,9 @@ class ScheduleConfig:
 
     ``minutes`` (Ultralytics' ``time``) trains for that long instead of ``epochs``: after
     each epoch, ``epochs`` becomes as many as the mean epoch so far (validation included)
-    fits in the time, at least the epochs done, so that the ``linear`` or ``cosine`` decay
-    ends at the deadline; training stops there.
+    fits in the time, at least the epochs done, and training stops there; the ``linear`` or
+    ``cosine`` decay follows the share of the time spent (not of the epochs, whose count a
+    re-plan may raise), so the rate only falls and ends at the deadline.
     """
 
     kind: Literal["step", "linear", "cosine"] = "step"

@@ -507,7 +507,7 @@ class Trainer:
         :class:`training.config.ScheduleConfig`), with a linear warm-up over the first steps."""
         schedule = self.config.schedule
         lr = self.config.optimizer.lr
-        done = epoch / schedule.epochs
+        done = self.schedule_progress(epoch)
         if schedule.kind == "step":
             lr *= schedule.gamma ** sum(epoch >= m for m in schedule.milestones)
         elif schedule.kind == "linear":
@@ -517,6 +517,20 @@ class Trainer:
         if schedule.warmup_steps and step < schedule.warmup_steps:
             lr *= (step + 1) / schedule.warmup_steps
         return lr
+
+    def schedule_progress(self, epoch: int) -> float:
+        """How far the decay has run at the start of ``epoch``, 0 to 1: ``epoch / epochs``,
+        or with ``schedule.minutes`` the share of the time spent by the epochs before it.
+
+        Time, not epochs, under a deadline: a re-plan that finds room for more epochs (a
+        slow first epoch, a machine that frees up) would otherwise move the decay back and
+        raise the rate again mid-run.
+        """
+        schedule = self.config.schedule
+        if schedule.minutes is None:
+            return epoch / schedule.epochs
+        spent = sum(record["seconds"] for record in self.history if record["epoch"] < epoch)
+        return min(1.0, spent / (schedule.minutes * 60))
 
     def train_epoch(self, progress: Any = None, task: Any = None) -> float:
         """One epoch; returns the mean loss over it.
