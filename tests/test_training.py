@@ -176,6 +176,28 @@ def test_error_analysis_finds_what_costs_ap_and_collapsed_pairs():
     )
 
 
+@needs_data
+def test_error_analysis_on_crowdpose_groups_its_14_keypoints():
+    # CrowdPose's own groups (its mid-line points are top_head and neck) and its AP
+    # (xtcocotools' crowdpose protocol): ankles exchanged on its truth cost AP, and only
+    # the ankles made exact give it back.
+    path = DATA / "crowdpose-mini" / "test_crowdpose.json"
+    groups = keypoint_groups(skeletons.get("crowdpose14"))
+    names = ["shoulder", "elbow", "wrist", "hip", "knee", "ankle", "top_head", "neck"]
+    assert list(groups) == names
+    people = CocoPersons(path, DATA / "crowdpose-mini", "crowdpose14", (192, 256)).instances
+    predictions = []
+    for i, person in enumerate(people):
+        points = person.keypoints[:, :2].copy()
+        points[[10, 11]] = points[[11, 10]]
+        predictions.append(PosePrediction(person.image_id, points, np.ones(14), 1.0, 1.0, i))
+    base = keypoint_ap(predictions, path, "crowdpose14")["AP"]
+    analysis = error_analysis(predictions, people, path, "crowdpose14")
+    assert base < 0.95 and analysis["ankle"] == {"exact_AP": 1.0, "mirrored": 1.0}
+    for group in ("shoulder", "knee", "top_head", "neck"):
+        assert analysis[group]["exact_AP"] == pytest.approx(base)
+
+
 @pytest.mark.parametrize("udp", [False, True])
 def test_affine_crop_and_inverse_round_trip(udp):
     rng = np.random.default_rng(0)
