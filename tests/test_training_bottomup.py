@@ -29,7 +29,13 @@ from training.datasets.bottomup import (
     encode_sample,
 )
 from training.datasets.synthetic import write_synthetic_coco
-from training.evaluate import PosePrediction, coco_box_ap, coco_keypoint_ap, coco_results
+from training.evaluate import (
+    PosePrediction,
+    coco_box_ap,
+    coco_keypoint_ap,
+    coco_results,
+    evaluate_whole_images,
+)
 from training.losses.erpose import ERPoseLoss
 from training.losses.hprnet import HPRNetLoss
 from training.synth import SceneConfig
@@ -308,6 +314,43 @@ def test_validation_of_ground_truth_outputs_finds_every_person(
     # so close joints of these small people move by a few pixels and only AP50 is exact.
     exact = "AP50" if trainer.paradigm == "bottomup" else "AP"
     assert metrics[exact] > 0.99, metrics
+
+
+def test_whole_image_analysis_matches_poses_to_people(validation_set, tmp_path):
+    # ER-Pose outputs holding the truth with the wrists exchanged, the last person left out
+    # and, in each image, one confident pose of no one (far from everyone): the analysis
+    # finds the exchanged pair, and "all" what matching cannot mend (the missed person).
+    overrides = ["ema.enabled=false", "batch_size=2", "data.val.kind=coco"]
+    overrides += [f"data.val.annotations={validation_set['body']}"]
+    overrides += [f"data.val.images={validation_set['images']}"]
+    trainer = Trainer(
+        load_config(CONFIGS / "erpose_n_synth.yaml", [*SYNTHETIC, *overrides]), tmp_path
+    )
+    images = CocoImages(validation_set["body"], validation_set["images"], with_people_only=False)
+    outputs, people = [], 0
+    for index in range(len(images)):
+        targets = encode_sample(trainer.codec, letterbox(images[index], SIDE))
+        targets["keypoints"][:, [9, 10]] = targets["keypoints"][:, [10, 9]]
+        if index == len(images) - 1:
+            targets = {name: value[:-1] for name, value in targets.items()}
+        rows = _erpose_rows(targets, trainer.codec.anchors[0].shape[0])
+        n = len(targets["keypoints"])
+        people += n
+        rows[n, 0] = 0.9  # a pose of no one, in the top-left corner
+        rows[n, 1:] = np.tile([1.0, 1.0, 1.0], 17)
+        outputs.append(rows)
+    metrics = evaluate_whole_images(
+        GroundTruthModel(outputs), trainer.spec, images, "coco17", SIDE, 2, analyze=True
+    )
+    analysis = metrics.pop("analysis")
+    assert metrics["AP"] < 0.9
+    assert analysis["wrist"]["mirrored"] == 1.0 and analysis["knee"]["mirrored"] == 0.0
+    assert analysis["wrist"]["exact_AP"] > metrics["AP"] + 0.05
+    assert analysis["knee"]["exact_AP"] == pytest.approx(metrics["AP"])
+    # every found person exact: what is left is the missed one (recall capped below 1)
+    assert analysis["all"]["found"] == pytest.approx(people / (people + 1))
+    assert analysis["all"]["exact_AP"] == pytest.approx(metrics["AP50"])
+    assert analysis["all"]["exact_AP"] < 0.9
 
 
 def test_wholebody_ground_truth_scores_one_per_part(validation_set):

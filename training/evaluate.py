@@ -23,6 +23,7 @@ import io
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,13 @@ from posegraph.codecs import PoseInstances
 from posegraph.codecs.oks import oks
 from posegraph.models import ModelSpec, build, load_checkpoint, spec_of
 from training.datasets.bottomup import CocoImages
-from training.datasets.coco import CocoPersons, PersonInstance, TopDownDataset, guess_skeleton
+from training.datasets.coco import (
+    CocoPersons,
+    PersonInstance,
+    TopDownDataset,
+    annotation_keypoints,
+    guess_skeleton,
+)
 from training.datasets.mpii import load_mpii
 from training.transforms.bottomup import letterbox, transform_points
 from training.transforms.topdown import PIXEL_STD, TopDownAffine
@@ -400,7 +407,7 @@ def keypoint_groups(skeleton: skeletons.Skeleton) -> dict[str, list[int]]:
 
 def mirrored_share(
     predictions: list[PosePrediction],
-    instances: list[PersonInstance],
+    instances: Sequence[PersonInstance | None],
     pair: tuple[int, int],
     min_separation: float = 0.05,
 ) -> float:
@@ -409,13 +416,16 @@ def mirrored_share(
     share of swapped sides where it tells them apart.
 
     Counted over the people whose two keypoints are labelled and at least ``min_separation``
-    times the longer side of their box apart, each keypoint of the pair once.
+    times the longer side of their box apart, each keypoint of the pair once; a prediction
+    whose ``instances`` entry is None (of no one) is not counted.
     """
     nearer = total = 0
     for pred in predictions:
         person = instances[pred.index]
+        if person is None or person.box is None:
+            continue
         truth = person.keypoints
-        if person.box is None or not (truth[list(pair), 2] > 0).all():
+        if not (truth[list(pair), 2] > 0).all():
             continue
         own, other = truth[pair[0], :2], truth[pair[1], :2]
         if np.linalg.norm(own - other) < min_separation * max(person.box[2:]):
@@ -429,31 +439,115 @@ def mirrored_share(
 
 def error_analysis(
     predictions: list[PosePrediction],
-    instances: list[PersonInstance],
+    instances: Sequence[PersonInstance | None],
     annotations: Path,
     skeleton_name: str,
+    ap: Callable[[list[PosePrediction]], float] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Where a top-down model loses AP, by keypoint group (:func:`keypoint_groups`).
+    """Where a model loses AP, by keypoint group (:func:`keypoint_groups`).
 
-    ``exact_AP``: the AP of the same protocol (rescoring, OKS-NMS, COCOeval) with that
-    group's predicted keypoints moved onto their labelled truth, so ``exact_AP - AP`` is what
-    the group's errors cost. ``mirrored`` (pairs only): :func:`mirrored_share`.
+    ``instances[pred.index]`` is the person a prediction is of (None: of no one, left as it
+    is). ``exact_AP``: the AP of the same protocol (``ap``; default the top-down one of
+    :func:`keypoint_ap`) with that group's predicted keypoints moved onto their labelled
+    truth, so ``exact_AP - AP`` is what the group's errors cost. ``mirrored`` (pairs only):
+    :func:`mirrored_share`. The last entry, ``all``, has every keypoint of every prediction
+    of someone exact (what is left below 1 is people missed, predictions of no one and their
+    order by score) and ``found``, the share of the file's labelled people some prediction is
+    of.
     """
+
+    def top_down_ap(chosen: list[PosePrediction]) -> float:
+        return keypoint_ap(chosen, annotations, skeleton_name)["AP"]
+
+    score = ap or top_down_ap
     skeleton = skeletons.get(skeleton_name)
+    groups = keypoint_groups(skeleton)
+    groups_and_all = [*groups.items(), ("all", list(range(skeleton.num_keypoints)))]
     analysis: dict[str, dict[str, float]] = {}
-    for group, indices in keypoint_groups(skeleton).items():
+    for group, indices in groups_and_all:
         exact = []
         for pred in predictions:
-            truth = instances[pred.index].keypoints
+            person = instances[pred.index]
             points = pred.keypoints.copy()
-            labelled = [k for k in indices if truth[k, 2] > 0]
-            points[labelled] = truth[labelled, :2]
+            if person is not None:
+                labelled = [k for k in indices if person.keypoints[k, 2] > 0]
+                points[labelled] = person.keypoints[labelled, :2]
             exact.append(replace(pred, keypoints=points))
-        entry = {"exact_AP": keypoint_ap(exact, annotations, skeleton_name)["AP"]}
-        if len(indices) == 2:
+        entry = {"exact_AP": score(exact)}
+        if group in groups and len(indices) == 2:
             entry["mirrored"] = mirrored_share(predictions, instances, (indices[0], indices[1]))
         analysis[group] = entry
+    found = {id(person) for pred in predictions if (person := instances[pred.index])}
+    analysis["all"]["found"] = len(found) / max(_labelled_people(annotations), 1)
     return analysis
+
+
+def _labelled_people(annotations: Path) -> int:
+    """The people of a COCO-format file that the keypoint AP counts: not crowds, with at
+    least one labelled keypoint."""
+    doc = json.loads(Path(annotations).read_text())
+    return sum(
+        1
+        for ann in doc["annotations"]
+        if not ann.get("iscrowd", 0) and ann.get("num_keypoints", 0) > 0
+    )
+
+
+def match_people(
+    predictions: list[PosePrediction],
+    annotations: Path,
+    skeleton_name: str,
+    min_oks: float = 0.1,
+) -> list[PersonInstance | None]:
+    """The labelled person each whole-image prediction is of, by ``prediction.index``.
+
+    Per image, in order of falling score, a prediction takes the person not yet taken whom
+    it has the highest OKS with (COCO's ``area`` as the scale; people not crowds, with at
+    least one labelled keypoint), if that is at least ``min_oks``; below it, the prediction
+    is of no one (None): Ronchi and Perona's background false positive.
+    """
+    doc = json.loads(Path(annotations).read_text())
+    sigmas = skeletons.get(skeleton_name).sigmas
+    people: dict[int, list[tuple[PersonInstance, float]]] = defaultdict(list)
+    files = {image["id"]: image["file_name"] for image in doc["images"]}
+    for ann in doc["annotations"]:
+        if ann.get("iscrowd", 0) or ann.get("num_keypoints", 0) <= 0:
+            continue
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        person = PersonInstance(
+            image_path=Path(annotations).parent / files[ann["image_id"]],
+            image_id=ann["image_id"],
+            keypoints=annotation_keypoints(ann, skeleton_name),
+            center=np.array([x + w / 2, y + h / 2], np.float32),
+            scale=np.array([w, h], np.float32) / PIXEL_STD,
+            box=np.array([x, y, w, h], np.float32),
+        )
+        people[ann["image_id"]].append((person, float(ann["area"])))
+    matched: list[PersonInstance | None] = [None] * (
+        max((p.index for p in predictions), default=-1) + 1
+    )
+    by_image: dict[int, list[PosePrediction]] = defaultdict(list)
+    for pred in predictions:
+        by_image[pred.image_id].append(pred)
+    for image_id, preds in by_image.items():
+        candidates = people.get(image_id, [])
+        if not candidates:
+            continue
+        similarity = oks(
+            np.stack([p.keypoints for p in preds]),
+            np.stack([person.keypoints[:, :2] for person, _ in candidates]),
+            np.array([area for _, area in candidates]),
+            sigmas,
+            visible=np.stack([person.keypoints[:, 2] for person, _ in candidates]),
+        )
+        taken = np.zeros(len(candidates), bool)
+        for row in sorted(range(len(preds)), key=lambda r: -preds[r].box_score):
+            free = np.where(taken, -1.0, similarity[row])
+            best = int(free.argmax())
+            if free[best] >= min_oks:
+                taken[best] = True
+                matched[preds[row].index] = candidates[best][0]
+    return matched
 
 
 def evaluate_coco(
@@ -579,7 +673,8 @@ def evaluate_whole_images(
     size: int,
     batch_size: int = 16,
     device: torch.device | str = "cpu",
-) -> dict[str, float]:
+    analyze: bool = False,
+) -> dict[str, Any]:
     """COCO OKS AP of a whole-image model (HPRNet, ER-Pose) on a COCO-format file.
 
     Each image is letterboxed to ``size`` (a square), decoded by the model's codec at low
@@ -588,7 +683,9 @@ def evaluate_whole_images(
     (``AP_body``, ``AP_foot``, ``AP_face``, ``AP_lefthand``, ``AP_righthand``; ``AP`` is the
     whole body's, as in :func:`coco_keypoint_ap`), and on its 17 body keypoints by
     pycocotools on a body-only file. The person boxes, as ``detect.synthetic`` uses them,
-    get COCO box AP too (``box_AP``, ``box_AP50``, ``box_AR``).
+    get COCO box AP too (``box_AP``, ``box_AP50``, ``box_AR``). With ``analyze`` (a body
+    skeleton), ``analysis``: :func:`error_analysis` of the poses matched to the people by
+    :func:`match_people`.
     """
     kwargs = dict(spec.codec_kwargs)
     if spec.codec == "erpose":
@@ -632,8 +729,20 @@ def evaluate_whole_images(
     finally:
         model.train(was_training)
     results = coco_results(scored, scored_skeleton)
-    metrics = coco_keypoint_ap(images.annotations, results, scored_skeleton)
-    return metrics | coco_box_ap(images.annotations, boxes)
+    metrics: dict[str, Any] = coco_keypoint_ap(images.annotations, results, scored_skeleton)
+    metrics |= coco_box_ap(images.annotations, boxes)
+    if analyze:
+
+        def whole_image_ap(chosen: list[PosePrediction]) -> float:
+            rescored = coco_results([(p, p.box_score) for p in chosen], scored_skeleton)
+            return coco_keypoint_ap(images.annotations, rescored, scored_skeleton)["AP"]
+
+        predictions = [p for p, _ in scored]
+        people = match_people(predictions, images.annotations, scored_skeleton)
+        metrics["analysis"] = error_analysis(
+            predictions, people, images.annotations, scored_skeleton, whole_image_ap
+        )
+    return metrics
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -670,8 +779,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--analyze",
         action="store_true",
-        help="with ground-truth boxes: the AP with each keypoint group exact, and how often "
-        "a left or right point lands nearer its mirror partner",
+        help="the AP with each keypoint group exact, how often a left or right point lands "
+        "nearer its mirror partner, and the AP with every found person exact (top-down: "
+        "with ground-truth boxes)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
@@ -686,6 +796,8 @@ def _analysis_table(analysis: dict[str, dict[str, float]], ap: float, precision:
     for group, entry in analysis.items():
         mirrored = f"{entry['mirrored']:.3f}" if "mirrored" in entry else "-"
         gain = f"{entry['exact_AP'] - ap:+.4f}"
+        if group == "all":
+            group = f"all, of the {entry['found']:.1%} of people found"
         table.add_row(group, f"{entry['exact_AP']:.4f}", gain, mirrored)
     return table
 
@@ -703,10 +815,10 @@ def main(argv: list[str]) -> int:
         skeleton = "mpii16" if is_mpii else args.skeleton or guess_skeleton(doc)
         overrides = _parse_overrides(args.set)
         whole_image = spec_of(args.model).paradigm in WHOLE_IMAGE_PARADIGMS
-        if args.analyze and (whole_image or is_mpii or args.boxes != "gt"):
+        if args.analyze and (is_mpii or (not whole_image and args.boxes != "gt")):
             raise ValueError(
-                "--analyze needs a top-down model on a COCO-format file with ground-truth "
-                "boxes (--boxes gt)"
+                "--analyze needs a COCO-format file and, for a top-down model, the "
+                "ground-truth boxes (--boxes gt)"
             )
         if args.analyze and skeleton not in ("coco17", "crowdpose14"):
             raise ValueError(
@@ -744,7 +856,7 @@ def main(argv: list[str]) -> int:
     def evaluate(net: nn.Module) -> dict[str, float]:
         if whole_image:
             return evaluate_whole_images(
-                net, spec, images, skeleton, width, args.batch_size, args.device
+                net, spec, images, skeleton, width, args.batch_size, args.device, args.analyze
             )
         if is_mpii:
             return evaluate_mpii(net, spec, instances, flip, args.batch_size, args.device)
