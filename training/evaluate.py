@@ -477,7 +477,11 @@ def error_analysis(
         if group in groups and len(indices) == 2:
             entry["mirrored"] = mirrored_share(predictions, instances, (indices[0], indices[1]))
         analysis[group] = entry
-    found = {id(person) for pred in predictions if (person := instances[pred.index])}
+    found = {
+        id(person)
+        for pred in predictions
+        if (person := instances[pred.index]) is not None and person.keypoints[:, 2].any()
+    }
     analysis["all"]["found"] = len(found) / max(_labelled_people(annotations), 1)
     return analysis
 
