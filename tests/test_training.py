@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from posegraph import codecs, skeletons
 from posegraph.cli import main as posegraph_main
-from posegraph.models import save_checkpoint
+from posegraph.models import build, checkpoint_metadata, save_checkpoint
 from training.cli import main as train_main
 from training.config import ConfigError, load_config
 from training.datasets.coco import CocoPersons, PersonInstance, TopDownDataset
@@ -445,7 +445,7 @@ def test_bench_training_times_variants_against_the_config(synthetic_set, capsys)
     assert "variant 'x'" in capsys.readouterr().err
 
 
-def test_load_from_starts_a_run_from_another_runs_weights(tmp_path):
+def test_load_from_starts_a_run_from_another_runs_weights(tmp_path, caplog):
     settings = [*TINY, "data.val=null", "schedule.epochs=1"]
     config_path = CONFIGS / "hrnet_w32_synth_tiny.yaml"
     source = Trainer(load_config(config_path, [*settings, "seed=5"]), tmp_path / "a")
@@ -474,6 +474,19 @@ def test_load_from_starts_a_run_from_another_runs_weights(tmp_path):
     state = wider_head.model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in expected.items())
     assert all(not conv.weight.any() for conv in wider_head.model.final_context)
+    # a run's checkpoints record its seed; a run started from them with the same seed is
+    # told that it would replay their crops, one with another seed is not
+    source.save({})
+    last = tmp_path / "a" / "last.safetensors"
+    assert checkpoint_metadata(last)["seed"] == "5"
+    assert checkpoint_metadata(tmp_path / "a" / "last_ema.safetensors")["seed"] == "5"
+    with caplog.at_level("WARNING", logger="training.trainer"):
+        Trainer(load_config(config_path, [*settings, f"load_from={last}"]), tmp_path / "h")
+        assert "replays" not in caplog.text
+        Trainer(
+            load_config(config_path, [*settings, f"load_from={last}", "seed=5"]), tmp_path / "i"
+        )
+    assert "trained with seed 5 too" in caplog.text and "--set seed=N" in caplog.text
 
 
 def test_unbiased_targets_sit_on_the_keypoints_sub_pixel_position(tmp_path):
@@ -549,6 +562,11 @@ def test_export_writes_onnx_and_safetensors_with_parity(tmp_path):
     assert result.onnx.stat().st_size > 0
     assert load_file(str(result.fp16))["final_layer.weight"].dtype == torch.float16
     assert load_file(str(result.fp32))["final_layer.weight"].dtype == torch.float32
+    # the seed a training run recorded in its weights stays with the exported files
+    seeded = tmp_path / "seeded.safetensors"
+    save_checkpoint(build("hrnet_w32", **overrides)[0], seeded, {"seed": "3"})
+    again = export("hrnet_w32", seeded, tmp_path / "seeded", overrides)
+    assert checkpoint_metadata(again.fp16)["seed"] == checkpoint_metadata(again.fp32)["seed"] == "3"
     # A tolerance of 0 cannot hold for float arithmetic in two runtimes: the check can fail.
     argv = ["hrnet_w32", "--out", str(tmp_path / "cli"), "--weights", str(result.fp32)]
     argv += ["--set", "width=8", "--set", "input_size=[64,64]", "--tolerance", "0"]

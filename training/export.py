@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from posegraph.models import build, load_checkpoint, save_checkpoint
+from posegraph.models import build, checkpoint_metadata, load_checkpoint, save_checkpoint
 from posegraph.models.export import check_parity, export_onnx
 
 logger = logging.getLogger(__name__)
@@ -71,13 +71,16 @@ def export(
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = export_onnx(model, spec, out / f"{model_name}.onnx", opset=opset)
     fp32 = out / f"{model_name}.fp32.safetensors"
-    save_checkpoint(model, fp32)
+    # what the training run recorded (its seed) stays with the weights
+    recorded = checkpoint_metadata(weights) if weights is not None else {}
+    recorded.pop("format", None)
+    save_checkpoint(model, fp32, recorded)
     fp16 = out / f"{model_name}.fp16.safetensors"
     half = {
         k: (v.half() if v.is_floating_point() else v).detach().contiguous().cpu()
         for k, v in model.state_dict().items()
     }
-    save_file(half, str(fp16), metadata={"format": "pt"})
+    save_file(half, str(fp16), metadata={"format": "pt", **recorded})
     spec_path = out / f"{model_name}.json"
     spec_path.write_text(json.dumps(spec.to_dict(), indent=1))
     w, h = spec.input_size

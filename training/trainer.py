@@ -43,7 +43,14 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from posegraph import codecs, skeletons
-from posegraph.models import ModelSpec, build, load_checkpoint, save_checkpoint, spec_of
+from posegraph.models import (
+    ModelSpec,
+    build,
+    checkpoint_metadata,
+    load_checkpoint,
+    save_checkpoint,
+    spec_of,
+)
 from training.config import DataSource, TrainConfig
 from training.datasets.bottomup import (
     BottomUpDataset,
@@ -303,6 +310,14 @@ class Trainer:
             except (OSError, ValueError) as error:
                 raise ValueError(f"load_from {config.load_from}: {error}") from error
             logger.info("starting from the weights of %s", config.load_from)
+            if checkpoint_metadata(config.load_from).get("seed") == str(config.seed):
+                logger.warning(
+                    "load_from %s was trained with seed %d too: item i of epoch e is drawn "
+                    "from the seed, e and i, so on the same data this run replays that run's "
+                    "crops epoch for epoch; give it its own seed (--set seed=N)",
+                    config.load_from,
+                    config.seed,
+                )
         self.model.to(self.device)
         self.memory_format = (
             torch.channels_last if config.channels_last else torch.contiguous_format
@@ -663,10 +678,16 @@ class Trainer:
         if not self.dist.main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        _write_atomically(self.out / "last.safetensors", lambda p: save_checkpoint(self.model, p))
+        # the seed goes with the weights, so that a run started from them can tell whether
+        # it would draw the same crops
+        run = {"seed": str(self.config.seed)}
+        _write_atomically(
+            self.out / "last.safetensors", lambda p: save_checkpoint(self.model, p, run)
+        )
         if self.ema is not None:
             _write_atomically(
-                self.out / "last_ema.safetensors", lambda p: save_checkpoint(self.ema.module, p)
+                self.out / "last_ema.safetensors",
+                lambda p: save_checkpoint(self.ema.module, p, run),
             )
         tensors, rest = _optimizer_tensors(self.optimizer)
         _write_atomically(self.out / "optimizer.safetensors", lambda p: save_file(tensors, str(p)))
@@ -675,7 +696,8 @@ class Trainer:
         if ap is not None and ap > self.best:
             self.best = ap
             _write_atomically(
-                self.out / "best.safetensors", lambda p: save_checkpoint(self.eval_model(), p)
+                self.out / "best.safetensors",
+                lambda p: save_checkpoint(self.eval_model(), p, run),
             )
         state = {
             "epoch": self.epoch,

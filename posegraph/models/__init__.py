@@ -28,13 +28,14 @@ import torch
 from torch import nn
 
 from posegraph.models import de_hrnet, erpose, hprnet, hrnet, regression, simplebaseline
-from posegraph.models.checkpoint import load_checkpoint, save_checkpoint
+from posegraph.models.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
 from posegraph.models.flops import count_params, profile
 from posegraph.models.spec import ModelSpec
 
 __all__ = [
     "ModelSpec",
     "build",
+    "checkpoint_metadata",
     "count_params",
     "describe",
     "load_checkpoint",

@@ -132,7 +132,20 @@ def load_checkpoint(
     return LoadReport(missing=missing, unexpected=unexpected)
 
 
-def save_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Write ``model``'s state dict as safetensors (no pickle)."""
+def save_checkpoint(
+    model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Write ``model``'s state dict as safetensors (no pickle), with ``metadata`` (string
+    pairs, e.g. the training run's ``seed``) in the file's header."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"format": "pt"})
+    save_file(state, str(path), metadata={"format": "pt", **(metadata or {})})
+
+
+def checkpoint_metadata(path: str | Path) -> dict[str, str]:
+    """The string pairs in a safetensors file's header (``{}`` for other files)."""
+    if Path(path).suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata() or {})
