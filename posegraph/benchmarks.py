@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from fractions import Fraction
@@ -499,7 +500,17 @@ def _numbers(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
 
+def machine(device: str) -> dict:
+    """What a benchmark ran on, for its figures to be read against: the device in words and
+    the 1-minute load average just before it (near the core count: something else was
+    running, and the figures are not this machine's best)."""
+    from posegraph.scheduler.bench import describe
+
+    return {"machine": describe(device), "load_before": round(os.getloadavg()[0], 2)}
+
+
 def main(args) -> int:
+    ran_on = machine(getattr(args, "device", "cpu"))
     if args.bench == "latency":
         from posegraph.scheduler import bench
 
@@ -529,8 +540,15 @@ def main(args) -> int:
         show = _print_transport
     else:
         raise SystemExit(f"unknown benchmark {args.bench!r}")
+    result.update(ran_on)
     if args.json:
         print(json.dumps(result))
     else:
+        from rich.console import Console
+
         show(result)
+        Console().print(
+            f"on {ran_on['machine']}; 1-minute load average before the run "
+            f"{ran_on['load_before']:.2f}"
+        )
     return 0

@@ -376,6 +376,9 @@ def test_bench_crops_times_both_ways_and_checks_they_agree(capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["device"] == "cpu" and result["frame"] == [320, 240]
     assert result["crop"] == [96, 128]  # the default model's input
+    # what it ran on, and how busy the machine was just before
+    assert result["machine"].startswith("CPU ") and result["machine"].endswith(" cores")
+    assert result["load_before"] >= 0
     cells = {(c["people"], c["mode"]): c for c in result["cells"]}
     assert set(cells) == {(n, m) for n in (1, 3) for m in ("opencv", "device")}
     for cell in cells.values():
