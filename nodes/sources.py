@@ -109,7 +109,12 @@ class VideoSource(Source):
         try:
             with av.open(str(self.path)) as container:
                 if not container.streams.video:
-                    raise NodeError(f"{self.uri} has no video stream: give a video file")
+                    kinds = ", ".join(st.type for st in container.streams) or "no streams"
+                    raise NodeError(
+                        f"{self.uri} has no video stream (FFmpeg reads it as "
+                        f"{container.format.name}: {kinds}): give a video file, or check "
+                        "it with ffprobe"
+                    )
                 vs = container.streams.video[0]
                 self.duration = float(container.duration / 1e6) if container.duration else None
                 self.rate = float(vs.average_rate) if vs.average_rate else 25.0
