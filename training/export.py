@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from posegraph.models import build, checkpoint_metadata, load_checkpoint, save_checkpoint
 from posegraph.models.export import check_parity, export_onnx
@@ -76,11 +75,7 @@ def export(
     recorded.pop("format", None)
     save_checkpoint(model, fp32, recorded)
     fp16 = out / f"{model_name}.fp16.safetensors"
-    half = {
-        k: (v.half() if v.is_floating_point() else v).detach().contiguous().cpu()
-        for k, v in model.state_dict().items()
-    }
-    save_file(half, str(fp16), metadata={"format": "pt", **recorded})
+    save_checkpoint(model, fp16, recorded, torch.float16)
     spec_path = out / f"{model_name}.json"
     spec_path.write_text(json.dumps(spec.to_dict(), indent=1))
     w, h = spec.input_size

@@ -133,11 +133,21 @@ def load_checkpoint(
 
 
 def save_checkpoint(
-    model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None
+    model: nn.Module,
+    path: str | Path,
+    metadata: dict[str, str] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> None:
     """Write ``model``'s state dict as safetensors (no pickle), with ``metadata`` (string
-    pairs, e.g. the training run's ``seed``) in the file's header."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    pairs, e.g. the training run's ``seed``) in the file's header; ``dtype`` casts the
+    floating-point tensors (``torch.float16`` for the shipped files)."""
+    state = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+        .detach()
+        .contiguous()
+        .cpu()
+        for k, v in model.state_dict().items()
+    }
     save_file(state, str(path), metadata={"format": "pt", **(metadata or {})})
 
 
