@@ -55,6 +55,14 @@ class ZmqSink(Sink):
 
     Never blocks the pipeline: a PUSH peer that does not keep up loses messages, which
     are counted and logged.
+
+    CURVE encryption and authentication (for publishing beyond this host): ``curve_key``
+    is this end's secret key file (``NAME.key_secret``, made by ``posegraph keys NAME``).
+    A binding sink is the server: ``curve_clients`` is a folder of the public key files
+    (``NAME.key``) of the clients it lets in, or ``any`` for every client that knows its
+    public key. A connecting sink (``bind: false``) is the client of the server whose
+    public key file is ``curve_server_key``. Relative paths are read from the working
+    directory, else from the pipeline's folder.
     """
 
     def __init__(
@@ -64,34 +72,109 @@ class ZmqSink(Sink):
         bind: bool = True,
         format: Literal["msgpack", "json"] = "msgpack",
         hwm: int = 1000,
+        curve_key: str | None = None,
+        curve_clients: str | None = None,
+        curve_server_key: str | None = None,
     ):
         self.address = address
         self.kind = socket
         self.bind = bind
         self.format = format
         self.hwm = hwm
+        self.curve_key = curve_key
+        self.curve_clients = curve_clients
+        self.curve_server_key = curve_server_key
         self.dropped = 0
+        self._auth = None
+
+    def _check_curve(self) -> None:
+        """One clear error for a CURVE setting that does not fit ``bind``."""
+        role = "binding (bind: true)" if self.bind else "connecting (bind: false)"
+        if self.curve_key is None:
+            given = [
+                n for n in ("curve_clients", "curve_server_key") if getattr(self, n) is not None
+            ]
+            if given:
+                raise NodeError(
+                    f"{given[0]} given without curve_key, this end's secret key file "
+                    "(make a pair with `posegraph keys NAME`)"
+                )
+        elif self.bind:
+            if self.curve_server_key is not None:
+                raise NodeError(
+                    "curve_server_key is for a connecting sink (bind: false); a binding sink "
+                    "is the server: give curve_clients instead"
+                )
+            if self.curve_clients is None:
+                raise NodeError(
+                    f"a {role} sink with curve_key needs curve_clients: a folder of the "
+                    "public key files (NAME.key) of the clients to let in, or 'any'"
+                )
+        else:
+            if self.curve_clients is not None:
+                raise NodeError(
+                    "curve_clients is for a binding sink (bind: true); a connecting sink "
+                    "gives the server's public key file as curve_server_key"
+                )
+            if self.curve_server_key is None:
+                raise NodeError(
+                    f"a {role} sink with curve_key needs curve_server_key, the public key "
+                    "file (NAME.key) of the server it connects to"
+                )
+
+    def _secure(self, sock) -> None:
+        """Set ``sock`` up as a CURVE server or client from the key files; starts the
+        context's ZAP handler for a server."""
+        from nodes.sources import resolve_path
+        from posegraph.runtime import curve
+
+        try:
+            public, secret = curve.load_key_pair(resolve_path(self.ctx, self.curve_key))
+            if self.bind:
+                clients = None
+                if self.curve_clients != "any":
+                    clients = curve.load_client_keys(resolve_path(self.ctx, self.curve_clients))
+                self._auth = curve.authenticator(self.zctx, clients)
+                curve.as_server(sock, public, secret)
+                log.info(
+                    "sink %s: CURVE server at %s, letting in %s",
+                    self.ctx.name,
+                    self.address,
+                    "any client" if clients is None else f"{len(clients)} client key(s)",
+                )
+            else:
+                server = curve.load_public_key(resolve_path(self.ctx, self.curve_server_key))
+                curve.as_client(sock, public, secret, server)
+        except curve.CurveError as exc:
+            raise NodeError(str(exc)) from None
 
     def setup(self, ctx) -> None:
         super().setup(ctx)
         import zmq
 
+        self._check_curve()
         self._zmq = zmq
-        self.zctx = zmq.Context.instance()
+        # CURVE gets a context of its own: its ZAP handler answers for this sink only
+        self.zctx = zmq.Context() if self.curve_key else zmq.Context.instance()
         self.sock = self.zctx.socket(zmq.PUB if self.kind == "pub" else zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, self.hwm)
         self.sock.setsockopt(zmq.LINGER, 1000)
         try:
+            if self.curve_key:
+                self._secure(self.sock)
             if self.bind:
                 self.sock.bind(self.address)
             else:
                 self.sock.connect(self.address)
         except zmq.ZMQError as exc:
-            self.sock.close(0)
+            self.close(linger=0)
             raise NodeError(
                 f"cannot {'bind' if self.bind else 'connect'} {self.address}: "
                 f"{exc}; choose a free address or set bind: false"
             ) from None
+        except NodeError:
+            self.close(linger=0)
+            raise
 
     def write(self, frame: Frame) -> None:
         msg = to_message(frame, time.time())
@@ -113,9 +196,14 @@ class ZmqSink(Sink):
                     self.address,
                 )
 
-    def close(self) -> None:
+    def close(self, linger: int | None = None) -> None:
         if hasattr(self, "sock"):
-            self.sock.close()
+            self.sock.close(linger)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self.curve_key and hasattr(self, "zctx") and not self.zctx.closed:
+            self.zctx.term()
 
 
 @register("sink.video")

@@ -109,7 +109,8 @@ def ipc_floor(pings: int = 1000, size: int = 160) -> dict[str, float]:
 def transport(
     frames: int = 300, width: int = 1920, height: int = 1080, clip: str | None = None, hops: int = 4
 ) -> dict:
-    """Frames of a clip through ``hops`` pass-through processes, shared memory vs inline."""
+    """Frames of a clip through ``hops`` pass-through processes: shared memory, inline over
+    ipc, and over tcp in the clear and with CURVE (what encrypting every hop costs)."""
     from posegraph.graph import Graph
 
     with tempfile.TemporaryDirectory(prefix="posegraph-bench-") as tmp:
@@ -124,9 +125,11 @@ def transport(
             "ipc_floor": ipc_floor(),
             "modes": [],
         }
-        for mode in ("shm", "inline"):
-            g = Graph(f"transport-{mode}")
+        for mode in ("shm", "inline", "tcp", "tcp+curve"):
+            g = Graph(f"transport-{mode.replace('+', '-')}")
             g.runtime.shm = mode == "shm"
+            g.runtime.transport = "tcp" if mode.startswith("tcp") else "ipc"
+            g.runtime.curve = mode == "tcp+curve"
             prev = g.add("src", "source.video", uri=str(path))
             for k in range(hops):
                 prev = g.add(f"hop{k + 1}", "util.passthrough", prev)
@@ -492,7 +495,8 @@ def _print_transport(result: dict) -> None:
             ),
         ],
         "hop latency of the baseline row: a bare ZeroMQ ipc message between two "
-        "processes, the floor on this machine",
+        "processes, the floor on this machine; inline: pixels in the messages over ipc; "
+        "tcp: over 127.0.0.1 in the clear, tcp+curve: encrypted (the tcp default)",
     )
 
 

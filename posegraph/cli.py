@@ -1,5 +1,5 @@
-"""The ``posegraph`` command: run | validate | graph | score | models | bench | synth | train
-| eval | export."""
+"""The ``posegraph`` command: run | validate | graph | score | keys | models | bench | synth
+| train | eval | export."""
 
 from __future__ import annotations
 
@@ -166,6 +166,20 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_keys(args) -> int:
+    from posegraph.runtime.curve import CurveError, make_certificates
+
+    try:
+        public, secret = make_certificates(args.dir, args.name)
+    except CurveError as exc:
+        return _err(str(exc))
+    except OSError as exc:
+        return _err(f"cannot write the key pair in {args.dir}: {exc.strerror}")
+    print(f"public key: {public}  (give it to the other end)")
+    print(f"secret key: {secret}  (stays on this host; readable by you only)")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from posegraph import benchmarks
 
@@ -219,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream", help="score this stream only (default: all frames)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(fn=cmd_score)
+
+    k = sub.add_parser(
+        "keys", help="make a CURVE key pair for sink.zmq: NAME.key (public), NAME.key_secret"
+    )
+    k.add_argument("name", help="the pair's name, e.g. the host or service it is for")
+    k.add_argument("--dir", default=".", help="folder to write the two files in (default: here)")
+    k.set_defaults(fn=cmd_keys)
 
     b = sub.add_parser("bench", help="benchmarks; each prints ratios against a baseline")
     bsub = b.add_subparsers(dest="bench", metavar="NAME", required=True)

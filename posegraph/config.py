@@ -170,6 +170,24 @@ def from_dict(doc: Any, file: str | None = None, base_dir: Path | None = None) -
             )
         )
         runtime.in_flight = None
+    if runtime.transport not in ("ipc", "tcp"):
+        problems.append(
+            Problem(
+                f"runtime option transport must be ipc (one host, the default) or tcp, got "
+                f"{runtime.transport!r}",
+                Where(file, _line(rt, "transport")),
+            )
+        )
+        runtime.transport = "ipc"
+    for key in ("shm", "curve"):
+        if not isinstance(getattr(runtime, key), bool):
+            problems.append(
+                Problem(
+                    f"runtime option {key} must be true or false, got {getattr(runtime, key)!r}",
+                    Where(file, _line(rt, key)),
+                )
+            )
+            setattr(runtime, key, True)
     budget = doc.get("latency_budget_ms")
     if budget is not None and (not isinstance(budget, int | float) or budget <= 0):
         problems.append(

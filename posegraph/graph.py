@@ -96,6 +96,9 @@ class RuntimeOptions:
     shm_slots: int = 32  # slots per pool
     transport: str = "ipc"  # ipc (one host) or tcp (bytes inline)
     host: str = "127.0.0.1"  # tcp bind address
+    # tcp: encrypt every socket and let in only the run's own processes (CURVE keys drawn
+    # per run); false sends in the clear (a debugging aid)
+    curve: bool = True
     max_restarts: int = 3  # node process failures within the window before the pipeline stops
     restart_window_s: float = 300.0
     drain_timeout_s: float = 30.0

@@ -100,6 +100,27 @@ def write_pipeline(path: Path, nodes: list[dict], **top) -> Path:
     return path
 
 
+def write_zmq_pipeline(path: Path, address: str, **sink) -> Path:
+    """A pipeline of 60 small frames paced at 50 fps into a ``sink.zmq`` named ``pub`` on
+    ``address``, with the sink's other settings from ``sink``."""
+    return write_pipeline(
+        path,
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 64, "height": 48, "fps": 50, "frames": 60, "realtime": True},
+            },
+            {
+                "name": "pub",
+                "type": "sink.zmq",
+                "from": "cam",
+                "with": {"address": address, **sink},
+            },
+        ],
+    )
+
+
 def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []

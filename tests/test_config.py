@@ -161,6 +161,8 @@ def test_runtime_options_are_checked(tmp_path):
         runtime:
           in_flite: 2
           in_flight: 0
+          transport: tpc
+          curve: "no"
         nodes:
           - name: cam
             type: source.synthetic
@@ -169,6 +171,8 @@ def test_runtime_options_are_checked(tmp_path):
     )
     assert "p.yaml:4:" in found and "did you mean 'in_flight'" in found
     assert "p.yaml:5:" in found and "in_flight must be a whole number >= 1" in found
+    assert "p.yaml:6:" in found and "transport must be ipc (one host, the default) or tcp" in found
+    assert "p.yaml:7:" in found and "curve must be true or false, got 'no'" in found
 
 
 def test_env_interpolation_and_overrides(tmp_path, monkeypatch):

@@ -230,6 +230,67 @@ def test_tcp_transport_sends_pixels_inline(tmp_path, posegraph):
     assert [f["index"] for f in frames] == list(range(40)) and events[-1]["event"] == "eos"
 
 
+@pytest.mark.parametrize("curve", [True, False])
+def test_tcp_sockets_let_in_only_the_runs_own_processes(tmp_path, posegraph, curve):
+    """A stranger on the host pushes a message into every tcp port the run listens on.
+    With CURVE (the default) none gets in: the nodes see only the run's frames. With
+    ``curve: false`` the same message reaches a node, which drops it as unreadable and says
+    so: what the first case shows is CURVE's doing."""
+    import zmq
+
+    out = tmp_path / "out.jsonl"
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 64, "height": 48, "fps": 20, "frames": 50, "realtime": True},
+            },
+            {"name": "mid", "type": "util.passthrough", "from": "cam"},
+            {"name": "out", "type": "sink.jsonl", "from": "mid", "with": {"path": str(out)}},
+        ],
+        runtime={"transport": "tcp", "curve": curve},
+    )
+    run = posegraph("run", "p.yaml")
+
+    def listening() -> set[int]:
+        ports = set()
+        for p in run.processes():
+            try:
+                conns = p.net_connections("tcp")
+            except Exception:  # noqa: BLE001 - a process that just ended
+                continue
+            ports |= {c.laddr.port for c in conns if c.status == "LISTEN"}
+        return ports
+
+    # the control channel and the two nodes' inputs, once the workers are up
+    wait_for(lambda: len(listening()) >= 3 or run.proc.poll() is not None, 30, "the ports")
+    ports = listening()
+    assert len(ports) >= 3, f"the run listens on {sorted(ports)} only"
+    ctx = zmq.Context()
+    socks = []
+    for port in ports:
+        s = ctx.socket(zmq.PUSH)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(f"tcp://127.0.0.1:{port}")
+        socks.append(s)
+    time.sleep(0.5)
+    for s in socks:
+        try:
+            s.send_multipart([b"stranger", b"not a frame"], flags=zmq.NOBLOCK)
+        except zmq.Again:  # no handshake done (a CURVE server, or the control ROUTER)
+            pass
+    code, _, stderr = run.wait()
+    for s in socks:
+        s.close()
+    ctx.term()
+    assert code == 0, stderr
+    frames, events = frames_and_events(read_jsonl(out))
+    assert [f["index"] for f in frames] == list(range(50)) and events[-1]["event"] == "eos"
+    assert ("dropped a message" in stderr) is not curve, stderr
+
+
 def test_prometheus_endpoint_serves_node_metrics(tmp_path, posegraph):
     import socket
     import urllib.request

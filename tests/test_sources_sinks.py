@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from posegraph import Graph
-from tests.conftest import ROOT, free_port, read_jsonl, wait_for, write_pipeline
+from tests.conftest import ROOT, free_port, read_jsonl, wait_for, write_pipeline, write_zmq_pipeline
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -170,22 +170,7 @@ def test_zmq_sink_reaches_an_independent_subscriber(tmp_path, posegraph, kind):
         [sys.executable, "-c", SUBSCRIBER, address, kind], stdout=subprocess.PIPE, text=True
     )
     assert sub.stdout.readline().strip() == "ready"
-    write_pipeline(
-        tmp_path / "p.yaml",
-        [
-            {
-                "name": "cam",
-                "type": "source.synthetic",
-                "with": {"width": 64, "height": 48, "fps": 50, "frames": 60, "realtime": True},
-            },
-            {
-                "name": "pub",
-                "type": "sink.zmq",
-                "from": "cam",
-                "with": {"address": address, "socket": kind},
-            },
-        ],
-    )
+    write_zmq_pipeline(tmp_path / "p.yaml", address, socket=kind)
     code, _, stderr = posegraph("run", "p.yaml").wait()
     assert code == 0, stderr
     got = json.loads(sub.communicate(timeout=30)[0])

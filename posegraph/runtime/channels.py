@@ -22,6 +22,7 @@ import msgpack
 import zmq
 
 from posegraph.packet import Frame
+from posegraph.runtime.curve import RunKeys
 
 log = logging.getLogger(__name__)
 
@@ -301,15 +302,13 @@ class LocalEndpoint(Endpoint):
 class RemoteEndpoint(Endpoint):
     """A PUSH socket connected to a consumer instance's PULL address."""
 
-    def __init__(self, ctx: zmq.Context, address: str, hwm: int, curve: dict | None = None):
+    def __init__(self, ctx: zmq.Context, address: str, hwm: int, curve: RunKeys | None = None):
         self.address = address
         self.sock = ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.LINGER, 0)
-        if curve:
-            self.sock.curve_secretkey = curve["secret"]
-            self.sock.curve_publickey = curve["public"]
-            self.sock.curve_serverkey = curve["server"]
+        if curve is not None:
+            curve.connect_as_client(self.sock)
         self.sock.connect(address)
 
     def ready(self) -> bool:

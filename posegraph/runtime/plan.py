@@ -10,6 +10,7 @@ from typing import Any
 
 from posegraph.graph import Graph, RuntimeOptions
 from posegraph.node import Sink, Source, UnknownNodeType, resolve
+from posegraph.runtime.curve import RunKeys
 
 
 @dataclass
@@ -58,6 +59,8 @@ class Plan:
     base_dir: str | None
     control: str = ""
     shm: bool = True
+    # tcp runs: the run's CURVE keys (posegraph.runtime.curve), None on ipc
+    curve: RunKeys | None = None
 
     def instances(self) -> list[InstanceSpec]:
         """Every node instance, sources first (topological order)."""
@@ -204,4 +207,6 @@ def build_plan(graph: Graph, executor: str, max_frames: int | None = None) -> Pl
     plan.control = (
         f"tcp://127.0.0.1:{_free_port('127.0.0.1')}" if tcp else f"ipc://{rundir}/control"
     )
+    if tcp and opts.curve and executor != "inproc":
+        plan.curve = RunKeys.generate()
     return plan

@@ -29,6 +29,7 @@ import msgpack
 import zmq
 
 from posegraph.metrics import Metrics
+from posegraph.runtime.curve import authenticator
 from posegraph.runtime.plan import Plan, rundir_of
 from posegraph.runtime.shm import reap_stale, unlink_run
 
@@ -64,9 +65,14 @@ def worker_main(plan: Plan, group: str, resume: dict[str, int], log_level: int) 
     logging.basicConfig(level=log_level, format=f"%(levelname)s [{group}] %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
     zctx = zmq.Context.instance()
+    # tcp: the ZAP handler lets only the run's processes into this one's sockets; it runs
+    # before any of them binds
+    auth = authenticator(zctx, [plan.curve.client_public]) if plan.curve else None
     control = zctx.socket(zmq.DEALER)
     control.setsockopt(zmq.IDENTITY, group.encode())
     control.setsockopt(zmq.LINGER, 2000)
+    if plan.curve is not None:
+        plan.curve.connect_as_client(control)
     control.connect(plan.control)
 
     def send(kind: str, **body) -> None:
@@ -127,6 +133,8 @@ def worker_main(plan: Plan, group: str, resume: dict[str, int], log_level: int) 
     finally:
         worker.close()
         control.close()
+        if auth is not None:
+            auth.stop()
         zctx.term()
         logging.shutdown()
         os._exit(code)  # noqa: SLF001 - node threads may still be blocked in I/O
@@ -196,9 +204,14 @@ class Supervisor:
     def run(self, duration: float | None = None, on_tick: Callable[[], None] | None = None) -> None:
         plan = self.plan
         claim_rundir(plan)
-        zctx = zmq.Context.instance()
+        # tcp runs get a context of their own: its ZAP handler, which lets in only the
+        # run's worker processes, must not answer for other sockets of this process
+        zctx = zmq.Context() if plan.curve else zmq.Context.instance()
+        auth = authenticator(zctx, [plan.curve.client_public]) if plan.curve else None
         control = zctx.socket(zmq.ROUTER)
         control.setsockopt(zmq.LINGER, 0)
+        if plan.curve is not None:
+            plan.curve.serve(control)
         control.bind(plan.control)
         try:
             for p in self.procs.values():
@@ -207,6 +220,9 @@ class Supervisor:
         finally:
             self._terminate_all()
             control.close(0)
+            if auth is not None:
+                auth.stop()
+                zctx.term()
             unlink_run(plan.run_id)
             shutil.rmtree(plan.rundir, ignore_errors=True)
         if self.error:

@@ -34,6 +34,7 @@ from posegraph.runtime.channels import (
     Outlet,
     RemoteEndpoint,
 )
+from posegraph.runtime.curve import RunKeys
 from posegraph.runtime.plan import InstanceSpec, Plan
 from posegraph.runtime.shm import FramePlane
 
@@ -155,7 +156,9 @@ class Runner:
         except (TypeError, ValueError, FileNotFoundError, OSError, ImportError) as exc:
             raise FatalNodeError(spec.node, f"{type(exc).__name__}: {exc}") from exc
 
-    def connect(self, endpoints: dict[str, Entry], zctx: zmq.Context | None) -> None:
+    def connect(
+        self, endpoints: dict[str, Entry], zctx: zmq.Context | None, curve: RunKeys | None = None
+    ) -> None:
         for out in self.spec.outputs:
             eps = []
             for group, address in out.targets:
@@ -168,7 +171,7 @@ class Runner:
                     eps.append(LocalEndpoint(consumer_id, endpoints[consumer_id]))
                 else:
                     hwm = 2 * max(1, self.spec.capacity) if out.block else 1000
-                    eps.append(RemoteEndpoint(zctx, address, hwm))
+                    eps.append(RemoteEndpoint(zctx, address, hwm, curve))
             self.outlets.append(Outlet(out.consumer, eps, out.block))
 
     # --------------------------------------------------------------- helpers
@@ -586,12 +589,14 @@ class Worker:
         if needs_zmq:
             self.zctx = zmq.Context.instance()
         for r in self.runners:
-            r.connect(entries, self.zctx)
+            r.connect(entries, self.zctx, self.plan.curve)
             if not r.spec.remote_inputs:
                 continue
             sock = self.zctx.socket(zmq.PULL)
             sock.setsockopt(zmq.RCVHWM, 2 * r.spec.capacity if r.spec.policy == "block" else 1000)
             sock.setsockopt(zmq.LINGER, 0)
+            if self.plan.curve is not None:
+                self.plan.curve.serve(sock)
             sock.bind(r.spec.address)
             self._sockets.append(sock)
             t = threading.Thread(
