@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import string
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgpack
 
@@ -23,14 +28,36 @@ log = logging.getLogger(__name__)
 
 @register("sink.jsonl")
 class JsonlSink(Sink):
-    """One line of JSON per frame or event, flushed as it is written."""
+    """One line of JSON per frame or event, flushed as it is written, appended to what
+    the file holds.
 
-    def __init__(self, path: str, events: bool = True):
+    ``max_mb`` rotates the file when it reaches that size, as logrotate and Python's
+    RotatingFileHandler do: ``out.jsonl`` becomes ``out.jsonl.1``, ``.1`` becomes ``.2``...
+    and ``keep`` of them stay (5 unless given; the oldest beyond are removed); a reader
+    following the file by name (``tail -F``) goes on with the new one.
+    """
+
+    def __init__(
+        self, path: str, events: bool = True, max_mb: float | None = None, keep: int | None = None
+    ):
         self.path = path
         self.events = events
+        self.max_mb = max_mb
+        self.keep = keep
 
     def setup(self, ctx) -> None:
         super().setup(ctx)
+        if self.max_mb is not None and self.max_mb <= 0:
+            raise NodeError(f"max_mb must be above 0, got {self.max_mb}")
+        if self.keep is not None and (self.max_mb is None or self.keep < 1):
+            raise NodeError(
+                f"keep {self.keep}: give a number of rotated files >= 1, with max_mb (the "
+                "size at which the file rotates)"
+            )
+        self.max_bytes = None if self.max_mb is None else int(self.max_mb * 1e6)
+        self._open()
+
+    def _open(self) -> None:
         p = Path(self.path)
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -38,11 +65,27 @@ class JsonlSink(Sink):
         except OSError as exc:
             raise NodeError(f"cannot write {self.path}: {exc.strerror}") from None
 
+    def _rotate(self) -> None:
+        self.file.close()
+        keep = self.keep if self.keep is not None else 5
+        p = Path(self.path)
+        for k in range(keep, 0, -1):
+            older = p.with_name(f"{p.name}.{k}")
+            if older.exists():
+                if k == keep:
+                    older.unlink()
+                else:
+                    older.rename(p.with_name(f"{p.name}.{k + 1}"))
+        p.rename(p.with_name(f"{p.name}.1"))
+        self._open()
+
     def write(self, frame: Frame) -> None:
         if frame.event is not None and not self.events:
             return
         self.file.write(json.dumps(to_message(frame, time.time()), separators=(",", ":")) + "\n")
         self.file.flush()
+        if self.max_bytes is not None and self.file.tell() >= self.max_bytes:
+            self._rotate()
 
     def close(self) -> None:
         if hasattr(self, "file"):
@@ -208,18 +251,44 @@ class ZmqSink(Sink):
 
 @register("sink.video")
 class VideoSink(Sink):
-    """Writes frames to an MP4 file (H.264 through PyAV), one file per stream.
+    """Writes frames to MP4 files (H.264 through PyAV), one file per stream.
 
     With several streams, ``{stream}`` in the path names each file; without it the stream
-    name is added before the suffix.
+    name is added before the suffix of the second stream's and later ones'.
+
+    Made for recording that runs for months:
+
+    - ``segment_s`` starts a new file every so many seconds of video. ``{start}`` in the
+      path is the wall-clock time of a file's first frame, with a strftime format, e.g.
+      ``rec/{stream}-{start:%Y%m%d-%H%M%S}.mp4``; without it that time is added before the
+      suffix. ``keep`` then removes a stream's oldest files beyond that many (the files
+      the path's pattern matches, whichever run wrote them).
+    - MP4 and MOV files are fragmented, a fragment at each key frame (every
+      ``keyframe_s``) written as it ends, so a file stays playable up to its last
+      fragment when the process is killed or the host loses power.
+    - A file that exists is never written over: the new one gets ``-1``, ``-2``... before
+      the suffix (after a restart of the sink's process, say).
     """
 
-    def __init__(self, path: str, fps: float = 25.0, codec: str = "libx264", crf: int = 23):
+    def __init__(
+        self,
+        path: str,
+        fps: float = 25.0,
+        codec: str = "libx264",
+        crf: int = 23,
+        segment_s: float | None = None,
+        keep: int | None = None,
+        keyframe_s: float = 2.0,
+    ):
         self.path = path
         self.fps = fps
         self.codec = codec
         self.crf = crf
-        self.outputs: dict[str, tuple] = {}
+        self.segment_s = segment_s
+        self.keep = keep
+        self.keyframe_s = keyframe_s
+        self.outputs: dict[str, _Recording] = {}
+        self.streams: list[str] = []  # in the order they first came
 
     def setup(self, ctx) -> None:
         super().setup(ctx)
@@ -229,51 +298,159 @@ class VideoSink(Sink):
             raise NodeError(
                 f"codec {self.codec!r} is not available in this PyAV build; use libx264 or mpeg4"
             )
-        Path(self.path.replace("{stream}", "x")).parent.mkdir(parents=True, exist_ok=True)
+        if self.fps <= 0 or self.keyframe_s <= 0:
+            raise NodeError(f"fps ({self.fps}) and keyframe_s ({self.keyframe_s}) must be above 0")
+        if self.segment_s is not None and self.segment_s * self.fps < 1:
+            raise NodeError(
+                f"segment_s {self.segment_s} holds no frame at {self.fps} fps; give at least "
+                f"{1 / self.fps:g} s"
+            )
+        if self.keep is not None and (self.segment_s is None or self.keep < 1):
+            raise NodeError(
+                f"keep {self.keep}: give a number of files >= 1, with segment_s (a single "
+                "file per stream has nothing to remove)"
+            )
+        self.template = self._template()
+        try:
+            self.template.format(stream="cam", start=datetime.now())
+        except (KeyError, IndexError, ValueError) as exc:
+            raise NodeError(
+                f"path {self.path!r} cannot be filled in ({type(exc).__name__}: {exc}); "
+                "its placeholders are {stream} and {start} (a strftime format after a colon)"
+            ) from None
+        # the folder up to the first placeholder exists and can be written now, not at the
+        # first frame
+        folder = Path(self.template.split("{")[0] + "x").parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NodeError(f"cannot make the folder {folder}: {exc.strerror}") from None
+        if not os.access(folder, os.W_OK):
+            raise NodeError(f"cannot write in {folder}: permission denied")
 
-    def _output(self, frame: Frame):
-        out = self.outputs.get(frame.stream)
-        if out is not None:
-            return out
+    def _template(self) -> str:
+        template = self.path
+        if self.segment_s is not None and "{start" not in template:
+            p = Path(template)
+            template = str(p.with_name(f"{p.stem}-{{start:%Y%m%d-%H%M%S}}{p.suffix}"))
+        return template
+
+    def _path_for(self, stream: str, start: float) -> Path:
+        template = self.template
+        if "{stream}" not in template and self.streams and stream != self.streams[0]:
+            p = Path(template)
+            template = str(p.with_name(f"{p.stem}-{stream}{p.suffix}"))
+        path = Path(template.format(stream=stream, start=datetime.fromtimestamp(start)))
+        free, k = path, 0
+        while free.exists():
+            k += 1
+            free = path.with_name(f"{path.stem}-{k}{path.suffix}")
+        if free != path:
+            log.warning(
+                "sink %s: %s exists; writing %s (a file is never written over)",
+                self.ctx.name,
+                path,
+                free.name,
+            )
+        return free
+
+    def _open(self, frame: Frame) -> _Recording:
         from fractions import Fraction
 
         import av
 
-        if "{stream}" in self.path:
-            path = self.path.format(stream=frame.stream)
-        elif self.outputs:
-            p = Path(self.path)
-            path = str(p.with_name(f"{p.stem}-{frame.stream}{p.suffix}"))
-        else:
-            path = self.path
-        h, w = frame.image.shape[:2]
-        container = av.open(path, "w")
+        if frame.stream not in self.streams:
+            self.streams.append(frame.stream)
+        path = self._path_for(frame.stream, frame.captured_at or time.time())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        options = {}
+        if path.suffix.lower() in (".mp4", ".mov", ".m4v"):
+            # a fragment per key frame, each written out as it ends: playable after a kill
+            options = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+        container = av.open(str(path), "w", options={**options, "flush_packets": "1"})
         stream = container.add_stream(self.codec, rate=Fraction(self.fps).limit_denominator(1000))
+        h, w = frame.image.shape[:2]
         stream.width, stream.height = w - w % 2, h - h % 2
         stream.pix_fmt = "yuv420p"
+        gop = max(1, round(self.keyframe_s * self.fps))
+        stream.codec_context.gop_size = gop
         if self.codec == "libx264":
-            stream.options = {"crf": str(self.crf), "preset": "veryfast"}
-        out = (container, stream)
-        self.outputs[frame.stream] = out
-        return out
+            stream.options = {"crf": str(self.crf), "preset": "veryfast", "g": str(gop)}
+        rec = _Recording(path, container, stream)
+        self.outputs[frame.stream] = rec
+        if self.keep is not None:
+            self._prune(frame.stream, rec.path)
+        return rec
+
+    def _prune(self, stream: str, current: Path) -> None:
+        """Remove the stream's oldest files beyond ``keep``, by modification time."""
+        template = self.template
+        if "{stream}" not in template and stream != self.streams[0]:
+            p = Path(template)
+            template = str(p.with_name(f"{p.stem}-{stream}{p.suffix}"))
+        pattern = _file_pattern(template, stream)
+        files = [f for f in current.parent.iterdir() if pattern.fullmatch(f.name) and f.is_file()]
+        files.sort(key=lambda f: (f.stat().st_mtime, f.name))
+        others = [f for f in files if f != current]
+        for old in others[: max(0, len(others) + 1 - self.keep)]:
+            try:
+                old.unlink()
+                log.info("sink %s: removed %s (keep %d)", self.ctx.name, old, self.keep)
+            except OSError as exc:
+                log.warning("sink %s: cannot remove %s: %s", self.ctx.name, old, exc.strerror)
 
     def write(self, frame: Frame) -> None:
         if frame.event is not None or frame.image is None:
             return
         import av
 
-        container, stream = self._output(frame)
-        image = frame.image[: stream.height, : stream.width]
+        rec = self.outputs.get(frame.stream)
+        if rec is not None and self.segment_s is not None:
+            if rec.frames >= round(self.segment_s * self.fps):
+                rec.close()
+                rec = None
+        if rec is None:
+            rec = self._open(frame)
+        image = frame.image[: rec.stream.height, : rec.stream.width]
         vf = av.VideoFrame.from_ndarray(image, format="bgr24")
-        for packet in stream.encode(vf):
-            container.mux(packet)
+        for packet in rec.stream.encode(vf):
+            rec.container.mux(packet)
+        rec.frames += 1
 
     def close(self) -> None:
-        for container, stream in self.outputs.values():
-            for packet in stream.encode():
-                container.mux(packet)
-            container.close()
+        for rec in self.outputs.values():
+            rec.close()
         self.outputs.clear()
+
+
+@dataclass
+class _Recording:
+    """One open file of ``sink.video``."""
+
+    path: Path
+    container: Any
+    stream: Any
+    frames: int = 0
+
+    def close(self) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+
+
+def _file_pattern(template: str, stream: str) -> re.Pattern:
+    """The names of the files a ``sink.video`` path template makes for ``stream``: its
+    ``{start}`` any text, ``-N`` allowed before the suffix."""
+    name = Path(template).name
+    stem, suffix = name[: len(name) - len(Path(name).suffix)], Path(name).suffix
+    parts = []
+    for literal, field, _spec, _conv in string.Formatter().parse(stem):
+        parts.append(re.escape(literal))
+        if field == "stream":
+            parts.append(re.escape(stream))
+        elif field is not None:
+            parts.append(".+?")
+    return re.compile("".join(parts) + r"(-\d+)?" + re.escape(suffix))
 
 
 @register("sink.null")

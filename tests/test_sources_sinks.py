@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -195,6 +196,128 @@ def test_video_sink_writes_a_playable_mp4(tmp_path, video):
     with av.open(str(tmp_path / "out.mp4")) as c:
         frames = list(c.decode(video=0))
     assert len(frames) == 40 and (frames[0].width, frames[0].height) == (160, 120)
+
+
+def _decoded(path: Path) -> int:
+    import av
+
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def test_video_sink_segments_and_keeps_the_newest(tmp_path):
+    """100 frames in 1-second segments (25 frames) with keep 3: four files were written,
+    the oldest removed, the three newest hold 75 frames; a file in the folder that the
+    path's pattern does not match stays."""
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    (rec / "notes.mp4").write_bytes(b"not ours")
+    g = Graph("segments")
+    cam = g.add("cam", "source.synthetic", width=160, height=120, fps=25, frames=100)
+    g.add(
+        "rec",
+        "sink.video",
+        cam,
+        path=str(rec / "{stream}-{start:%Y%m%d-%H%M%S}.mp4"),
+        segment_s=1.0,
+        keep=3,
+    )
+    g.run(executor="inproc")
+    files = sorted(rec.glob("cam-*.mp4"), key=lambda f: f.stat().st_mtime)
+    assert len(files) == 3 and (rec / "notes.mp4").exists()
+    assert [_decoded(f) for f in files] == [25, 25, 25]
+
+
+def test_video_sink_survives_a_kill_without_losing_or_overwriting(tmp_path, posegraph):
+    """The sink's process is killed mid-recording: the file it was writing is still
+    playable up to its last fragment, and the restarted sink writes a new file beside it
+    instead of over it."""
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 160, "height": 120, "fps": 25, "frames": 150, "realtime": True},
+            },
+            {
+                "name": "rec",
+                "type": "sink.video",
+                "from": "cam",
+                "with": {"path": "out/clip.mp4", "keyframe_s": 0.4},
+            },
+        ],
+    )
+    run = posegraph("run", "p.yaml")
+    first = tmp_path / "out/clip.mp4"
+    # a few fragments (0.4 s each) written
+    wait_for(lambda: first.exists() and first.stat().st_size > 20000, 20, "the recording")
+    time.sleep(1.0)
+    run.workers()["pg:rec"].send_signal(signal.SIGKILL)
+    code, _, stderr = run.wait()
+    assert code == 0, stderr
+    assert "restarting" in stderr
+    second = tmp_path / "out/clip-1.mp4"
+    assert second.exists(), sorted(p.name for p in (tmp_path / "out").iterdir())
+    killed, after = _decoded(first), _decoded(second)
+    assert killed >= 20, f"only {killed} frames survived the kill"
+    assert after >= 10 and killed + after <= 150
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"keep": 3}, "keep 3: give a number of files >= 1, with segment_s"),
+        ({"segment_s": 0.01}, "holds no frame at 25.0 fps"),
+        ({"path": "rec/{camera}.mp4"}, "placeholders are {stream} and {start}"),
+        ({"fps": 0}, "must be above 0"),
+    ],
+)
+def test_video_sink_settings_that_do_not_fit_stop_with_one_line(tmp_path, settings, message):
+    from posegraph.runtime.supervisor import PipelineError
+
+    g = Graph("bad")
+    cam = g.add("cam", "source.synthetic", frames=5)
+    g.add("rec", "sink.video", cam, **{"path": str(tmp_path / "rec.mp4"), **settings})
+    with pytest.raises(PipelineError, match=re.escape(message)):
+        g.run(executor="inproc")
+
+
+def test_jsonl_sink_rotates_by_size_and_keeps_the_newest(tmp_path):
+    """200 frames into 4 kB files, keep 2: the current file and .1, .2 hold the last
+    messages, one after another, up to eos; what came before is gone, not .3."""
+    out = tmp_path / "out.jsonl"
+    g = Graph("rotate")
+    cam = g.add("cam", "source.synthetic", width=32, height=24, frames=200)
+    g.add("out", "sink.jsonl", cam, path=str(out), max_mb=0.004, keep=2)
+    g.run(executor="inproc")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["out.jsonl", "out.jsonl.1", "out.jsonl.2"]
+    for rotated in ("out.jsonl.1", "out.jsonl.2"):
+        assert 4000 <= (tmp_path / rotated).stat().st_size < 4000 + 400
+    kept = [
+        m for f in ("out.jsonl.2", "out.jsonl.1", "out.jsonl") for m in read_jsonl(tmp_path / f)
+    ]
+    frames = [m["index"] for m in kept if "event" not in m]
+    assert frames == list(range(frames[0], 200)) and frames[0] > 0
+    assert kept[-1]["event"] == "eos"
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"keep": 2}, "keep 2: give a number of rotated files >= 1, with max_mb"),
+        ({"max_mb": 0}, "max_mb must be above 0"),
+    ],
+)
+def test_jsonl_sink_rotation_settings_that_do_not_fit_stop(tmp_path, settings, message):
+    from posegraph.runtime.supervisor import PipelineError
+
+    g = Graph("bad")
+    cam = g.add("cam", "source.synthetic", frames=5)
+    g.add("out", "sink.jsonl", cam, path=str(tmp_path / "out.jsonl"), **settings)
+    with pytest.raises(PipelineError, match=re.escape(message)):
+        g.run(executor="inproc")
 
 
 def test_image_folder_source_and_video_options(tmp_path, video):
