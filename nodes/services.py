@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 import msgpack
 
+from nodes.sources import redact
 from posegraph.node import NodeError, Sink, register
 from posegraph.packet import Frame, to_message
 
@@ -572,7 +573,7 @@ class RedisSink(ServiceSink):
             or (parts.scheme != "unix" and not parts.hostname)
         ):
             raise NodeError(
-                f"url {self.url!r} is not a Redis URL; write redis://HOST:PORT/DB, "
+                f"url {redact(self.url)!r} is not a Redis URL; write redis://HOST:PORT/DB, "
                 "rediss://... for TLS or unix:///path/to/redis.sock"
             )
         check_template(self.key, "key")
@@ -593,7 +594,7 @@ class RedisSink(ServiceSink):
                 retry=Retry(NoBackoff(), 0),
             )
         except ValueError as exc:
-            raise NodeError(f"url {self.url!r}: {exc}") from None
+            raise NodeError(f"url {redact(self.url)!r}: {exc}") from None
         self._response_error = redis.ResponseError
 
     def message(self, frame: Frame, message: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -665,7 +666,8 @@ class WebhookSink(ServiceSink):
             port_ok = False
         if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
             raise NodeError(
-                f"url {self.url!r} is not an HTTP URL; write http://HOST:PORT/PATH or https://..."
+                f"url {redact(self.url)!r} is not an HTTP URL; write http://HOST:PORT/PATH or "
+                "https://..."
             )
         import urllib.request
 

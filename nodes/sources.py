@@ -5,9 +5,11 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
@@ -27,6 +29,19 @@ def resolve_path(ctx, path: str) -> Path:
     if base and (Path(base) / p).exists():
         return Path(base) / p
     return p
+
+
+def redact(uri: str) -> str:
+    """``uri`` with the password of its user info hidden (``rtsp://admin:***@host/...``),
+    for logs, errors and the events that sinks publish to other services."""
+    try:
+        parts = urlsplit(uri)
+        if parts.password is None:
+            return uri
+    except ValueError:  # not a URL urllib can read: hide whatever could be user info
+        return re.sub(r"(://[^/@]*?:)[^/]*@", r"\1***@", uri)
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def to_bgr(vf, out: np.ndarray | None = None) -> np.ndarray:
@@ -200,6 +215,9 @@ class RtspSource(Source):
     emits ``source_down``, retries every ``backoff`` seconds (doubling up to
     ``backoff_max``), and emits ``source_up`` when frames flow again. The pipeline keeps
     running meanwhile.
+
+    A password in the URL (``rtsp://user:password@host/...``) is shown as ``***`` in the
+    log and in the events, which sinks publish to other services.
     """
 
     live = True
@@ -217,6 +235,7 @@ class RtspSource(Source):
     ):
         super().__init__(stream, latency_budget_ms)
         self.uri = uri
+        self.shown = redact(uri)  # what logs and events say
         self.transport = transport
         self.stall_timeout = stall_timeout
         self.open_timeout = open_timeout
@@ -226,7 +245,7 @@ class RtspSource(Source):
     def setup(self, ctx) -> None:
         super().setup(ctx)
         if not self.uri.startswith(("rtsp://", "rtsps://")):
-            raise NodeError(f"{self.uri!r} is not an RTSP URL: write rtsp://host:port/path")
+            raise NodeError(f"{self.shown!r} is not an RTSP URL: write rtsp://host:port/path")
         if self.transport not in ("tcp", "udp"):
             raise NodeError(f"transport must be tcp or udp, got {self.transport!r}")
 
@@ -254,8 +273,8 @@ class RtspSource(Source):
                             attempts = 0
                             if down:
                                 down = False
-                                log.warning("source %s: %s is back", self.ctx.name, self.uri)
-                                yield self.event("source_up", uri=self.uri)
+                                log.warning("source %s: %s is back", self.ctx.name, self.shown)
+                                yield self.event("source_up", uri=self.shown)
                         if self.ctx.stopping:
                             return
                         pts = float(vf.time) if vf.time is not None else time.monotonic() - t0
@@ -263,15 +282,16 @@ class RtspSource(Source):
                         yield self.frame(image, pts)
                 reason = "the stream ended"
             except (av.error.FFmpegError, OSError, IndexError) as exc:
-                reason = str(exc) or type(exc).__name__
+                # FFmpeg's messages may quote the URL
+                reason = (str(exc) or type(exc).__name__).replace(self.uri, self.shown)
             attempts += 1
             if not down:
                 down = True
-                yield self.event("source_down", uri=self.uri, reason=reason)
+                yield self.event("source_down", uri=self.shown, reason=reason)
             log.warning(
                 "source %s: cannot read %s (%s); retrying in %.1f s (attempt %d)",
                 self.ctx.name,
-                self.uri,
+                self.shown,
                 reason,
                 delay,
                 attempts,

@@ -118,6 +118,7 @@ def test_rtsp_reconnects_after_the_server_comes_back(tmp_path, posegraph, rtsp_s
 
 
 def test_unreachable_rtsp_keeps_retrying_and_says_so(tmp_path, posegraph):
+    """...without the camera's password, in the log or in the events sinks publish."""
     out = tmp_path / "out.jsonl"
     write_pipeline(
         tmp_path / "p.yaml",
@@ -126,7 +127,7 @@ def test_unreachable_rtsp_keeps_retrying_and_says_so(tmp_path, posegraph):
                 "name": "cam",
                 "type": "source.rtsp",
                 "with": {
-                    "uri": f"rtsp://127.0.0.1:{free_port()}/none",
+                    "uri": f"rtsp://admin:hunter2@127.0.0.1:{free_port()}/none",
                     "open_timeout": 1.0,
                     "backoff": 0.3,
                     "backoff_max": 0.5,
@@ -137,10 +138,29 @@ def test_unreachable_rtsp_keeps_retrying_and_says_so(tmp_path, posegraph):
     )
     code, _, stderr = posegraph("run", "p.yaml", "--duration", "3").wait()
     assert code == 0, stderr
-    assert "source cam: cannot read rtsp://127.0.0.1" in stderr and "retrying in" in stderr
+    assert "source cam: cannot read rtsp://admin:***@127.0.0.1" in stderr
     assert stderr.count("retrying in") >= 2
-    events = [m["event"] for m in read_jsonl(out)]
-    assert events == ["source_down", "eos"]
+    messages = read_jsonl(out)
+    assert [m["event"] for m in messages] == ["source_down", "eos"]
+    assert messages[0]["uri"].startswith("rtsp://admin:***@127.0.0.1:")
+    assert "hunter2" not in stderr + out.read_text()
+
+
+@pytest.mark.parametrize(
+    "uri, shown",
+    [
+        ("rtsp://admin:hunter2@10.0.0.5:554/s1", "rtsp://admin:***@10.0.0.5:554/s1"),
+        ("rtsp://admin@10.0.0.5/s", "rtsp://admin@10.0.0.5/s"),
+        ("rtsp://10.0.0.5/s?user=a", "rtsp://10.0.0.5/s?user=a"),
+        ("redis://:hunter2@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("rtsp://a:p@ss@[::1]:554/x", "rtsp://a:***@[::1]:554/x"),
+        ("rtsp://a:hunter2@[::1/x", "rtsp://a:***@[::1/x"),
+    ],
+)
+def test_passwords_in_urls_are_hidden(uri, shown):
+    from nodes.sources import redact
+
+    assert redact(uri) == shown
 
 
 SUBSCRIBER = textwrap.dedent("""
