@@ -67,6 +67,8 @@ class Metrics:
         self.tail_ms: dict[str, deque] = {}
         # (device, model) -> batches run per bucket size, as last reported
         self.batches: dict[tuple[str, str], dict[str, int]] = {}
+        # stream -> at the sinks: newest capture time, up/down/ended and since when
+        self.streams: dict[str, dict[str, Any]] = {}
         self.started = time.monotonic()
         self._lock = threading.Lock()
 
@@ -99,6 +101,11 @@ class Metrics:
                     self.tail_ms.setdefault(node, deque(maxlen=TAIL_WINDOW)).extend(samples)
                 first, last = snap["window"]
                 self.window = (min(self.window[0], first), max(self.window[1], last))
+                for stream, st in snap.get("streams", {}).items():
+                    known = self.streams.setdefault(stream, dict(st))
+                    known["capture"] = max(known["capture"], st["capture"])
+                    if st["since"] > known["since"]:  # several sinks: the newest change
+                        known["state"], known["since"] = st["state"], st["since"]
 
     def restarted(self, names: list[str]) -> None:
         """A process restarted: its counters start again from zero."""
@@ -336,8 +343,30 @@ class Metrics:
         for (device, model), per_bucket in per_model:
             for bucket, n in per_bucket.items():
                 batches.add_metric([self.pipeline, device, model, bucket], n)
+        up = GaugeMetricFamily(
+            "posegraph_stream_up",
+            "1 while the stream's frames reach the sinks; 0 after its source_down event "
+            "until source_up, and after its end",
+            labels=["pipeline", "stream"],
+        )
+        age = GaugeMetricFamily(
+            "posegraph_stream_last_frame_age_seconds",
+            "Seconds since the newest frame that reached a sink was captured",
+            labels=["pipeline", "stream"],
+        )
+        now = time.time()
+        for stream, st in self.stream_states().items():
+            up.add_metric([self.pipeline, stream], 1.0 if st["state"] == "up" else 0.0)
+            if st["capture"]:
+                age.add_metric([self.pipeline, stream], max(0.0, now - st["capture"]))
         yield from fams.values()
-        yield from (fps, queue, proc, e2e, scheduled, batches)
+        yield from (fps, queue, proc, e2e, scheduled, batches, up, age)
+
+    def stream_states(self) -> dict[str, dict[str, Any]]:
+        """Per stream, at the sinks: ``capture`` (the newest frame's capture time, 0 before
+        any), ``state`` (up, down or ended) and ``since`` (when it became so)."""
+        with self._lock:
+            return {stream: dict(st) for stream, st in self.streams.items()}
 
     def serve(self, port: int, addr: str = "127.0.0.1"):
         """Serve the metrics on http://addr:port/metrics; returns the server."""

@@ -170,6 +170,21 @@ class Run:
         return {p.name(): p for p in self.processes() if p.name().startswith("pg:")}
 
 
+def wait_for_metrics(port: int, *needles: str, timeout: float = 15) -> str:
+    """The Prometheus page of a run on ``port`` once it holds every one of ``needles``."""
+    import urllib.request
+
+    def scrape() -> str | None:
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read()
+        except OSError:
+            return None
+        text = body.decode()
+        return text if all(n in text for n in needles) else None
+
+    return wait_for(scrape, timeout, f"{', '.join(needles)} on the metrics endpoint")
+
+
 def free_port() -> int:
     import socket
 

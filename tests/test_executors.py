@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from posegraph import Graph
-from tests.conftest import ROOT, own_segments, read_jsonl, shm_segments, wait_for, write_pipeline
+from tests.conftest import (
+    ROOT,
+    free_port,
+    own_segments,
+    read_jsonl,
+    shm_segments,
+    wait_for,
+    wait_for_metrics,
+    write_pipeline,
+)
 
 
 def frames_and_events(messages):
@@ -292,12 +301,7 @@ def test_tcp_sockets_let_in_only_the_runs_own_processes(tmp_path, posegraph, cur
 
 
 def test_prometheus_endpoint_serves_node_metrics(tmp_path, posegraph):
-    import socket
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     write_pipeline(
         tmp_path / "p.yaml",
         [
@@ -307,17 +311,12 @@ def test_prometheus_endpoint_serves_node_metrics(tmp_path, posegraph):
     )
     run = posegraph("run", "p.yaml", "--metrics-port", str(port), "--duration", "4")
 
-    def scrape():
-        try:
-            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read()
-        except OSError:
-            return None
-        text = body.decode()
-        return text if 'posegraph_node_frames_out_total{node="cam"' in text else None
-
-    text = wait_for(scrape, 15, "metrics")
+    text = wait_for_metrics(port, 'posegraph_node_frames_out_total{node="cam"')
     assert 'posegraph_node_fps{node="cam",pipeline="test"}' in text
     assert "posegraph_e2e_latency_ms" in text
+    assert 'posegraph_stream_up{pipeline="test",stream="cam"} 1.0' in text
+    age = text.split('posegraph_stream_last_frame_age_seconds{pipeline="test",stream="cam"} ')
+    assert 0.0 <= float(age[1].split()[0]) < 2.0
     code, _, stderr = run.wait()
     assert code == 0, stderr
 

@@ -10,13 +10,12 @@ import math
 import re
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import pytest
 
 from posegraph.scheduler import Client, DeviceScheduler, RunTimes, bucket_sizes
-from tests.conftest import ROOT, free_port, read_jsonl, wait_for, write_pipeline
+from tests.conftest import ROOT, free_port, read_jsonl, wait_for_metrics, write_pipeline
 
 
 class SleepModel:
@@ -261,15 +260,7 @@ def test_overload_skips_work_and_exports_the_counts(tmp_path, posegraph):
     )
     run = posegraph("run", "p.yaml", "--max-frames", "40", "--metrics-port", str(port))
 
-    def scrape():
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read()
-        except OSError:
-            return None
-        text = text.decode()
-        return text if 'outcome="skipped"' in text and 'stream="cam"' in text else None
-
-    text = wait_for(scrape, 120, "scheduler counts on the metrics endpoint")
+    text = wait_for_metrics(port, 'outcome="skipped"', 'stream="cam"', timeout=120)
     assert "posegraph_scheduler_items_total" in text
     code, stdout, stderr = run.wait(240)
     assert code == 0, stderr

@@ -19,7 +19,15 @@ import numpy as np
 import pytest
 
 from posegraph import Graph
-from tests.conftest import ROOT, free_port, read_jsonl, wait_for, write_pipeline, write_zmq_pipeline
+from tests.conftest import (
+    ROOT,
+    free_port,
+    read_jsonl,
+    wait_for,
+    wait_for_metrics,
+    write_pipeline,
+    write_zmq_pipeline,
+)
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -136,7 +144,12 @@ def test_unreachable_rtsp_keeps_retrying_and_says_so(tmp_path, posegraph):
             {"name": "out", "type": "sink.jsonl", "from": "cam", "with": {"path": str(out)}},
         ],
     )
-    code, _, stderr = posegraph("run", "p.yaml", "--duration", "3").wait()
+    port = free_port()
+    run = posegraph("run", "p.yaml", "--duration", "3", "--metrics-port", str(port))
+
+    # the camera's stream is down, for an alert to read
+    wait_for_metrics(port, 'posegraph_stream_up{pipeline="test",stream="cam"} 0.0')
+    code, _, stderr = run.wait()
     assert code == 0, stderr
     assert "source cam: cannot read rtsp://admin:***@127.0.0.1" in stderr
     assert stderr.count("retrying in") >= 2

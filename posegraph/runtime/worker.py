@@ -73,6 +73,16 @@ class Stats:
     # at sinks: the capture time of the first frame and the time the last one arrived
     first_capture: float = float("inf")
     last_delivery: float = 0.0
+    # at sinks, per stream: the newest frame's capture time, and whether its source is up,
+    # down (source_down seen, no source_up since) or ended (eos), since when
+    streams: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def stream_state(self, stream: str, state: str | None = None, capture: float = 0.0) -> None:
+        now = time.time()
+        st = self.streams.setdefault(stream, {"capture": 0.0, "state": "up", "since": now})
+        st["capture"] = max(st["capture"], capture)
+        if state is not None and state != st["state"]:
+            st["state"], st["since"] = state, now
 
     def snapshot(self, queue: int) -> dict[str, Any]:
         snap = {
@@ -91,6 +101,7 @@ class Stats:
             "last_index": dict(self.last_index),
             "done": self.done,
             "window": (self.first_capture, self.last_delivery),
+            "streams": {name: dict(st) for name, st in self.streams.items()},
         }
         for d in (self.proc_ms, self.queue_ms, self.e2e_ms, self.hop_ms):
             d.clear()
@@ -283,6 +294,8 @@ class Runner:
             deliver(self._gap(stream, index, count))
 
     def _handle_event(self, ev: Frame) -> None:
+        if self.spec.is_sink and ev.event in ("source_down", "source_up"):
+            self.stats.stream_state(ev.stream, "down" if ev.event == "source_down" else "up")
         if ev.event == "gap":
             end = ev.index + int(ev.meta.get("count", 0)) - 1
             self._last_in[ev.stream] = max(self._last_in.get(ev.stream, -1), end)
@@ -291,6 +304,8 @@ class Runner:
             self._eos_seen[ev.stream] = n
             if n < self.spec.eos_expected.get(ev.stream, 1):
                 return
+            if self.spec.is_sink:
+                self.stats.stream_state(ev.stream, "ended")
             self._call(self.node.on_event, ev)
             self.emit(ev)
             self._streams_open.discard(ev.stream)
@@ -368,6 +383,8 @@ class Runner:
             self.stats.e2e_ms.append((now - frame.captured_at) * 1000.0)
             self.stats.first_capture = min(self.stats.first_capture, frame.captured_at)
             self.stats.last_delivery = now
+            if self.spec.is_sink:
+                self.stats.stream_state(frame.stream, capture=frame.captured_at)
             self._record_hops(frame, now)
             if out is None:
                 return
