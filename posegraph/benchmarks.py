@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from fractions import Fraction
@@ -542,6 +543,15 @@ def main(args) -> int:
     elif args.bench == "transport":
         result = transport(args.frames, args.width, args.height, args.clip)
         show = _print_transport
+    elif args.bench == "soak":
+        from posegraph import soak
+
+        try:
+            result = soak.soak(args.file, args.seconds, args.every, args.set, args.warmup)
+        except (ValueError, RuntimeError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        show = soak.print_soak
     else:
         raise SystemExit(f"unknown benchmark {args.bench!r}")
     result.update(ran_on)

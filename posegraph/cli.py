@@ -282,6 +282,19 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--repeat", type=int, default=20, help="runs per cell (the median counts)")
     cr.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     cr.add_argument("--json", action="store_true")
+    so = bsub.add_parser(
+        "soak", help="run a pipeline for a long while: does any process grow? (memory, fds)"
+    )
+    so.add_argument("file", help="pipeline YAML file (a looping or live source)")
+    so.add_argument("--seconds", type=float, default=1800.0, help="how long to run it")
+    so.add_argument("--every", type=float, default=10.0, help="seconds between samples")
+    so.add_argument(
+        "--warmup", type=float, default=0.2, help="share of the run before the baseline"
+    )
+    so.add_argument(
+        "--set", action="append", default=[], metavar="NODE.PARAM=VALUE", help="as for run"
+    )
+    so.add_argument("--json", action="store_true")
     for name, (_module, help_text) in DELEGATED_BENCH.items():
         bsub.add_parser(name, help=help_text, add_help=False)
     b.set_defaults(fn=cmd_bench)

@@ -321,6 +321,34 @@ def test_prometheus_endpoint_serves_node_metrics(tmp_path, posegraph):
     assert code == 0, stderr
 
 
+def test_soak_flags_the_process_that_grows_and_only_it(tmp_path, posegraph):
+    """bench soak over 10 s of a pipeline with a node that keeps 1 MB of every frame: its
+    process is flagged, the others (source, sink, supervisor) are steady."""
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 64, "height": 48, "fps": 20, "realtime": True},
+            },
+            {"name": "leak", "type": "tests.helpers.custom_nodes:Leak", "from": "cam"},
+            {"name": "out", "type": "sink.null", "from": "leak"},
+        ],
+    )
+    args = ("bench", "soak", "p.yaml", "--seconds", "10", "--every", "0.5", "--json")
+    code, stdout, stderr = posegraph(*args, env={"PYTHONPATH": str(ROOT)}).wait()
+    assert code == 0, stderr
+    result = json.loads(stdout.splitlines()[-1])
+    procs = result["processes"]
+    assert {"supervisor", "pg:cam", "pg:leak", "pg:out"} <= set(procs)
+    assert result["flagged"] == ["pg:leak"], procs
+    # about 20 MB a second kept after the warm-up
+    assert procs["pg:leak"]["rss_mb_end"] - procs["pg:leak"]["rss_mb_start"] > 50
+    assert procs["pg:leak"]["rss_mb_per_hour"] > 10000
+    assert result["run"]["delivered"] > 100 and result["run"]["lost"] == 0
+
+
 def test_kill_9_of_a_source_resumes_the_stream(tmp_path, posegraph):
     from tests.conftest import write_video
 

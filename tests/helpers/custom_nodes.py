@@ -86,3 +86,15 @@ class TailProbe(Node):
         with open(self.path, "a") as f:
             f.write(f"{self.ctx.tail}\n")
         return frame
+
+
+class Leak(Node):
+    """Keeps ``mb`` megabytes of every frame it sees, for ever: a node with a leak."""
+
+    def __init__(self, mb: float = 1.0):
+        self.mb = mb
+        self.kept: list[bytearray] = []
+
+    def process(self, frame: Frame) -> Frame:
+        self.kept.append(bytearray(b"\x01" * int(self.mb * 2**20)))
+        return frame

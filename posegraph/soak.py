@@ -1,0 +1,215 @@
+"""``posegraph bench soak``: does a pipeline hold steady over time?
+
+A pipeline that is to run for months must not grow: not in memory, open files, threads
+or shared memory. This runs ``posegraph run FILE --duration S`` as users do (its own
+process tree, its own summary) and samples every process of the run every ``every``
+seconds: resident memory, open file descriptors, threads, and the run's shared-memory
+segments. After a warm-up (the first ``warmup`` share of the run: models load, buffers
+and caches fill), each process's figures are compared with themselves: the baseline is
+the mean of its first three samples after the warm-up, the end the mean of its last
+three, and the slope a least-squares line over all of them (MB an hour). A process whose
+memory grew by more than 2% (and at least 1 MB), or whose descriptors or threads grew,
+is flagged. A worker that was restarted starts a new series.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: A process's memory may grow this much over the run after the warm-up before it is
+#: flagged: a share of its baseline, and at least this many MB.
+GROWTH_SHARE = 0.02
+GROWTH_MIN_MB = 1.0
+
+
+def _name(proc, root_pid: int) -> str:
+    if proc.pid == root_pid:
+        return "supervisor"
+    name = proc.name()
+    if name.startswith("pg:"):
+        return name
+    cmdline = " ".join(proc.cmdline())
+    if "resource_tracker" in cmdline:
+        return "resource tracker"
+    return name
+
+
+def _sample(root, root_pid: int) -> dict[str, dict[str, Any]]:
+    import psutil
+
+    out = {}
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            with proc.oneshot():
+                out[_name(proc, root_pid)] = {
+                    "pid": proc.pid,
+                    "rss_mb": proc.memory_info().rss / 2**20,
+                    "fds": proc.num_fds(),
+                    "threads": proc.num_threads(),
+                }
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+def _shm_mb(before: set[str]) -> float:
+    total = 0
+    for name in set(os.listdir("/dev/shm")) - before:
+        if name.startswith("pg-"):
+            try:
+                total += os.path.getsize(os.path.join("/dev/shm", name))
+            except OSError:
+                continue
+    return total / 2**20
+
+
+def _series(
+    samples: list[tuple[float, dict[str, dict[str, Any]]]], name: str, start: float, end: float
+) -> list[tuple[float, dict[str, Any]]]:
+    """The samples of process ``name`` from ``start`` until ``end``, from its last start (a
+    restarted worker has a new pid)."""
+    rows = [(t, s[name]) for t, s in samples if name in s and start <= t < end]
+    if rows:
+        last_pid = rows[-1][1]["pid"]
+        rows = [(t, r) for t, r in rows if r["pid"] == last_pid]
+    return rows
+
+
+def _judge(rows: list[tuple[float, dict[str, Any]]]) -> dict[str, Any] | None:
+    if len(rows) < 3:
+        return None
+    t = np.array([r[0] for r in rows])
+    rss = np.array([r[1]["rss_mb"] for r in rows])
+    k = min(3, len(rows) // 2) or 1
+    first, last = float(rss[:k].mean()), float(rss[-k:].mean())
+    slope = float(np.polyfit(t / 3600.0, rss, 1)[0]) if np.ptp(t) > 0 else 0.0
+    fds = (rows[0][1]["fds"], rows[-1][1]["fds"])
+    threads = (rows[0][1]["threads"], rows[-1][1]["threads"])
+    grew = last - first > max(GROWTH_MIN_MB, GROWTH_SHARE * first)
+    return {
+        "samples": len(rows),
+        "rss_mb_start": round(first, 1),
+        "rss_mb_end": round(last, 1),
+        "rss_mb_peak": round(float(rss.max()), 1),
+        "rss_ratio": round(last / first, 4) if first else None,
+        "rss_mb_per_hour": round(slope, 2),
+        "fds": list(fds),
+        "threads": list(threads),
+        "flag": grew or fds[1] > fds[0] or threads[1] > threads[0],
+    }
+
+
+def soak(
+    file: str,
+    seconds: float,
+    every: float = 10.0,
+    sets: list[str] | None = None,
+    warmup: float = 0.2,
+) -> dict[str, Any]:
+    """Run the pipeline ``file`` for ``seconds`` and judge every process's growth."""
+    import psutil
+
+    if seconds <= 0 or every <= 0 or not 0 <= warmup < 1:
+        raise ValueError(
+            f"--seconds ({seconds}) and --every ({every}) must be above 0, --warmup "
+            f"({warmup}) a share of the run in [0, 1)"
+        )
+    if not Path(file).is_file():
+        raise ValueError(f"pipeline {file!r}: no such file")
+    cmd = [sys.executable, "-m", "posegraph.cli", "run", file, "--quiet", "--json"]
+    cmd += ["--duration", str(seconds)]
+    for s in sets or []:
+        cmd += ["--set", s]
+    before = set(os.listdir("/dev/shm"))
+    samples: list[tuple[float, dict[str, dict[str, Any]]]] = []
+    shm: list[tuple[float, float]] = []
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        # files, not pipes: a run of hours writes more than a pipe holds
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        t0 = time.monotonic()
+        root = psutil.Process(proc.pid)
+        try:
+            while proc.poll() is None:
+                t = time.monotonic() - t0
+                samples.append((t, _sample(root, proc.pid)))
+                shm.append((t, _shm_mb(before)))
+                deadline = time.monotonic() + every
+                while proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.1)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        last = (stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the run ended with status {proc.returncode}: {last}")
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    start = warmup * seconds
+    names = sorted({n for _, s in samples for n in s})
+    processes = {}
+    for name in names:
+        # before the run's own clock ends (it starts after the set-up): no sample of the
+        # drain, when processes close sockets and end threads
+        judged = _judge(_series(samples, name, start, seconds))
+        if judged is not None:
+            pids = {s[name]["pid"] for _, s in samples if name in s}
+            judged["starts"] = len(pids)
+            processes[name] = judged
+    shm_after = [mb for t, mb in shm if start <= t < seconds]
+    return {
+        "pipeline": file,
+        "seconds": seconds,
+        "every": every,
+        "warmup_s": round(start, 1),
+        "processes": processes,
+        "shm_mb": [round(min(shm_after), 1), round(max(shm_after), 1)] if shm_after else None,
+        "flagged": sorted(n for n, p in processes.items() if p["flag"]),
+        "run": {
+            k: summary.get(k)
+            for k in ("delivered", "dropped", "lost", "errors", "restarts", "skipped")
+        },
+    }
+
+
+def print_soak(result: dict[str, Any]) -> None:
+    from posegraph.benchmarks import _print_table
+
+    rows = []
+    for name, p in result["processes"].items():
+        rows.append(
+            [
+                name,
+                f"{p['rss_mb_start']:.1f}",
+                f"{p['rss_mb_end']:.1f}",
+                f"{p['rss_ratio']:.3f}" if p["rss_ratio"] else "-",
+                f"{p['rss_mb_per_hour']:+.2f}",
+                f"{p['fds'][0]} -> {p['fds'][1]}",
+                f"{p['threads'][0]} -> {p['threads'][1]}",
+                "grows" if p["flag"] else "steady",
+            ]
+        )
+    run = result["run"]
+    shm = result["shm_mb"]
+    _print_table(
+        f"soak: {result['pipeline']} for {result['seconds']:g} s, sampled every "
+        f"{result['every']:g} s, compared after {result['warmup_s']:g} s",
+        ("process", "MB start", "MB end", "ratio", "MB/h", "fds", "threads", ""),
+        rows,
+        f"{run['delivered']} frames delivered, dropped {run['dropped']}, lost {run['lost']}, "
+        f"errors {run['errors']}, restarts {run['restarts']}; shared memory "
+        + (f"{shm[0]:.1f}-{shm[1]:.1f} MB" if shm else "none")
+        + "; flagged: "
+        + (", ".join(result["flagged"]) or "none"),
+    )
