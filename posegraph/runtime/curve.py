@@ -85,15 +85,26 @@ def as_client(sock: zmq.Socket, public: bytes, secret: bytes, server_public: byt
 
 
 class _KnownClients:
-    """ZAP credentials: the client public keys let in (Z85)."""
+    """ZAP credentials: the client public keys let in (Z85). A refused client that keeps
+    trying (ZeroMQ reconnects every 100 ms) is logged at its 1st, 10th, 100th... try."""
 
     def __init__(self, keys: Iterable[bytes]):
         self.keys = frozenset(keys)
+        self.refused: dict[bytes, int] = {}
 
     def callback(self, domain: str, key: bytes) -> bool:
         if key in self.keys:
             return True
-        log.warning("refused a CURVE client whose public key is not known: %s", key.decode())
+        if len(self.refused) >= 1000:  # bounded, whatever a stranger sends
+            self.refused.clear()
+        n = self.refused[key] = self.refused.get(key, 0) + 1
+        if n == 10 ** (len(str(n)) - 1):
+            log.warning(
+                "refused a CURVE client whose public key is not known: %s (%d time%s)",
+                key.decode(),
+                n,
+                "" if n == 1 else "s",
+            )
         return False
 
 
