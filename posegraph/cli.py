@@ -137,10 +137,21 @@ def cmd_score(args) -> int:
 
     if not 0.0 < args.iou <= 1.0:
         return _err(f"--iou {args.iou}: give a box IoU above 0 and at most 1, e.g. 0.5")
+
+    def last_run(path: str) -> list[dict]:
+        runs = scoring.split_runs(scoring.read_jsonl(path))
+        if len(runs) > 1:
+            print(
+                f"note: {path} holds {len(runs)} runs (sink.jsonl appends); scoring the "
+                f"last, {len(runs[-1])} messages",
+                file=sys.stderr,
+            )
+        return runs[-1] if runs else []
+
     try:
-        poses = scoring.read_jsonl(args.poses)
+        poses = last_run(args.poses)
         if args.reference is not None:
-            reference = scoring.read_jsonl(args.reference)
+            reference = last_run(args.reference)
             result = scoring.compare(poses, reference, args.stream, args.iou)
         else:
             result = scoring.score(poses, scoring.Truth(args.truth), args.stream)

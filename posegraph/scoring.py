@@ -242,3 +242,25 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """The messages of a ``sink.jsonl`` file."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+def split_runs(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The runs a ``sink.jsonl`` file holds, in order: ``sink.jsonl`` appends, so a second
+    run of the same pipeline adds its frames after the first's. A run begins where a frame
+    of a stream comes again (the same stream and index), or where a stream starts again
+    after its ``eos``."""
+    runs: list[list[dict[str, Any]]] = [[]]
+    seen: set[tuple[str, int]] = set()
+    ended: set[str] = set()
+    for m in messages:
+        stream = m.get("stream")
+        if "event" not in m:
+            key = (stream, m["index"])
+            if key in seen or stream in ended:
+                runs.append([])
+                seen, ended = set(), set()
+            seen.add(key)
+        elif m["event"] == "eos":
+            ended.add(stream)
+        runs[-1].append(m)
+    return [r for r in runs if r]

@@ -76,6 +76,24 @@ def test_cli_scores_a_file_and_rejects_a_truth_without_frames(tmp_path, posegrap
     assert code == 2 and "frame_index" in stderr and stderr.count("\n") == 1
 
 
+def test_cli_scores_the_last_run_of_a_file_that_holds_two(tmp_path, posegraph, truth):
+    """sink.jsonl appends: a file with a poor run, then a perfect one, scores as the second
+    alone, and says so; a file of one run says nothing."""
+    poses = tmp_path / "poses.jsonl"
+    runs = truth_messages(truth, shift=6.0) + truth_messages(truth)
+    poses.write_text("".join(json.dumps(m) + "\n" for m in runs))
+    code, stdout, stderr = posegraph("score", str(poses), "--truth", str(TRUTH), "--json").wait()
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    assert result["mean_oks"] == pytest.approx(1.0)
+    assert result["frames"] == len(truth.doc["images"])
+    assert "holds 2 runs (sink.jsonl appends); scoring the last" in stderr
+    # a second run cut short, after a whole first one
+    cut = truth_messages(truth) + truth_messages(truth, shift=6.0)[:10]
+    assert [len(r) for r in scoring.split_runs(cut)] == [len(cut) - 10, 10]
+    assert len(scoring.split_runs(truth_messages(truth))) == 1
+
+
 def boxed(messages, box_shift: float = 0.0):
     """The messages with each person's box: the extent of their labelled keypoints, 4 px
     wider and taller (a person with one labelled keypoint still has a box)."""
