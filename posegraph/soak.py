@@ -8,8 +8,10 @@ segments. After a warm-up (the first ``warmup`` share of the run: models load, b
 and caches fill), each process's figures are compared with themselves: the baseline is
 the mean of its first three samples after the warm-up, the end the mean of its last
 three, and the slope a least-squares line over all of them (MB an hour). A process whose
-memory grew by more than 2% (and at least 1 MB), or whose descriptors or threads grew,
-is flagged. A worker that was restarted starts a new series.
+memory grew by more than 2% (and at least 1 MB) and was still growing in the second half
+of the samples (by half that: a buffer that fills and then stays full is not a leak), or
+whose descriptors or threads grew, is flagged. A worker that was restarted starts a new
+series.
 """
 
 from __future__ import annotations
@@ -92,9 +94,16 @@ def _judge(rows: list[tuple[float, dict[str, Any]]]) -> dict[str, Any] | None:
     k = min(3, len(rows) // 2) or 1
     first, last = float(rss[:k].mean()), float(rss[-k:].mean())
     slope = float(np.polyfit(t / 3600.0, rss, 1)[0]) if np.ptp(t) > 0 else 0.0
+    # the slope over the second half alone: a buffer that fills and stays full (a bounded
+    # queue, a window of samples) grows early and then not, a leak grows all along
+    half = len(rows) // 2
+    late = float(np.polyfit(t[half:] / 3600.0, rss[half:], 1)[0]) if np.ptp(t[half:]) > 0 else 0.0
+    late_growth = late * float(np.ptp(t[half:])) / 3600.0
     fds = (rows[0][1]["fds"], rows[-1][1]["fds"])
     threads = (rows[0][1]["threads"], rows[-1][1]["threads"])
-    grew = last - first > max(GROWTH_MIN_MB, GROWTH_SHARE * first)
+    allowed = max(GROWTH_MIN_MB, GROWTH_SHARE * first)
+    grew = last - first > allowed and late_growth > allowed / 2
+    step = max(1, len(rows) // 100)
     return {
         "samples": len(rows),
         "rss_mb_start": round(first, 1),
@@ -102,6 +111,11 @@ def _judge(rows: list[tuple[float, dict[str, Any]]]) -> dict[str, Any] | None:
         "rss_mb_peak": round(float(rss.max()), 1),
         "rss_ratio": round(last / first, 4) if first else None,
         "rss_mb_per_hour": round(slope, 2),
+        "rss_mb_per_hour_late": round(late, 2),
+        # (seconds from the start, MB), at most about 100 of them
+        "rss_series": [
+            [round(float(a), 1), round(float(b), 1)] for a, b in zip(t, rss, strict=True)
+        ][::step],
         "fds": list(fds),
         "threads": list(threads),
         "flag": grew or fds[1] > fds[0] or threads[1] > threads[0],
