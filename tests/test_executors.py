@@ -300,6 +300,21 @@ def test_tcp_sockets_let_in_only_the_runs_own_processes(tmp_path, posegraph, cur
     assert ("dropped a message" in stderr) is not curve, stderr
 
 
+def test_metric_windows_keep_the_newest_samples_in_memory_taken_at_once():
+    from posegraph.metrics import Window, percentiles
+
+    w = Window(5)
+    nbytes = w.buf.nbytes
+    w.extend([1, 2, 3])
+    assert sorted(w.values()) == [1, 2, 3]
+    w.extend([4, 5, 6, 7])  # wraps around
+    w.append(8)
+    assert sorted(w.values()) == [4, 5, 6, 7, 8] and len(w) == 5
+    w.extend(range(100, 112))  # more than it holds at once
+    assert sorted(w.values()) == list(range(107, 112))
+    assert percentiles(w)["p50"] == 109 and w.buf.nbytes == nbytes
+
+
 def test_prometheus_endpoint_serves_node_metrics(tmp_path, posegraph):
     port = free_port()
     write_pipeline(
