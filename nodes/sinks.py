@@ -335,11 +335,16 @@ class VideoSink(Sink):
             template = str(p.with_name(f"{p.stem}-{{start:%Y%m%d-%H%M%S}}{p.suffix}"))
         return template
 
+    def _stream_template(self, stream: str) -> str:
+        """The path template of ``stream``'s files: without ``{stream}`` in it, the first
+        stream takes it as it is and the others add their name before the suffix."""
+        if "{stream}" in self.template or not self.streams or stream == self.streams[0]:
+            return self.template
+        p = Path(self.template)
+        return str(p.with_name(f"{p.stem}-{stream}{p.suffix}"))
+
     def _path_for(self, stream: str, start: float) -> Path:
-        template = self.template
-        if "{stream}" not in template and self.streams and stream != self.streams[0]:
-            p = Path(template)
-            template = str(p.with_name(f"{p.stem}-{stream}{p.suffix}"))
+        template = self._stream_template(stream)
         path = Path(template.format(stream=stream, start=datetime.fromtimestamp(start)))
         free, k = path, 0
         while free.exists():
@@ -384,11 +389,7 @@ class VideoSink(Sink):
 
     def _prune(self, stream: str, current: Path) -> None:
         """Remove the stream's oldest files beyond ``keep``, by modification time."""
-        template = self.template
-        if "{stream}" not in template and stream != self.streams[0]:
-            p = Path(template)
-            template = str(p.with_name(f"{p.stem}-{stream}{p.suffix}"))
-        pattern = _file_pattern(template, stream)
+        pattern = _file_pattern(self._stream_template(stream), stream)
         files = [f for f in current.parent.iterdir() if pattern.fullmatch(f.name) and f.is_file()]
         files.sort(key=lambda f: (f.stat().st_mtime, f.name))
         others = [f for f in files if f != current]

@@ -41,10 +41,6 @@ class Window:
         self.buf[: len(values) - first] = values[first:]
         self.n += len(values)
 
-    def append(self, sample: float) -> None:
-        self.buf[self.n % len(self.buf)] = sample
-        self.n += 1
-
     def __len__(self) -> int:
         return min(self.n, len(self.buf))
 

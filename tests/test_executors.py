@@ -307,8 +307,7 @@ def test_metric_windows_keep_the_newest_samples_in_memory_taken_at_once():
     nbytes = w.buf.nbytes
     w.extend([1, 2, 3])
     assert sorted(w.values()) == [1, 2, 3]
-    w.extend([4, 5, 6, 7])  # wraps around
-    w.append(8)
+    w.extend([4, 5, 6, 7, 8])  # wraps around
     assert sorted(w.values()) == [4, 5, 6, 7, 8] and len(w) == 5
     w.extend(range(100, 112))  # more than it holds at once
     assert sorted(w.values()) == list(range(107, 112))

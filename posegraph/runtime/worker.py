@@ -78,11 +78,14 @@ class Stats:
     streams: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def stream_state(self, stream: str, state: str | None = None, capture: float = 0.0) -> None:
-        now = time.time()
-        st = self.streams.setdefault(stream, {"capture": 0.0, "state": "up", "since": now})
-        st["capture"] = max(st["capture"], capture)
+        """Called for every frame at a sink: no clock read unless the state changes."""
+        st = self.streams.get(stream)
+        if st is None:
+            st = self.streams[stream] = {"capture": 0.0, "state": "up", "since": time.time()}
+        if capture > st["capture"]:
+            st["capture"] = capture
         if state is not None and state != st["state"]:
-            st["state"], st["since"] = state, now
+            st["state"], st["since"] = state, time.time()
 
     def snapshot(self, queue: int) -> dict[str, Any]:
         snap = {
