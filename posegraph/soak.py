@@ -3,14 +3,22 @@
 A pipeline that is to run for months must not grow: not in memory, open files, threads
 or shared memory. This runs ``posegraph run FILE --duration S`` as users do (its own
 process tree, its own summary) and samples every process of the run every ``every``
-seconds: resident memory, open file descriptors, threads, and the run's shared-memory
-segments. After a warm-up (the first ``warmup`` share of the run: models load, buffers
+seconds: memory, open file descriptors, threads, and the run's shared-memory segments.
+
+Memory is judged by a process's private memory (Linux: ``RssAnon`` of
+``/proc/PID/status``, the heap and anonymous mappings where a leak shows), not by its
+resident set: that also counts the pages of shared segments a process has touched, so a
+reader of the frame plane grows in it as its queues deepen and it maps more slots or
+another pool, up to the size of those segments, which are measured as the run's shared
+memory instead. The resident set and its shared part are reported beside it. Where
+``/proc`` has no such line (not Linux), the resident set is judged. After a warm-up (the first ``warmup`` share of the run: models load, buffers
 and caches fill), each process's figures are compared with themselves: the baseline is
 the mean of its first three samples after the warm-up, the end the mean of its last
 three, and the slope a least-squares line over all of them (MB an hour). A process whose
 memory grew by more than 2% (and at least 1 MB) and was still growing in the second half
 of the samples (by half that: a buffer that fills and then stays full is not a leak), or
-whose descriptors or threads grew, is flagged. A worker that was restarted starts a new
+whose descriptors or threads grew, is flagged; so is the run's shared memory when it
+grew in the second half. A worker that was restarted starts a new
 series.
 """
 
@@ -45,6 +53,20 @@ def _name(proc, root_pid: int) -> str:
     return name
 
 
+def _status_mb(pid: int) -> dict[str, float]:
+    """``RssAnon`` and ``RssShmem`` of ``/proc/PID/status`` in MB; empty where there is none."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("RssAnon", "RssShmem"):
+                    out[key] = int(value.split()[0]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
+
+
 def _sample(root, root_pid: int) -> dict[str, dict[str, Any]]:
     import psutil
 
@@ -52,9 +74,13 @@ def _sample(root, root_pid: int) -> dict[str, dict[str, Any]]:
     for proc in [root, *root.children(recursive=True)]:
         try:
             with proc.oneshot():
+                rss = proc.memory_info().rss / 2**20
+                status = _status_mb(proc.pid)
                 out[_name(proc, root_pid)] = {
                     "pid": proc.pid,
-                    "rss_mb": proc.memory_info().rss / 2**20,
+                    "rss_mb": rss,
+                    "private_mb": status.get("RssAnon", rss),
+                    "shared_mb": status.get("RssShmem", 0.0),
                     "fds": proc.num_fds(),
                     "threads": proc.num_threads(),
                 }
@@ -90,14 +116,19 @@ def _judge(rows: list[tuple[float, dict[str, Any]]]) -> dict[str, Any] | None:
     if len(rows) < 3:
         return None
     t = np.array([r[0] for r in rows])
-    rss = np.array([r[1]["rss_mb"] for r in rows])
+    mem = np.array([r[1]["private_mb"] for r in rows])
     k = min(3, len(rows) // 2) or 1
-    first, last = float(rss[:k].mean()), float(rss[-k:].mean())
-    slope = float(np.polyfit(t / 3600.0, rss, 1)[0]) if np.ptp(t) > 0 else 0.0
+
+    def ends(key: str) -> tuple[float, float]:
+        values = np.array([r[1][key] for r in rows])
+        return float(values[:k].mean()), float(values[-k:].mean())
+
+    first, last = ends("private_mb")
+    slope = float(np.polyfit(t / 3600.0, mem, 1)[0]) if np.ptp(t) > 0 else 0.0
     # the slope over the second half alone: a buffer that fills and stays full (a bounded
     # queue, a window of samples) grows early and then not, a leak grows all along
     half = len(rows) // 2
-    late = float(np.polyfit(t[half:] / 3600.0, rss[half:], 1)[0]) if np.ptp(t[half:]) > 0 else 0.0
+    late = float(np.polyfit(t[half:] / 3600.0, mem[half:], 1)[0]) if np.ptp(t[half:]) > 0 else 0.0
     late_growth = late * float(np.ptp(t[half:])) / 3600.0
     fds = (rows[0][1]["fds"], rows[-1][1]["fds"])
     threads = (rows[0][1]["threads"], rows[-1][1]["threads"])
@@ -106,16 +137,20 @@ def _judge(rows: list[tuple[float, dict[str, Any]]]) -> dict[str, Any] | None:
     step = max(1, len(rows) // 100)
     return {
         "samples": len(rows),
-        "rss_mb_start": round(first, 1),
-        "rss_mb_end": round(last, 1),
-        "rss_mb_peak": round(float(rss.max()), 1),
-        "rss_ratio": round(last / first, 4) if first else None,
-        "rss_mb_per_hour": round(slope, 2),
-        "rss_mb_per_hour_late": round(late, 2),
+        # private memory: what is judged
+        "mb_start": round(first, 1),
+        "mb_end": round(last, 1),
+        "mb_peak": round(float(mem.max()), 1),
+        "ratio": round(last / first, 4) if first else None,
+        "mb_per_hour": round(slope, 2),
+        "mb_per_hour_late": round(late, 2),
         # (seconds from the start, MB), at most about 100 of them
-        "rss_series": [
-            [round(float(a), 1), round(float(b), 1)] for a, b in zip(t, rss, strict=True)
-        ][::step],
+        "series": [[round(float(a), 1), round(float(b), 1)] for a, b in zip(t, mem, strict=True)][
+            ::step
+        ],
+        # the resident set, and its pages of shared segments, for reference
+        "rss_mb": [round(v, 1) for v in ends("rss_mb")],
+        "shared_mb": [round(v, 1) for v in ends("shared_mb")],
         "fds": list(fds),
         "threads": list(threads),
         "flag": grew or fds[1] > fds[0] or threads[1] > threads[0],
@@ -182,6 +217,13 @@ def soak(
             judged["starts"] = len(pids)
             processes[name] = judged
     shm_after = [mb for t, mb in shm if start <= t < seconds]
+    # segments are whole files, made when a process first writes an image of a size: one
+    # that appears in the second half of the run (a source that starts late makes its
+    # pool after the warm-up) is a new one for an old size
+    shm_grew = bool(shm_after) and shm_after[-1] > shm_after[len(shm_after) // 2]
+    flagged = sorted(n for n, p in processes.items() if p["flag"])
+    if shm_grew:
+        flagged.append("shared memory")
     return {
         "pipeline": file,
         "seconds": seconds,
@@ -189,7 +231,8 @@ def soak(
         "warmup_s": round(start, 1),
         "processes": processes,
         "shm_mb": [round(min(shm_after), 1), round(max(shm_after), 1)] if shm_after else None,
-        "flagged": sorted(n for n, p in processes.items() if p["flag"]),
+        "shm_grew": shm_grew,
+        "flagged": flagged,
         "run": {
             k: summary.get(k)
             for k in ("delivered", "dropped", "lost", "errors", "restarts", "skipped")
@@ -205,10 +248,12 @@ def print_soak(result: dict[str, Any]) -> None:
         rows.append(
             [
                 name,
-                f"{p['rss_mb_start']:.1f}",
-                f"{p['rss_mb_end']:.1f}",
-                f"{p['rss_ratio']:.3f}" if p["rss_ratio"] else "-",
-                f"{p['rss_mb_per_hour']:+.2f}",
+                f"{p['mb_start']:.1f}",
+                f"{p['mb_end']:.1f}",
+                f"{p['ratio']:.3f}" if p["ratio"] else "-",
+                f"{p['mb_per_hour']:+.2f}",
+                f"{p['rss_mb'][0]:.1f} -> {p['rss_mb'][1]:.1f}",
+                f"{p['shared_mb'][0]:.1f} -> {p['shared_mb'][1]:.1f}",
                 f"{p['fds'][0]} -> {p['fds'][1]}",
                 f"{p['threads'][0]} -> {p['threads'][1]}",
                 "grows" if p["flag"] else "steady",
@@ -219,7 +264,18 @@ def print_soak(result: dict[str, Any]) -> None:
     _print_table(
         f"soak: {result['pipeline']} for {result['seconds']:g} s, sampled every "
         f"{result['every']:g} s, compared after {result['warmup_s']:g} s",
-        ("process", "MB start", "MB end", "ratio", "MB/h", "fds", "threads", ""),
+        (
+            "process",
+            "private MB start",
+            "end",
+            "ratio",
+            "MB/h",
+            "resident MB",
+            "of it shared",
+            "fds",
+            "threads",
+            "",
+        ),
         rows,
         f"{run['delivered']} frames delivered, dropped {run['dropped']}, lost {run['lost']}, "
         f"errors {run['errors']}, restarts {run['restarts']}; shared memory "

@@ -337,7 +337,9 @@ def test_prometheus_endpoint_serves_node_metrics(tmp_path, posegraph):
 
 def test_soak_flags_the_process_that_grows_and_only_it(tmp_path, posegraph):
     """bench soak over 10 s of a pipeline with a node that keeps 1 MB of every frame: its
-    process is flagged, the others (source, sink, supervisor) are steady."""
+    process is flagged, the others (source, sink, supervisor) are steady; so is one whose
+    resident set grows by touching more and more of a shared segment, as a frame-plane
+    reader's does."""
     write_pipeline(
         tmp_path / "p.yaml",
         [
@@ -347,7 +349,8 @@ def test_soak_flags_the_process_that_grows_and_only_it(tmp_path, posegraph):
                 "with": {"width": 64, "height": 48, "fps": 20, "realtime": True},
             },
             {"name": "leak", "type": "tests.helpers.custom_nodes:Leak", "from": "cam"},
-            {"name": "out", "type": "sink.null", "from": "leak"},
+            {"name": "touch", "type": "tests.helpers.custom_nodes:TouchShared", "from": "leak"},
+            {"name": "out", "type": "sink.null", "from": "touch"},
         ],
     )
     args = ("bench", "soak", "p.yaml", "--seconds", "10", "--every", "0.5", "--json")
@@ -355,11 +358,16 @@ def test_soak_flags_the_process_that_grows_and_only_it(tmp_path, posegraph):
     assert code == 0, stderr
     result = json.loads(stdout.splitlines()[-1])
     procs = result["processes"]
-    assert {"supervisor", "pg:cam", "pg:leak", "pg:out"} <= set(procs)
+    assert {"supervisor", "pg:cam", "pg:leak", "pg:touch", "pg:out"} <= set(procs)
     assert result["flagged"] == ["pg:leak"], procs
     # about 20 MB a second kept after the warm-up
-    assert procs["pg:leak"]["rss_mb_end"] - procs["pg:leak"]["rss_mb_start"] > 50
-    assert procs["pg:leak"]["rss_mb_per_hour"] > 10000
+    assert procs["pg:leak"]["mb_end"] - procs["pg:leak"]["mb_start"] > 50
+    assert procs["pg:leak"]["mb_per_hour"] > 10000
+    touch = procs["pg:touch"]
+    assert touch["rss_mb"][1] - touch["rss_mb"][0] > 50, touch
+    assert touch["shared_mb"][1] - touch["shared_mb"][0] > 50, touch
+    assert abs(touch["mb_end"] - touch["mb_start"]) < 2, touch
+    assert not result["shm_grew"]
     assert result["run"]["delivered"] > 100 and result["run"]["lost"] == 0
 
 

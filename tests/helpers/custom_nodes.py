@@ -98,3 +98,21 @@ class Leak(Node):
     def process(self, frame: Frame) -> Frame:
         self.kept.append(bytearray(b"\x01" * int(self.mb * 2**20)))
         return frame
+
+
+class TouchShared(Node):
+    """Maps a shared segment of ``size_mb`` and touches ``mb`` more of it with every frame:
+    its resident set grows as a frame-plane reader's does, its private memory does not."""
+
+    def __init__(self, size_mb: int = 256, mb: int = 1):
+        import mmap
+
+        self.region = mmap.mmap(-1, size_mb * 2**20)  # MAP_SHARED: shmem pages
+        self.step = mb * 2**20
+        self.at = 0
+
+    def process(self, frame: Frame) -> Frame:
+        for page in range(self.at, min(self.at + self.step, len(self.region)), 4096):
+            self.region[page] = 1
+        self.at = min(self.at + self.step, len(self.region))
+        return frame
