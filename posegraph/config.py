@@ -188,6 +188,29 @@ def from_dict(doc: Any, file: str | None = None, base_dir: Path | None = None) -
                 )
             )
             setattr(runtime, key, True)
+    defaults = RuntimeOptions()
+    for key, whole, least, what in (
+        ("shm_slots", True, 1, "a whole number >= 1"),
+        ("max_restarts", True, 0, "a whole number >= 0"),
+        ("restart_window_s", False, None, "a positive number of seconds"),
+        ("drain_timeout_s", False, None, "a positive number of seconds"),
+        ("reorder_timeout_s", False, None, "a positive number of seconds"),
+        ("hang_timeout_s", False, 0, "a number of seconds >= 0 (0: not watched)"),
+    ):
+        value = getattr(runtime, key)
+        kinds = int if whole else int | float
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, kinds)
+            or (value <= 0 if least is None else value < least)
+        ):
+            problems.append(
+                Problem(
+                    f"runtime option {key} must be {what}, got {value!r}",
+                    Where(file, _line(rt, key)),
+                )
+            )
+            setattr(runtime, key, getattr(defaults, key))
     budget = doc.get("latency_budget_ms")
     if budget is not None and (not isinstance(budget, int | float) or budget <= 0):
         problems.append(

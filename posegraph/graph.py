@@ -102,6 +102,9 @@ class RuntimeOptions:
     max_restarts: int = 3  # node process failures within the window before the pipeline stops
     restart_window_s: float = 300.0
     drain_timeout_s: float = 30.0
+    # a node process whose node has been in one call (or that has sent no report) this
+    # long is killed and restarted; 0 turns the watch off
+    hang_timeout_s: float = 120.0
     metrics_port: int | None = None  # Prometheus endpoint on 127.0.0.1, off when None
     reorder_timeout_s: float = 2.0
     # frames a concurrent (model) node works on at once; None: one per stream it serves

@@ -142,9 +142,8 @@ class Metrics:
         """A process restarted: its counters start again from zero."""
         with self._lock:
             for name in names:
-                m = self.nodes.get(name)
-                if m is None:
-                    continue
+                # one that failed before its first report is counted too
+                m = self.nodes.setdefault(name, NodeMetrics(name))
                 for key in COUNTERS:
                     m.base[key] += m.last[key]
                     m.last[key] = 0

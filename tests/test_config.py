@@ -163,6 +163,10 @@ def test_runtime_options_are_checked(tmp_path):
           in_flight: 0
           transport: tpc
           curve: "no"
+          hang_timeout_s: -1
+          max_restarts: 2.5
+          drain_timeout_s: 0
+          shm_slots: 16
         nodes:
           - name: cam
             type: source.synthetic
@@ -173,6 +177,10 @@ def test_runtime_options_are_checked(tmp_path):
     assert "p.yaml:5:" in found and "in_flight must be a whole number >= 1" in found
     assert "p.yaml:6:" in found and "transport must be ipc (one host, the default) or tcp" in found
     assert "p.yaml:7:" in found and "curve must be true or false, got 'no'" in found
+    assert "p.yaml:8:" in found and "hang_timeout_s must be a number of seconds >= 0" in found
+    assert "p.yaml:9:" in found and "max_restarts must be a whole number >= 0, got 2.5" in found
+    assert "p.yaml:10:" in found and "drain_timeout_s must be a positive number" in found
+    assert "shm_slots" not in found
 
 
 def test_env_interpolation_and_overrides(tmp_path, monkeypatch):

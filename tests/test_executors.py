@@ -397,6 +397,46 @@ def test_kill_9_of_a_source_resumes_the_stream(tmp_path, posegraph):
     assert json.loads(stdout.splitlines()[-1])["restarts"] == 1
 
 
+@pytest.mark.parametrize("spin", [False, True], ids=["waits", "holds-the-lock"])
+def test_a_stuck_node_is_killed_and_restarted(tmp_path, posegraph, spin):
+    """A node stuck in one call (waiting for ever, or spinning in C with the interpreter's
+    lock so that its process cannot even report) is killed after hang_timeout_s and
+    restarted; the stream goes on, the loss announced as a gap."""
+    out = tmp_path / "out.jsonl"
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 32, "height": 32, "fps": 25, "frames": 150, "realtime": True},
+            },
+            {
+                "name": "stuck",
+                "type": "tests.helpers.custom_nodes:Hang",
+                "from": "cam",
+                "with": {"marker": str(tmp_path / "hung"), "at": 10, "spin": spin},
+            },
+            {"name": "out", "type": "sink.jsonl", "from": "stuck", "with": {"path": str(out)}},
+        ],
+        runtime={"hang_timeout_s": 1.5},
+    )
+    code, stdout, stderr = posegraph(
+        "run", "p.yaml", "--json", env={"PYTHONPATH": str(ROOT)}
+    ).wait()
+    assert code == 0, stderr
+    why = "it has sent no report for" if spin else "node stuck has been in one call for"
+    assert "process stuck (nodes stuck) is stuck: " + why in stderr, stderr
+    assert "hang_timeout_s: 1.5); killing it" in stderr
+    assert "died: killed as stuck (" + why in stderr
+    frames, events = frames_and_events(read_jsonl(out))
+    indices = [f["index"] for f in frames]
+    assert indices[:10] == list(range(10)) and indices[-1] == 149, indices
+    gaps = [e for e in events if e["event"] == "gap"]
+    assert gaps and len(indices) + sum(g["count"] for g in gaps) == 150
+    assert json.loads(stdout.splitlines()[-1])["restarts"] == 1
+
+
 def test_a_node_that_keeps_dying_stops_the_pipeline_with_its_error(tmp_path, posegraph):
     write_pipeline(
         tmp_path / "p.yaml",

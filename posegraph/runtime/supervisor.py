@@ -8,6 +8,13 @@ error. A worker that fails to
 set up (a missing file, a bad parameter) stops the pipeline at once with that error.
 SIGINT and SIGTERM drain: sources stop, the last frames flow to the sinks, every process
 ends; a second signal, or a drain longer than ``drain_timeout_s``, ends them at once.
+
+A worker that is alive but stuck is treated as one that died: when a call into one of its
+nodes (``process``, an event) has not returned for ``hang_timeout_s``, or the process
+has sent no report for that long (a node holding the interpreter's lock in a C call
+starves the thread that reports), it is killed and restarted like any other failure.
+Sources are not watched this way: waiting for a camera is their work, and they watch
+their own input (RTSP's ``stall_timeout``).
 """
 
 from __future__ import annotations
@@ -155,6 +162,8 @@ class _Proc:
     restart_at: float | None = None
     last_error: str = ""
     started: list[float] = field(default_factory=list)
+    last_report: float = 0.0  # when it last sent its metrics (monotonic)
+    killed: bool = False  # by the supervisor, as stuck: waiting for it to end
 
 
 def claim_rundir(plan: Plan) -> None:
@@ -199,6 +208,7 @@ class Supervisor:
         )
         p.process.start()
         p.state = "starting"
+        p.killed = False
         p.started.append(time.monotonic())
 
     def run(self, duration: float | None = None, on_tick: Callable[[], None] | None = None) -> None:
@@ -260,6 +270,7 @@ class Supervisor:
                 for g in self.procs:
                     self._send(control, g, "go")
                     self.procs[g].state = "running"
+                    self.procs[g].last_report = now
                 running = True
                 started_at = now
                 self.metrics.started = now
@@ -307,10 +318,19 @@ class Supervisor:
                 if self.stop_requested.is_set():
                     self._send(control, group, "stop")
                 p.state = "running"
+                p.last_report = time.monotonic()
             else:
                 p.state = "ready"
         elif kind == "metrics":
+            p.last_report = time.monotonic()
             self.metrics.update(msg["nodes"], group)
+            limit = self.plan.options.hang_timeout_s
+            if limit and p.state == "running":
+                for node, snap in msg["nodes"].items():
+                    busy = snap.get("busy_s", 0.0) if not node.startswith("_") else 0.0
+                    if busy > limit:
+                        self._kill_stuck(p, f"node {node} has been in one call for {busy:.0f} s")
+                        break
         elif kind == "done":
             p.state = "done"
         elif kind == "fatal":
@@ -333,6 +353,9 @@ class Supervisor:
                 self._spawn(p)
             return
         if proc.is_alive() or proc.exitcode is None:
+            limit = self.plan.options.hang_timeout_s
+            if limit and p.state == "running" and now - p.last_report > limit:
+                self._kill_stuck(p, f"it has sent no report for {now - p.last_report:.0f} s")
             return
         if p.state == "done":
             return
@@ -367,6 +390,21 @@ class Supervisor:
         )
         p.last_error = ""
         p.restart_at = now + delay
+
+    def _kill_stuck(self, p: _Proc, why: str) -> None:
+        """Kill a worker that is alive but stuck; ``_check`` restarts it as a failure."""
+        if p.killed or self.stop_requested.is_set():
+            return  # a drain has drain_timeout_s for a process that does not end
+        p.killed = True
+        p.last_error = f"killed as stuck ({why})"
+        log.error(
+            "process %s (nodes %s) is stuck: %s (runtime hang_timeout_s: %g); killing it",
+            p.group,
+            ", ".join(p.nodes),
+            why,
+            self.plan.options.hang_timeout_s,
+        )
+        p.process.kill()
 
     def _terminate_all(self) -> None:
         procs = [p.process for p in self.procs.values() if p.process is not None]

@@ -143,6 +143,8 @@ class Runner:
         self._streams_open = set(spec.eos_expected)
         self.error: str | None = None
         self.fatal = False  # the error needs a change of configuration, not a restart
+        # thread -> when its call into the node began: a call that never returns is a hang
+        self._calls: dict[int, float] = {}
 
     # ----------------------------------------------------------------- set-up
 
@@ -317,7 +319,15 @@ class Runner:
         if out is not None:
             self.emit(out)
 
+    def busy_s(self) -> float:
+        """How long the oldest call into the node that has not returned has lasted; 0 if
+        none is under way."""
+        started = list(self._calls.values())  # one C call: safe beside the node's threads
+        return time.monotonic() - min(started) if started else 0.0
+
     def _call(self, fn: Callable[[Frame], Frame | None], arg: Frame) -> Frame | None:
+        thread = threading.get_ident()
+        self._calls[thread] = time.monotonic()
         try:
             out = fn(arg)
         except NodeError as exc:
@@ -343,6 +353,8 @@ class Runner:
                     f"frames in a row; last error: {exc}"
                 ) from exc
             return None
+        finally:
+            del self._calls[thread]
         self._consecutive_errors = 0
         return out
 
@@ -684,6 +696,7 @@ class Worker:
         for r in self.runners:
             snap = r.stats.snapshot(len(r.inbox))
             snap["lost"] += r.entry.lost
+            snap["busy_s"] = r.busy_s()
             out[r.name] = snap
         if self.plane is not None:
             out["_plane"] = {"fallbacks": self.plane.fallbacks, "reclaimed": self.plane.reclaimed}

@@ -26,6 +26,31 @@ class Crash(Node):
         return frame
 
 
+class Hang(Node):
+    """Never returns from frame ``at`` on its first run (a deadlock, a read that never
+    ends); after a restart (``marker`` exists) it passes every frame on. ``spin``: stuck
+    holding the interpreter's lock (a C call that never lets go) instead of waiting."""
+
+    def __init__(self, marker: str, at: int = 10, spin: bool = False):
+        self.marker = marker
+        self.at = at
+        self.spin = spin
+
+    def process(self, frame: Frame) -> Frame:
+        import os
+        import re
+        import time
+
+        if frame.index >= self.at and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            if self.spin:
+                # backtracks for ever inside the regex engine, which keeps the lock
+                re.match(r"(a|aa)+$", "a" * 64 + "b")
+            while True:
+                time.sleep(1.0)
+        return frame
+
+
 class Refuse(Node):
     """Cannot work with the frames it is given: raises NodeError at the first one."""
 
