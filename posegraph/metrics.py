@@ -101,6 +101,7 @@ class Metrics:
         # stream -> at the sinks: newest capture time, up/down/ended and since when
         self.streams: dict[str, dict[str, Any]] = {}
         self.started = time.monotonic()
+        self.running = False  # every node set up and the sources let go
         self._lock = threading.Lock()
 
     def update(self, snapshot: dict[str, Any], group: str = "main") -> None:

@@ -641,3 +641,94 @@ def test_the_last_model_node_learns_the_time_its_frames_take_to_the_sinks(tmp_pa
     # the 95th percentile of the recent frames: at least the 60 ms delay; the ceiling leaves
     # room for one stall of a busy 2-core machine among them (CI runs saw 0.36 and 0.58 s)
     assert lasts[0] == 0.0 and 0.06 <= lasts[-1] < 1.0, lasts
+
+
+def _datagrams(sock) -> list[str]:
+    sock.setblocking(False)
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(65536).decode())
+        except BlockingIOError:
+            return out
+
+
+@pytest.mark.parametrize("executor", ["procs", "inproc"])
+def test_systemd_hears_ready_watchdog_status_and_stopping(tmp_path, posegraph, executor):
+    """Under Type=notify with a watchdog (NOTIFY_SOCKET, WATCHDOG_USEC), a run says READY=1
+    once running, pings WATCHDOG=1 every half interval, STATUS lines, and STOPPING=1 when
+    it drains: on SIGTERM (procs) or when its source ends (inproc)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        path = tmp_path / "notify"
+        sock.bind(str(path))
+        frames = 2000 if executor == "procs" else 50
+        write_pipeline(
+            tmp_path / "p.yaml",
+            [
+                {
+                    "name": "cam",
+                    "type": "source.synthetic",
+                    "with": {
+                        "width": 32,
+                        "height": 32,
+                        "fps": 25,
+                        "frames": frames,
+                        "realtime": True,
+                    },
+                },
+                {"name": "out", "type": "sink.null", "from": "cam"},
+            ],
+        )
+        env = {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "500000"}
+        args = ("run", "p.yaml", "--json") + (("--inproc",) if executor == "inproc" else ())
+        run = posegraph(*args, env=env)
+        got: list[str] = []
+
+        def ready() -> bool:
+            got.extend(_datagrams(sock))
+            return any("READY=1" in m for m in got)
+
+        wait_for(ready, 30, "READY=1")
+        time.sleep(2.0)
+        if executor == "procs":
+            run.signal(signal.SIGTERM)
+        code, stdout, stderr = run.wait()
+        assert code == 0, stderr
+        got.extend(_datagrams(sock))
+    first = next(i for i, m in enumerate(got) if "READY=1" in m)
+    assert all(m == "WATCHDOG=1" for m in got[:first]), got
+    assert "\nSTATUS=test: " in got[first] and "frames delivered in" in got[first], got
+    # 2 s and more between READY and the end, a ping every 0.25 s
+    pings = [i for i, m in enumerate(got) if "WATCHDOG=1" in m and i > first]
+    assert len(pings) >= 6, got
+    stopping = [i for i, m in enumerate(got) if "STOPPING=1" in m]
+    assert len(stopping) == 1 and stopping[0] > first, got
+    delivered = json.loads(stdout.splitlines()[-1])["delivered"]
+    assert f"STATUS=ended: test: {delivered} frames delivered in " in got[-1], got
+    if executor == "procs":
+        assert "STATUS=draining" in got[stopping[0]], got
+        assert delivered < frames
+
+
+def test_notifier_speaks_to_abstract_sockets_and_gives_up_on_a_missing_one(tmp_path, caplog):
+    import socket
+
+    from posegraph.runtime.notify import Notifier
+
+    name = f"posegraph-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        n = Notifier({"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"})
+        assert n.watchdog_s is None  # the watchdog is another process's
+        n.tick(running=True, status=lambda: "fine")
+        n.tick(running=True, status=lambda: "fine")  # READY once; the status not yet again
+        n.stopping()
+        assert _datagrams(sock) == ["READY=1\nSTATUS=fine", "STOPPING=1\nSTATUS=draining"]
+    gone = Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody")})
+    gone.tick(running=True)
+    gone.tick(running=True)
+    gone.stopping()
+    warnings = [r for r in caplog.records if "cannot notify systemd" in r.message]
+    assert len(warnings) == 1 and not gone.enabled

@@ -14,6 +14,7 @@ from typing import Any
 
 from posegraph.graph import Graph
 from posegraph.metrics import Metrics
+from posegraph.runtime.notify import Notifier
 from posegraph.runtime.plan import Plan, build_plan
 from posegraph.runtime.supervisor import PipelineError, Supervisor, claim_rundir
 
@@ -60,23 +61,44 @@ def run(
     server = None
     if graph.runtime.metrics_port is not None:
         server = metrics.serve(graph.runtime.metrics_port)
-    tick = (lambda: on_tick(metrics)) if on_tick is not None else None
+    notifier = Notifier()
+
+    def status() -> str:
+        return Metrics.line_from(metrics.summary())
+
+    def tick() -> None:
+        notifier.tick(metrics.running, status)
+        if on_tick is not None:
+            on_tick(metrics)
+
     level = log_level if log_level is not None else logging.getLogger().getEffectiveLevel()
     try:
         if executor == "procs":
             sup = Supervisor(plan, metrics, level)
-            with _signals(sup.request_stop):
+
+            def on_signal() -> None:
+                notifier.stopping()
+                sup.request_stop()
+
+            with _signals(on_signal):
                 sup.run(duration, tick)
         else:
-            _run_inproc(plan, metrics, duration, tick)
+            _run_inproc(plan, metrics, duration, tick, notifier.stopping)
     finally:
+        if notifier.enabled:
+            notifier.stopping(f"ended: {status()}")
+            notifier.close()
         if server is not None:
             server.shutdown()
     return metrics.summary()
 
 
 def _run_inproc(
-    plan: Plan, metrics: Metrics, duration: float | None, tick: Callable[[], None] | None
+    plan: Plan,
+    metrics: Metrics,
+    duration: float | None,
+    tick: Callable[[], None] | None,
+    on_stop: Callable[[], None] = lambda: None,
 ) -> None:
     from posegraph.runtime.worker import FatalNodeError, Worker
 
@@ -85,6 +107,7 @@ def _run_inproc(
     stop_requests = []
 
     def on_signal() -> None:
+        on_stop()
         stop_requests.append(time.monotonic())
         worker.stop.set()
         if len(stop_requests) > 1:
@@ -101,6 +124,7 @@ def _run_inproc(
             worker.start()
             started = time.monotonic()
             metrics.started = started
+            metrics.running = True
             next_tick = started
             stop_at: float | None = None
             while not worker.done:

@@ -274,6 +274,7 @@ class Supervisor:
                 running = True
                 started_at = now
                 self.metrics.started = now
+                self.metrics.running = True
             if not running:
                 time.sleep(0.02)
             for p in self.procs.values():
