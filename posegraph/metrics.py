@@ -70,6 +70,7 @@ class NodeMetrics:
     rate: deque = field(default_factory=lambda: deque(maxlen=20))  # (time, frames out)
     last_index: dict[str, int] = field(default_factory=dict)
     restarts: int = 0
+    busy_s: float = 0.0  # how long its oldest unfinished call has lasted, at the last report
 
     def total(self, key: str) -> int:
         return self.base[key] + self.last[key]
@@ -122,6 +123,7 @@ class Metrics:
                 for key in COUNTERS:
                     m.last[key] = snap[key]
                 m.queue = snap["queue"]
+                m.busy_s = snap.get("busy_s", 0.0)
                 m.proc_ms.extend(snap["proc_ms"])
                 m.queue_ms.extend(snap["queue_ms"])
                 m.rate.append((now, m.total("out") + (m.total("in") if not m.total("out") else 0)))
@@ -165,6 +167,7 @@ class Metrics:
                     "queue": m.queue,
                     **{k: m.total(k) for k in COUNTERS},
                     "restarts": m.restarts,
+                    "busy_s": round(m.busy_s, 3),
                 }
                 row.update({f"proc_{k}": v for k, v in percentiles(m.proc_ms).items()})
                 out.append(row)
@@ -331,6 +334,12 @@ class Metrics:
             "Frames waiting in the input queue",
             labels=["pipeline", "node"],
         )
+        busy = GaugeMetricFamily(
+            "posegraph_node_busy_seconds",
+            "How long the node's oldest call in progress has lasted (0: idle); a process "
+            "is killed as stuck past runtime hang_timeout_s",
+            labels=["pipeline", "node"],
+        )
         proc = GaugeMetricFamily(
             "posegraph_node_latency_ms",
             "Processing latency quantiles",
@@ -344,6 +353,7 @@ class Metrics:
                 fams[k].add_metric(lab, r[k])
             fps.add_metric(lab, r["fps"])
             queue.add_metric(lab, r["queue"])
+            busy.add_metric(lab, r["busy_s"])
             for q in (50, 90, 99):
                 proc.add_metric([*lab, f"0.{q}"], r[f"proc_p{q}"])
         e2e = GaugeMetricFamily(
@@ -391,7 +401,7 @@ class Metrics:
             if st["capture"]:
                 age.add_metric([self.pipeline, stream], max(0.0, now - st["capture"]))
         yield from fams.values()
-        yield from (fps, queue, proc, e2e, scheduled, batches, up, age)
+        yield from (fps, queue, busy, proc, e2e, scheduled, batches, up, age)
 
     def stream_states(self) -> dict[str, dict[str, Any]]:
         """Per stream, at the sinks: ``capture`` (the newest frame's capture time, 0 before

@@ -419,15 +419,25 @@ def test_a_stuck_node_is_killed_and_restarted(tmp_path, posegraph, spin):
             },
             {"name": "out", "type": "sink.jsonl", "from": "stuck", "with": {"path": str(out)}},
         ],
-        runtime={"hang_timeout_s": 1.5},
+        runtime={"hang_timeout_s": 1.5 if spin else 3},
     )
-    code, stdout, stderr = posegraph(
-        "run", "p.yaml", "--json", env={"PYTHONPATH": str(ROOT)}
-    ).wait()
+    port = free_port()
+    args = ("run", "p.yaml", "--json", "--metrics-port", str(port))
+    run = posegraph(*args, env={"PYTHONPATH": str(ROOT)})
+    if not spin:
+        # while it waits, the endpoint shows how long its call has lasted
+        gauge = 'posegraph_node_busy_seconds{node="stuck",pipeline="test"} '
+
+        def busy() -> bool:
+            text = wait_for_metrics(port, gauge)
+            return float(text.split(gauge)[1].split()[0]) >= 1.0
+
+        wait_for(busy, 15, "the stuck node's busy seconds to pass 1")
+    code, stdout, stderr = run.wait()
     assert code == 0, stderr
     why = "it has sent no report for" if spin else "node stuck has been in one call for"
     assert "process stuck (nodes stuck) is stuck: " + why in stderr, stderr
-    assert "hang_timeout_s: 1.5); killing it" in stderr
+    assert f"hang_timeout_s: {1.5 if spin else 3}); killing it" in stderr
     assert "died: killed as stuck (" + why in stderr
     frames, events = frames_and_events(read_jsonl(out))
     indices = [f["index"] for f in frames]
