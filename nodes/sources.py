@@ -114,10 +114,12 @@ class VideoSource(Source):
 
         self.path = resolve_path(ctx, self.uri)
         if not self.path.is_file():
+            where = ""
+            if not os.path.isabs(self.uri):
+                dirs = dict.fromkeys([os.getcwd(), ctx.extra.get("base_dir") or os.getcwd()])
+                where = f" (looked in {' and '.join(dirs)})"
             raise NodeError(
-                f"video file not found: {self.uri} (looked in {os.getcwd()}"
-                f"{' and ' + ctx.extra['base_dir'] if ctx.extra.get('base_dir') else ''}"
-                "): give the path of an existing file"
+                f"video file not found: {self.uri}{where}: give the path of an existing file"
             )
         if self.end is not None and self.end <= self.start:
             raise NodeError(f"end ({self.end} s) must come after start ({self.start} s)")

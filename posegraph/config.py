@@ -22,7 +22,7 @@ from posegraph.graph import (
 )
 
 TOP_KEYS = ("pipeline", "latency_budget_ms", "runtime", "nodes")
-NODE_KEYS = ("name", "type", "from", "with", "process", "replicas", "queue")
+NODE_KEYS = ("name", "type", "from", "with", "process", "replicas", "queue", "place")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -188,6 +188,17 @@ def from_dict(doc: Any, file: str | None = None, base_dir: Path | None = None) -
                 )
             )
             setattr(runtime, key, True)
+    if runtime.cluster is not None and (
+        not isinstance(runtime.cluster, str) or not runtime.cluster.strip()
+    ):
+        problems.append(
+            Problem(
+                "runtime option cluster must be the Ray cluster's address (auto, HOST:6379, "
+                f"ray://HOST:10001) or null, got {runtime.cluster!r}",
+                Where(file, _line(rt, "cluster")),
+            )
+        )
+        runtime.cluster = None
     defaults = RuntimeOptions()
     for key, whole, least, what in (
         ("shm_slots", True, 1, "a whole number >= 1"),
@@ -314,12 +325,14 @@ def _node_spec(item: Any, i: int, file: str | None, problems: list[Problem]) -> 
         process=None if process is None else str(process),
         replicas=item.get("replicas", 1),
         queue=qspec,
+        place=item.get("place"),
         where=where,
         param_lines={
             **{k: v for k, v in getattr(params, "key_lines", {}).items()},
             "type": _line(item, "type"),
             "queue": _line(item, "queue"),
             "replicas": _line(item, "replicas"),
+            "place": _line(item, "place"),
         },
         input_line=_line(item, "from"),
     )

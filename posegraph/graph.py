@@ -76,6 +76,8 @@ class NodeSpec:
     process: str | None = None
     replicas: int = 1
     queue: QueueSpec = field(default_factory=QueueSpec)
+    # a host of the runtime's Ray cluster with this resource label runs it (None: this one)
+    place: str | None = None
     where: Where = field(default_factory=Where)
     param_lines: dict[str, int] = field(default_factory=dict)
     input_line: int | None = None
@@ -109,6 +111,9 @@ class RuntimeOptions:
     reorder_timeout_s: float = 2.0
     # frames a concurrent (model) node works on at once; None: one per stream it serves
     in_flight: int | None = None
+    # the Ray cluster whose hosts run the nodes with ``place`` ("auto", "HOST:6379",
+    # "ray://HOST:10001"); None: every node on this host
+    cluster: str | None = None
 
 
 class Graph:
@@ -136,6 +141,7 @@ class Graph:
         process: str | None = None,
         replicas: int = 1,
         queue: dict[str, Any] | None = None,
+        place: str | None = None,
         **params: Any,
     ) -> str:
         """Add a node reading from ``inputs``; returns its name, to use as another's input."""
@@ -147,6 +153,7 @@ class Graph:
             process=process,
             replicas=replicas,
             queue=QueueSpec(**(queue or {})),
+            place=place,
         )
         self.add_spec(spec)
         return name
@@ -176,6 +183,7 @@ class Graph:
         for spec in self.nodes.values():
             problems += self._check_node(spec)
         problems += self._check_cycles()
+        problems += self._check_placement()
         if problems:
             raise GraphError(problems)
         return self
@@ -298,6 +306,49 @@ class Graph:
             out.append(
                 Problem(f"node {spec.name!r}: {what} cannot have replicas", spec.at("replicas"))
             )
+        return out
+
+    def _check_placement(self) -> list[Problem]:
+        out: list[Problem] = []
+        placed = [s for s in self.nodes.values() if s.place is not None]
+        for spec in placed:
+            if not isinstance(spec.place, str) or not spec.place.strip():
+                out.append(
+                    Problem(
+                        f"node {spec.name!r}: place must be the name of a resource that "
+                        f"hosts of the Ray cluster declare, got {spec.place!r}",
+                        spec.at("place"),
+                    )
+                )
+            elif self.runtime.cluster is None:
+                out.append(
+                    Problem(
+                        f"node {spec.name!r}: place {spec.place!r} needs the runtime option "
+                        "cluster (the Ray cluster's address, e.g. cluster: auto)",
+                        spec.at("place"),
+                    )
+                )
+        if self.runtime.cluster is not None and self.runtime.transport != "tcp":
+            out.append(
+                Problem(
+                    "runtime option cluster: nodes on other hosts need transport: tcp",
+                    Where(self.file),
+                )
+            )
+        first: dict[str, NodeSpec] = {}
+        for spec in self.nodes.values():
+            if spec.process is None:
+                continue
+            other = first.setdefault(spec.process, spec)
+            if other.place != spec.place:
+                out.append(
+                    Problem(
+                        f"nodes {other.name!r} and {spec.name!r} share process "
+                        f"{spec.process!r} but not their place ({other.place!r}, "
+                        f"{spec.place!r}): one process runs on one host",
+                        spec.at("place"),
+                    )
+                )
         return out
 
     def _check_cycles(self) -> list[Problem]:

@@ -121,6 +121,45 @@ def write_zmq_pipeline(path: Path, address: str, **sink) -> Path:
     )
 
 
+def frames_and_events(messages: list[dict]) -> tuple[list[dict], list[dict]]:
+    frames = [m for m in messages if "event" not in m]
+    events = [m for m in messages if "event" in m]
+    return frames, events
+
+
+def stuck_nodes(tmp_path: Path, out: Path, spin: bool = False, place: str | None = None):
+    """150 paced frames through a node that gets stuck at frame 10 on its first run
+    (``tests.helpers.custom_nodes:Hang``, optionally placed) into ``out`` (JSON lines)."""
+    stuck = {
+        "name": "stuck",
+        "type": "tests.helpers.custom_nodes:Hang",
+        "from": "cam",
+        "with": {"marker": str(tmp_path / "hung"), "at": 10, "spin": spin},
+    }
+    if place is not None:
+        stuck["place"] = place
+    return [
+        {
+            "name": "cam",
+            "type": "source.synthetic",
+            "with": {"width": 32, "height": 32, "fps": 25, "frames": 150, "realtime": True},
+        },
+        stuck,
+        {"name": "out", "type": "sink.jsonl", "from": "stuck", "with": {"path": str(out)}},
+    ]
+
+
+def check_resumed_after_a_gap(out: Path) -> None:
+    """The 150 frames of ``stuck_nodes``: the first ten, then a gap, then the rest to the
+    last, every frame either delivered once in order or counted in a gap."""
+    frames, events = frames_and_events(read_jsonl(out))
+    indices = [f["index"] for f in frames]
+    assert indices[:10] == list(range(10)) and indices[-1] == 149, indices
+    assert indices == sorted(set(indices)), "frames repeated or out of order"
+    gaps = [e for e in events if e["event"] == "gap"]
+    assert gaps and len(indices) + sum(g["count"] for g in gaps) == 150
+
+
 def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []

@@ -183,6 +183,48 @@ def test_runtime_options_are_checked(tmp_path):
     assert "shm_slots" not in found
 
 
+def test_placement_is_checked(tmp_path):
+    found = "\n".join(
+        problems(
+            tmp_path,
+            """
+        pipeline: x
+        nodes:
+          - name: cam
+            type: source.synthetic
+            place: site_b
+          - name: a
+            type: util.passthrough
+            from: cam
+            process: work
+            place: site_a
+          - name: b
+            type: util.passthrough
+            from: a
+            process: work
+    """,
+        )
+    )
+    assert "p.yaml:6:" in found and "place 'site_b' needs the runtime option cluster" in found
+    assert "p.yaml:11:" in found and "place 'site_a' needs the runtime option cluster" in found
+    assert "nodes 'a' and 'b' share process 'work' but not their place" in found
+    found = "\n".join(
+        problems(
+            tmp_path,
+            """
+        pipeline: x
+        runtime: {cluster: auto}
+        nodes:
+          - name: cam
+            type: source.synthetic
+            place: site_b
+    """,
+        )
+    )
+    assert "cluster: nodes on other hosts need transport: tcp" in found
+    assert "needs the runtime option cluster" not in found
+
+
 def test_env_interpolation_and_overrides(tmp_path, monkeypatch):
     monkeypatch.setenv("CAM_FPS", "12.5")
     monkeypatch.delenv("OUT_PATH", raising=False)

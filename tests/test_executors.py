@@ -15,20 +15,17 @@ import pytest
 from posegraph import Graph
 from tests.conftest import (
     ROOT,
+    check_resumed_after_a_gap,
+    frames_and_events,
     free_port,
     own_segments,
     read_jsonl,
     shm_segments,
+    stuck_nodes,
     wait_for,
     wait_for_metrics,
     write_pipeline,
 )
-
-
-def frames_and_events(messages):
-    frames = [m for m in messages if "event" not in m]
-    events = [m for m in messages if "event" in m]
-    return frames, events
 
 
 @pytest.mark.parametrize("executor", ["inproc", "procs"])
@@ -405,20 +402,7 @@ def test_a_stuck_node_is_killed_and_restarted(tmp_path, posegraph, spin):
     out = tmp_path / "out.jsonl"
     write_pipeline(
         tmp_path / "p.yaml",
-        [
-            {
-                "name": "cam",
-                "type": "source.synthetic",
-                "with": {"width": 32, "height": 32, "fps": 25, "frames": 150, "realtime": True},
-            },
-            {
-                "name": "stuck",
-                "type": "tests.helpers.custom_nodes:Hang",
-                "from": "cam",
-                "with": {"marker": str(tmp_path / "hung"), "at": 10, "spin": spin},
-            },
-            {"name": "out", "type": "sink.jsonl", "from": "stuck", "with": {"path": str(out)}},
-        ],
+        stuck_nodes(tmp_path, out, spin=spin),
         runtime={"hang_timeout_s": 1.5 if spin else 3},
     )
     port = free_port()
@@ -439,11 +423,7 @@ def test_a_stuck_node_is_killed_and_restarted(tmp_path, posegraph, spin):
     assert "process stuck (nodes stuck) is stuck: " + why in stderr, stderr
     assert f"hang_timeout_s: {1.5 if spin else 3}); killing it" in stderr
     assert "died: killed as stuck (" + why in stderr
-    frames, events = frames_and_events(read_jsonl(out))
-    indices = [f["index"] for f in frames]
-    assert indices[:10] == list(range(10)) and indices[-1] == 149, indices
-    gaps = [e for e in events if e["event"] == "gap"]
-    assert gaps and len(indices) + sum(g["count"] for g in gaps) == 150
+    check_resumed_after_a_gap(out)
     assert json.loads(stdout.splitlines()[-1])["restarts"] == 1
 
 

@@ -72,9 +72,24 @@ def run(
             on_tick(metrics)
 
     level = log_level if log_level is not None else logging.getLogger().getEffectiveLevel()
+    placed = [n for n, spec in graph.nodes.items() if spec.place]
+    if placed and executor != "procs":
+        raise PipelineError(
+            f"nodes {', '.join(placed)} have place: other hosts run only with the procs "
+            "executor (without --inproc)"
+        )
+    cluster = None
     try:
+        if plan.placement:
+            from posegraph.runtime.cluster import Cluster, ClusterError
+
+            try:
+                cluster = Cluster(plan)
+                cluster.place()
+            except ClusterError as exc:
+                raise PipelineError(str(exc)) from None
         if executor == "procs":
-            sup = Supervisor(plan, metrics, level)
+            sup = Supervisor(plan, metrics, level, cluster)
 
             def on_signal() -> None:
                 notifier.stopping()
@@ -90,7 +105,12 @@ def run(
             notifier.close()
         if server is not None:
             server.shutdown()
-    return metrics.summary()
+        if cluster is not None:
+            cluster.close()
+    summary = metrics.summary()
+    if cluster is not None:
+        summary["placement"] = cluster.placement
+    return summary
 
 
 def _run_inproc(

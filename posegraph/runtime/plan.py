@@ -61,6 +61,8 @@ class Plan:
     shm: bool = True
     # tcp runs: the run's CURVE keys (posegraph.runtime.curve), None on ipc
     curve: RunKeys | None = None
+    # process group -> the resource label of the cluster host that runs it (others: here)
+    placement: dict[str, str] = field(default_factory=dict)
 
     def instances(self) -> list[InstanceSpec]:
         """Every node instance, sources first (topological order)."""
@@ -146,8 +148,9 @@ def build_plan(graph: Graph, executor: str, max_frames: int | None = None) -> Pl
         elif spec.process:
             group_of = lambda r, s=spec: s.process  # noqa: E731
         elif device is not None:
-            # one process per device: its model nodes share one scheduler
-            group_of = lambda r, d=device: f"device-{d}"  # noqa: E731
+            # one process per device (of each host): its model nodes share one scheduler
+            at = f"@{spec.place}" if spec.place else ""
+            group_of = lambda r, d=device, at=at: f"device-{d}{at}"  # noqa: E731
         else:
             group_of = lambda r, s=spec: s.name if s.replicas == 1 else f"{s.name}.{r}"  # noqa: E731
         eos_expected: dict[str, int] = {}
@@ -188,9 +191,12 @@ def build_plan(graph: Graph, executor: str, max_frames: int | None = None) -> Pl
                     if c.group != inst.group:
                         c.remote_inputs = True
     groups: dict[str, list[InstanceSpec]] = {}
-    for insts in instances.values():
+    placement: dict[str, str] = {}
+    for name, insts in instances.items():
         for inst in insts:
             groups.setdefault(inst.group, []).append(inst)
+            if graph.nodes[name].place and executor != "inproc":
+                placement[inst.group] = graph.nodes[name].place
     base_dir = getattr(graph, "base_dir", None)
     plan = Plan(
         run_id=run_id,
@@ -203,6 +209,7 @@ def build_plan(graph: Graph, executor: str, max_frames: int | None = None) -> Pl
         max_frames=max_frames,
         base_dir=str(base_dir) if base_dir else None,
         shm=opts.shm and not tcp and executor != "inproc",
+        placement=placement,
     )
     plan.control = (
         f"tcp://127.0.0.1:{_free_port('127.0.0.1')}" if tcp else f"ipc://{rundir}/control"

@@ -30,12 +30,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import zmq
 
 from posegraph.metrics import Metrics
+
+if TYPE_CHECKING:
+    from posegraph.runtime.cluster import Cluster
 from posegraph.runtime.curve import authenticator
 from posegraph.runtime.plan import Plan, rundir_of
 from posegraph.runtime.shm import reap_stale, unlink_run
@@ -176,8 +179,15 @@ def claim_rundir(plan: Plan) -> None:
 
 
 class Supervisor:
-    def __init__(self, plan: Plan, metrics: Metrics, log_level: int = logging.WARNING):
+    def __init__(
+        self,
+        plan: Plan,
+        metrics: Metrics,
+        log_level: int = logging.WARNING,
+        cluster: Cluster | None = None,
+    ):
         self.plan = plan
+        self.cluster = cluster  # runs the placed groups on other hosts
         self.metrics = metrics
         self.log_level = log_level
         self.ctx = mp.get_context("spawn")
@@ -200,12 +210,13 @@ class Supervisor:
             m = self.metrics.nodes.get(src)
             if m is not None and m.last_index:
                 resume[src] = max(m.last_index.values()) + 1
-        p.process = self.ctx.Process(
-            target=worker_main,
-            name=f"posegraph:{p.group}",
-            args=(self.plan, p.group, resume, self.log_level),
-            daemon=False,
-        )
+        args = (self.plan, p.group, resume, self.log_level)
+        if self.cluster is not None and p.group in self.plan.placement:
+            p.process = self.cluster.process(p.group, args)
+        else:
+            p.process = self.ctx.Process(
+                target=worker_main, name=f"posegraph:{p.group}", args=args, daemon=False
+            )
         p.process.start()
         p.state = "starting"
         p.killed = False
