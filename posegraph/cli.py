@@ -76,6 +76,7 @@ def cmd_graph(args) -> int:
         s = graph.nodes[name]
         src = f" <- {', '.join(s.inputs)}" if s.inputs else ""
         extra = f" x{s.replicas}" if s.replicas > 1 else ""
+        extra += f" @{s.place}" if s.place else ""
         queue = f"  [{graph.policy(name)}/{s.queue.capacity}]" if s.inputs else ""
         print(f"{name} ({s.type}{extra}){src}{queue}")
     dot = args.dot or str(Path(args.file).with_suffix(".dot").name)

@@ -440,6 +440,7 @@ class Graph:
         lines = [f'digraph "{self.name}" {{', "  rankdir=LR;", "  node [shape=box, style=rounded];"]
         for n, s in self.nodes.items():
             label = f"{n}\\n{s.type}" + (f" x{s.replicas}" if s.replicas > 1 else "")
+            label += f"\\n@{s.place}" if s.place else ""
             shape = ", shape=ellipse" if not s.inputs else ""
             lines.append(f'  "{n}" [label="{label}"{shape}];')
         for n, s in self.nodes.items():

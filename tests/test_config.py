@@ -281,3 +281,8 @@ def test_python_graph_and_custom_node_type():
     g.validate()
     assert g.order() == ["cam", "mid", "out"]
     assert "digraph" in g.to_dot() and '"cam" -> "mid"' in g.to_dot()
+    # placed on a cluster host: validated, and shown where it runs
+    g.runtime.transport, g.runtime.cluster = "tcp", "auto"
+    g.add("far", "sink.null", "mid", place="site_b")
+    g.validate()
+    assert 'label="far\\nsink.null\\n@site_b"' in g.to_dot()
