@@ -11,15 +11,18 @@ resident set: that also counts the pages of shared segments a process has touche
 reader of the frame plane grows in it as its queues deepen and it maps more slots or
 another pool, up to the size of those segments, which are measured as the run's shared
 memory instead. The resident set and its shared part are reported beside it. Where
-``/proc`` has no such line (not Linux), the resident set is judged. After a warm-up (the first ``warmup`` share of the run: models load, buffers
-and caches fill), each process's figures are compared with themselves: the baseline is
-the mean of its first three samples after the warm-up, the end the mean of its last
-three, and the slope a least-squares line over all of them (MB an hour). A process whose
-memory grew by more than 2% (and at least 1 MB) and was still growing in the second half
-of the samples (by half that: a buffer that fills and then stays full is not a leak), or
-whose descriptors or threads grew, is flagged; so is the run's shared memory when it
-grew in the second half. A worker that was restarted starts a new
-series.
+``/proc`` has no such line (not Linux), the resident set is judged.
+
+After a warm-up (the first ``warmup`` share of the run: models load, buffers and caches
+fill), each process's figures are compared with themselves: the baseline is the mean of
+the first quarter of its samples after the warm-up, the end the mean of the last quarter
+(a decoder's buffers swing by MBs from one sample to the next), and the slope a
+least-squares line over all of them (MB an hour). A process whose memory grew by more
+than 2% (and at least 1 MB) and was still growing in the second half of the samples (by
+half that: a buffer that fills and then stays full is not a leak), or that holds more
+descriptors or threads all through the last quarter than at any time in the first, is
+flagged; so is the run's shared memory when it grew in the second half. A worker that
+was restarted starts a new series.
 """
 
 from __future__ import annotations
@@ -117,11 +120,19 @@ def _judge(rows: list[tuple[float, dict[str, Any]]]) -> dict[str, Any] | None:
         return None
     t = np.array([r[0] for r in rows])
     mem = np.array([r[1]["private_mb"] for r in rows])
-    k = min(3, len(rows) // 2) or 1
+    # the first and last quarter of the samples (at least 3, at most half): a decoder's or
+    # an encoder's buffers make a process's memory swing by MBs from one sample to the next
+    k = min(max(3, len(rows) // 4), len(rows) // 2) or 1
 
     def ends(key: str) -> tuple[float, float]:
         values = np.array([r[1][key] for r in rows])
         return float(values[:k].mean()), float(values[-k:].mean())
+
+    def more_at_the_end(key: str) -> bool:
+        """Even the fewest in the last quarter above the most in the first: held for good,
+        not a file or thread that comes and goes."""
+        values = [r[1][key] for r in rows]
+        return min(values[-k:]) > max(values[:k])
 
     first, last = ends("private_mb")
     slope = float(np.polyfit(t / 3600.0, mem, 1)[0]) if np.ptp(t) > 0 else 0.0
@@ -132,6 +143,7 @@ def _judge(rows: list[tuple[float, dict[str, Any]]]) -> dict[str, Any] | None:
     late_growth = late * float(np.ptp(t[half:])) / 3600.0
     fds = (rows[0][1]["fds"], rows[-1][1]["fds"])
     threads = (rows[0][1]["threads"], rows[-1][1]["threads"])
+    held = more_at_the_end("fds") or more_at_the_end("threads")
     allowed = max(GROWTH_MIN_MB, GROWTH_SHARE * first)
     grew = last - first > allowed and late_growth > allowed / 2
     step = max(1, len(rows) // 100)
@@ -153,7 +165,7 @@ def _judge(rows: list[tuple[float, dict[str, Any]]]) -> dict[str, Any] | None:
         "shared_mb": [round(v, 1) for v in ends("shared_mb")],
         "fds": list(fds),
         "threads": list(threads),
-        "flag": grew or fds[1] > fds[0] or threads[1] > threads[0],
+        "flag": grew or held,
     }
 
 
