@@ -286,3 +286,7 @@ def test_python_graph_and_custom_node_type():
     g.add("far", "sink.null", "mid", place="site_b")
     g.validate()
     assert 'label="far\\nsink.null\\n@site_b"' in g.to_dot()
+    from posegraph.runtime import PipelineError
+
+    with pytest.raises(PipelineError, match="nodes far have place: other hosts run only with"):
+        g.run(executor="inproc")

@@ -56,6 +56,12 @@ def run(
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
     graph.validate()
+    placed = [n for n, spec in graph.nodes.items() if spec.place]
+    if placed and executor != "procs":
+        raise PipelineError(
+            f"nodes {', '.join(placed)} have place: other hosts run only with the procs "
+            "executor (without --inproc)"
+        )
     plan = build_plan(graph, executor, max_frames)
     metrics = Metrics(graph.name, order=[i.id for i in plan.instances()])
     server = None
@@ -72,12 +78,6 @@ def run(
             on_tick(metrics)
 
     level = log_level if log_level is not None else logging.getLogger().getEffectiveLevel()
-    placed = [n for n, spec in graph.nodes.items() if spec.place]
-    if placed and executor != "procs":
-        raise PipelineError(
-            f"nodes {', '.join(placed)} have place: other hosts run only with the procs "
-            "executor (without --inproc)"
-        )
     cluster = None
     try:
         if plan.placement:
