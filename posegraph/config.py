@@ -199,6 +199,27 @@ def from_dict(doc: Any, file: str | None = None, base_dir: Path | None = None) -
             )
         )
         runtime.cluster = None
+    port = runtime.metrics_port
+    if port is not None and (
+        isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535
+    ):
+        problems.append(
+            Problem(
+                f"runtime option metrics_port must be a port number (1-65535) or null, "
+                f"got {port!r}",
+                Where(file, _line(rt, "metrics_port")),
+            )
+        )
+        runtime.metrics_port = None
+    if not isinstance(runtime.metrics_host, str) or not runtime.metrics_host.strip():
+        problems.append(
+            Problem(
+                "runtime option metrics_host must be an address to listen on (127.0.0.1, "
+                f"0.0.0.0), got {runtime.metrics_host!r}",
+                Where(file, _line(rt, "metrics_host")),
+            )
+        )
+        runtime.metrics_host = "127.0.0.1"
     defaults = RuntimeOptions()
     for key, whole, least, what in (
         ("shm_slots", True, 1, "a whole number >= 1"),

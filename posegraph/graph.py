@@ -107,7 +107,8 @@ class RuntimeOptions:
     # a node process whose node has been in one call (or that has sent no report) this
     # long is killed and restarted; 0 turns the watch off
     hang_timeout_s: float = 120.0
-    metrics_port: int | None = None  # Prometheus endpoint on 127.0.0.1, off when None
+    metrics_port: int | None = None  # Prometheus endpoint (and health checks), off when None
+    metrics_host: str = "127.0.0.1"  # the address it listens on (0.0.0.0 in a container)
     reorder_timeout_s: float = 2.0
     # frames a concurrent (model) node works on at once; None: one per stream it serves
     in_flight: int | None = None

@@ -19,6 +19,9 @@ import numpy as np
 WINDOW = 20000
 TAIL_WINDOW = 300  # frames at the sinks that the tail after a model node is judged on
 COUNTERS = ("in", "out", "dropped", "lost", "errors", "gaps")
+#: /healthz fails when the supervising loop has not turned for this long (it turns 4 times
+#: a second)
+STALE_TICK_S = 10.0
 
 
 class Window:
@@ -103,6 +106,8 @@ class Metrics:
         self.streams: dict[str, dict[str, Any]] = {}
         self.started = time.monotonic()
         self.running = False  # every node set up and the sources let go
+        self.stopping = False  # draining, or ended
+        self.last_tick = time.monotonic()  # the supervising loop's last turn
         self._lock = threading.Lock()
 
     def update(self, snapshot: dict[str, Any], group: str = "main") -> None:
@@ -409,13 +414,57 @@ class Metrics:
         with self._lock:
             return {stream: dict(st) for stream, st in self.streams.items()}
 
+    def health(self, ready: bool) -> tuple[int, dict[str, Any]]:
+        """``/healthz`` (``ready`` False) and ``/readyz``: the HTTP status and a JSON body.
+
+        Alive while the loop that supervises the run turns (it marks ``last_tick`` every
+        quarter second), or while the run starts (loading models may take long); ready
+        while it runs: every node set up, not draining."""
+        age = time.monotonic() - self.last_tick
+        state = "stopping" if self.stopping else "running" if self.running else "starting"
+        with self._lock:
+            streams = {name: st["state"] for name, st in sorted(self.streams.items())}
+        body = {
+            "pipeline": self.pipeline,
+            "state": state,
+            "supervisor_tick_age_s": round(age, 3),
+            "streams": streams,
+        }
+        alive = age < STALE_TICK_S or state == "starting"
+        ok = alive and (state == "running" or not ready)
+        return (200 if ok else 503), body
+
     def serve(self, port: int, addr: str = "127.0.0.1"):
-        """Serve the metrics on http://addr:port/metrics; returns the server."""
-        from prometheus_client import CollectorRegistry, start_http_server
+        """Serve the metrics on http://addr:port/metrics, and ``/healthz`` and ``/readyz``
+        (see :meth:`health`); returns the server (``shutdown()`` ends it)."""
+        import json
+        import socketserver
+        from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+        from prometheus_client import CollectorRegistry, make_wsgi_app
 
         registry = CollectorRegistry()
         registry.register(self)
-        server, _thread = start_http_server(port, addr=addr, registry=registry)
+        metrics_app = make_wsgi_app(registry)
+
+        def app(environ, start_response):
+            path = environ.get("PATH_INFO", "")
+            if path in ("/healthz", "/readyz"):
+                code, body = self.health(ready=path == "/readyz")
+                reason = "OK" if code == 200 else "Service Unavailable"
+                start_response(f"{code} {reason}", [("Content-Type", "application/json")])
+                return [json.dumps(body).encode()]
+            return metrics_app(environ, start_response)
+
+        class Server(socketserver.ThreadingMixIn, WSGIServer):
+            daemon_threads = True
+
+        class Quiet(WSGIRequestHandler):
+            def log_message(self, *args) -> None:  # no line per scrape on the run's stderr
+                pass
+
+        server = make_server(addr, port, app, Server, handler_class=Quiet)
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         return server
 
 

@@ -332,6 +332,73 @@ def test_prometheus_endpoint_serves_node_metrics(tmp_path, posegraph):
     assert code == 0, stderr
 
 
+def _get(url: str) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_health_and_readiness_endpoints(tmp_path, posegraph):
+    """/healthz answers 200 while the run starts and runs; /readyz 503 ("starting") while
+    a node sets up, then 200 ("running") with the streams' states."""
+    port = free_port()
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {"name": "cam", "type": "source.synthetic", "with": {"fps": 25, "realtime": True}},
+            {"name": "slow", "type": "tests.helpers.custom_nodes:SlowSetup", "from": "cam"},
+            {"name": "n", "type": "sink.null", "from": "slow"},
+        ],
+        runtime={"metrics_port": port},
+    )
+    run = posegraph("run", "p.yaml", "--duration", "3", env={"PYTHONPATH": str(ROOT)})
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> tuple[int, dict] | None:
+        try:
+            return _get(base + "/readyz")
+        except OSError:
+            return None
+
+    code, body = wait_for(up, 15, "the health endpoint")
+    assert (code, body["state"]) == (503, "starting"), body
+    assert _get(base + "/healthz")[0] == 200
+
+    def ready() -> dict | None:
+        code, body = _get(base + "/readyz")
+        return body if code == 200 and body["streams"] else None
+
+    body = wait_for(ready, 30, "the run to be ready, its stream at a sink")
+    assert body["state"] == "running" and body["streams"] == {"cam": "up"}, body
+    assert body["supervisor_tick_age_s"] < 2.0
+    code, _, stderr = run.wait()
+    assert code == 0, stderr
+
+
+def test_liveness_fails_when_the_supervising_loop_stops_turning():
+    import time
+
+    from posegraph.metrics import STALE_TICK_S, Metrics
+
+    m = Metrics("p")
+    assert m.health(ready=False)[0] == 200 and m.health(ready=True)[0] == 503  # starting
+    m.running = True
+    code, body = m.health(ready=True)
+    assert code == 200 and body["state"] == "running" and body["streams"] == {}
+    m.last_tick = time.monotonic() - STALE_TICK_S - 1
+    code, body = m.health(ready=False)
+    assert code == 503 and body["supervisor_tick_age_s"] > STALE_TICK_S
+    m.last_tick = time.monotonic()
+    m.stopping = True
+    assert m.health(ready=False)[0] == 200
+    assert m.health(ready=True)[0] == 503
+
+
 def test_soak_flags_the_process_that_grows_and_only_it(tmp_path, posegraph):
     """bench soak over 10 s of a pipeline with a node that keeps 1 MB of every frame: its
     process is flagged, the others (source, sink, supervisor) are steady; so is one whose

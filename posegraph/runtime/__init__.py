@@ -66,16 +66,27 @@ def run(
     metrics = Metrics(graph.name, order=[i.id for i in plan.instances()])
     server = None
     if graph.runtime.metrics_port is not None:
-        server = metrics.serve(graph.runtime.metrics_port)
+        try:
+            server = metrics.serve(graph.runtime.metrics_port, graph.runtime.metrics_host)
+        except OSError as exc:
+            raise PipelineError(
+                f"cannot serve metrics on {graph.runtime.metrics_host}:"
+                f"{graph.runtime.metrics_port}: {exc}; choose another metrics_port"
+            ) from None
     notifier = Notifier()
 
     def status() -> str:
         return Metrics.line_from(metrics.summary())
 
     def tick() -> None:
+        metrics.last_tick = time.monotonic()
         notifier.tick(metrics.running, status)
         if on_tick is not None:
             on_tick(metrics)
+
+    def begin_stop() -> None:
+        metrics.stopping = True
+        notifier.stopping()
 
     level = log_level if log_level is not None else logging.getLogger().getEffectiveLevel()
     cluster = None
@@ -92,14 +103,15 @@ def run(
             sup = Supervisor(plan, metrics, level, cluster)
 
             def on_signal() -> None:
-                notifier.stopping()
+                begin_stop()
                 sup.request_stop()
 
             with _signals(on_signal):
                 sup.run(duration, tick)
         else:
-            _run_inproc(plan, metrics, duration, tick, notifier.stopping)
+            _run_inproc(plan, metrics, duration, tick, begin_stop)
     finally:
+        metrics.stopping = True
         if notifier.enabled:
             notifier.stopping(f"ended: {status()}")
             notifier.close()

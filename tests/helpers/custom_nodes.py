@@ -51,6 +51,22 @@ class Hang(Node):
         return frame
 
 
+class SlowSetup(Node):
+    """Takes ``seconds`` to set up (a model loading), then passes frames on."""
+
+    def __init__(self, seconds: float = 3.0):
+        self.seconds = seconds
+
+    def setup(self, ctx) -> None:
+        import time
+
+        super().setup(ctx)
+        time.sleep(self.seconds)
+
+    def process(self, frame: Frame) -> Frame:
+        return frame
+
+
 class Refuse(Node):
     """Cannot work with the frames it is given: raises NodeError at the first one."""
 
