@@ -7,6 +7,7 @@ as well as keypoints.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -25,6 +26,69 @@ from posegraph.packet import Frame, to_message
 
 log = logging.getLogger(__name__)
 
+#: write errors that mean "no room": a full disk, a quota, a file size limit (FAT32's 4 GB,
+#: ulimit -f)
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class _Room:
+    """A file sink's way with a disk that has no room: the frames it cannot write are
+    counted (``unwritten``, reported as the sink's dropped frames) and skipped, not fatal,
+    and it tries again every ``retry_s``; the error is logged when it starts and when it
+    ends, not per frame. Any other error is raised as before."""
+
+    def __init__(self, sink: str, retry_s: float) -> None:
+        self.sink = sink
+        self.retry_s = retry_s
+        self.unwritten = 0  # all along
+        self._since: float | None = None  # when the outage began (monotonic)
+        self._retry_at = 0.0
+        self._missed = 0  # in this outage
+
+    def waiting(self) -> bool:
+        """True while it waits to try again: the caller skips the frame (counted here)."""
+        if self._since is None or time.monotonic() >= self._retry_at:
+            return False
+        self.skip()
+        return True
+
+    def skip(self) -> None:
+        self.unwritten += 1
+        self._missed += 1
+
+    def failed(self, exc: OSError, path: object, frames: int = 1) -> bool:
+        """Count ``frames`` and wait if ``exc`` says "no room"; False for any other error."""
+        if exc.errno not in NO_ROOM:
+            return False
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+            log.error(
+                "sink %s: no room to write %s (%s): frames are not written (counted as "
+                "dropped) until there is; trying again every %g s",
+                self.sink,
+                path,
+                exc.strerror or exc,
+                self.retry_s,
+            )
+        self._retry_at = now + self.retry_s
+        for _ in range(frames):
+            self.skip()
+        return True
+
+    def wrote(self, path: object) -> None:
+        if self._since is not None:
+            log.warning(
+                "sink %s: writing %s again after %.0f s without room; %d frames and events "
+                "were not written",
+                self.sink,
+                path,
+                time.monotonic() - self._since,
+                self._missed,
+            )
+            self._since = None
+            self._missed = 0
+
 
 @register("sink.jsonl")
 class JsonlSink(Sink):
@@ -35,15 +99,25 @@ class JsonlSink(Sink):
     RotatingFileHandler do: ``out.jsonl`` becomes ``out.jsonl.1``, ``.1`` becomes ``.2``...
     and ``keep`` of them stay (5 unless given; the oldest beyond are removed); a reader
     following the file by name (``tail -F``) goes on with the new one.
+
+    A disk with no room does not stop the pipeline: the lines that cannot be written are
+    counted as the sink's dropped frames and it tries again every ``retry_s`` (a line
+    written in part is cut off again, so the file holds whole lines only).
     """
 
     def __init__(
-        self, path: str, events: bool = True, max_mb: float | None = None, keep: int | None = None
+        self,
+        path: str,
+        events: bool = True,
+        max_mb: float | None = None,
+        keep: int | None = None,
+        retry_s: float = 5.0,
     ):
         self.path = path
         self.events = events
         self.max_mb = max_mb
         self.keep = keep
+        self.retry_s = retry_s
 
     def setup(self, ctx) -> None:
         super().setup(ctx)
@@ -54,14 +128,22 @@ class JsonlSink(Sink):
                 f"keep {self.keep}: give a number of rotated files >= 1, with max_mb (the "
                 "size at which the file rotates)"
             )
+        if self.retry_s <= 0:
+            raise NodeError(f"retry_s must be above 0, got {self.retry_s}")
         self.max_bytes = None if self.max_mb is None else int(self.max_mb * 1e6)
+        self.room = _Room(ctx.name, self.retry_s)
         self._open()
+
+    @property
+    def unwritten(self) -> int:
+        return self.room.unwritten
 
     def _open(self) -> None:
         p = Path(self.path)
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
-            self.file = p.open("a", encoding="utf-8")
+            # unbuffered: a line goes out whole in one write, or is cut off again
+            self.file = p.open("ab", buffering=0)
         except OSError as exc:
             raise NodeError(f"cannot write {self.path}: {exc.strerror}") from None
 
@@ -82,8 +164,25 @@ class JsonlSink(Sink):
     def write(self, frame: Frame) -> None:
         if frame.event is not None and not self.events:
             return
-        self.file.write(json.dumps(to_message(frame, time.time()), separators=(",", ":")) + "\n")
-        self.file.flush()
+        if self.room.waiting():
+            return
+        line = json.dumps(to_message(frame, time.time()), separators=(",", ":")) + "\n"
+        data = line.encode()
+        start = self.file.tell()
+        try:
+            done = 0
+            while done < len(data):
+                done += self.file.write(data[done:])
+        except OSError as exc:
+            if not self.room.failed(exc, self.path):
+                raise
+            if done:
+                try:
+                    os.ftruncate(self.file.fileno(), start)
+                except OSError:
+                    pass
+            return
+        self.room.wrote(self.path)
         if self.max_bytes is not None and self.file.tell() >= self.max_bytes:
             self._rotate()
 
@@ -268,6 +367,10 @@ class VideoSink(Sink):
       fragment when the process is killed or the host loses power.
     - A file that exists is never written over: the new one gets ``-1``, ``-2``... before
       the suffix (after a restart of the sink's process, say).
+    - A disk with no room does not stop the pipeline: the file being written is closed
+      (playable up to its last fragment), the frames are counted as the sink's dropped
+      frames (with those the encoder held), and every ``retry_s`` it tries again with a
+      new file.
     """
 
     def __init__(
@@ -279,6 +382,7 @@ class VideoSink(Sink):
         segment_s: float | None = None,
         keep: int | None = None,
         keyframe_s: float = 2.0,
+        retry_s: float = 5.0,
     ):
         self.path = path
         self.fps = fps
@@ -287,6 +391,7 @@ class VideoSink(Sink):
         self.segment_s = segment_s
         self.keep = keep
         self.keyframe_s = keyframe_s
+        self.retry_s = retry_s
         self.outputs: dict[str, _Recording] = {}
         self.streams: list[str] = []  # in the order they first came
 
@@ -298,8 +403,12 @@ class VideoSink(Sink):
             raise NodeError(
                 f"codec {self.codec!r} is not available in this PyAV build; use libx264 or mpeg4"
             )
-        if self.fps <= 0 or self.keyframe_s <= 0:
-            raise NodeError(f"fps ({self.fps}) and keyframe_s ({self.keyframe_s}) must be above 0")
+        if self.fps <= 0 or self.keyframe_s <= 0 or self.retry_s <= 0:
+            raise NodeError(
+                f"fps ({self.fps}), keyframe_s ({self.keyframe_s}) and retry_s "
+                f"({self.retry_s}) must be above 0"
+            )
+        self.room = _Room(ctx.name, self.retry_s)
         if self.segment_s is not None and self.segment_s * self.fps < 1:
             raise NodeError(
                 f"segment_s {self.segment_s} holds no frame at {self.fps} fps; give at least "
@@ -381,7 +490,7 @@ class VideoSink(Sink):
         stream.codec_context.gop_size = gop
         if self.codec == "libx264":
             stream.options = {"crf": str(self.crf), "preset": "veryfast", "g": str(gop)}
-        rec = _Recording(path, container, stream)
+        rec = _Recording(path, container, stream, fragmented=bool(options))
         self.outputs[frame.stream] = rec
         if self.keep is not None:
             self._prune(frame.stream, rec.path)
@@ -400,27 +509,45 @@ class VideoSink(Sink):
             except OSError as exc:
                 log.warning("sink %s: cannot remove %s: %s", self.ctx.name, old, exc.strerror)
 
+    @property
+    def unwritten(self) -> int:
+        return self.room.unwritten if hasattr(self, "room") else 0
+
     def write(self, frame: Frame) -> None:
         if frame.event is not None or frame.image is None:
             return
-        import av
-
+        if self.room.waiting():
+            return
         rec = self.outputs.get(frame.stream)
-        if rec is not None and self.segment_s is not None:
-            if rec.frames >= round(self.segment_s * self.fps):
-                rec.close()
-                rec = None
-        if rec is None:
-            rec = self._open(frame)
-        image = frame.image[: rec.stream.height, : rec.stream.width]
-        vf = av.VideoFrame.from_ndarray(image, format="bgr24")
-        for packet in rec.stream.encode(vf):
-            rec.container.mux(packet)
-        rec.frames += 1
+        given = False  # to an encoder: then counted among the frames it held
+        try:
+            if rec is not None and self.segment_s is not None:
+                if rec.frames >= round(self.segment_s * self.fps):
+                    self.outputs.pop(frame.stream)
+                    rec.close()
+                    rec = None
+            if rec is None:
+                rec = self._open(frame)
+            given = True
+            rec.encode(frame.image)
+        except OSError as exc:
+            if exc.errno not in NO_ROOM:
+                raise
+            # the file ends at its last whole fragment; what its encoder held is lost too
+            self.outputs.pop(frame.stream, None)
+            held = rec.abandon() if rec is not None else 0
+            self.room.failed(exc, rec.path if rec is not None else self.path, held + (not given))
+            return
+        self.room.wrote(rec.path)
 
     def close(self) -> None:
         for rec in self.outputs.values():
-            rec.close()
+            try:
+                rec.close()
+            except OSError as exc:
+                if exc.errno not in NO_ROOM:
+                    raise
+                log.error("sink %s: no room to finish %s: %s", self.ctx.name, rec.path, exc)
         self.outputs.clear()
 
 
@@ -431,12 +558,42 @@ class _Recording:
     path: Path
     container: Any
     stream: Any
-    frames: int = 0
+    fragmented: bool = False  # a fragment per key frame, written out when the next begins
+    frames: int = 0  # given to the encoder
+    muxed: int = 0  # packets handed to the container
+    safe: int = 0  # frames known to be in the file
+
+    def encode(self, image) -> None:
+        import av
+
+        image = image[: self.stream.height, : self.stream.width]
+        vf = av.VideoFrame.from_ndarray(image, format="bgr24")
+        self.frames += 1
+        for packet in self.stream.encode(vf):
+            self._mux(packet)
+
+    def _mux(self, packet) -> None:
+        keyframe = packet.is_keyframe
+        self.container.mux(packet)
+        if not self.fragmented or keyframe:
+            # a key frame's packet went in: the fragment before it was written out whole
+            self.safe = self.muxed + (not self.fragmented)
+        self.muxed += 1
 
     def close(self) -> None:
         for packet in self.stream.encode():
-            self.container.mux(packet)
+            self._mux(packet)
         self.container.close()
+        self.safe = self.frames
+
+    def abandon(self) -> int:
+        """Close a file that could not be written, as far as it can be; the frames given
+        to the encoder that are not in it (the one that failed among them)."""
+        try:
+            self.container.close()
+        except Exception:  # noqa: BLE001, S110 - no room for its trailer either
+            pass
+        return max(0, self.frames - self.safe)
 
 
 def _file_pattern(template: str, stream: str) -> re.Pattern:

@@ -366,6 +366,10 @@ class Source(Node):
 class Sink(Node):
     """A node with no output: it consumes frames and events."""
 
+    #: frames and events this sink took but could not write (a disk with no room): the
+    #: runtime reports them as its dropped frames
+    unwritten: int = 0
+
     def process(self, frame: Frame) -> None:
         self.write(frame)
         return None

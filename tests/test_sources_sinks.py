@@ -297,6 +297,112 @@ def test_video_sink_survives_a_kill_without_losing_or_overwriting(tmp_path, pose
     assert after >= 10 and killed + after <= 150
 
 
+def _playable(path: Path) -> int:
+    """Frames decoded from ``path`` up to its end, or up to where it was cut off."""
+    import av
+
+    n = 0
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        try:
+            for packet in c.demux(stream):
+                if packet.size:
+                    n += len(stream.codec_context.decode(packet))
+        except av.error.InvalidDataError:
+            pass
+        n += len(stream.codec_context.decode(None))  # the frames the decoder still holds
+    return n
+
+
+def _run_with_file_size_limit(tmp_path: Path, limit: int) -> tuple[int, str, str]:
+    """``posegraph run p.yaml --json`` with every file it writes limited to ``limit`` bytes
+    (``ulimit -f``: a write beyond fails with EFBIG, as on a FAT32 disk at 4 GB)."""
+    import resource
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    r = subprocess.run(
+        [sys.executable, "-m", "posegraph.cli", "run", "p.yaml", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limited,
+    )
+    return r.returncode, r.stdout, r.stderr
+
+
+def _dropped_at(stdout: str, node: str) -> int:
+    summary = json.loads(stdout.splitlines()[-1])
+    return next(n["dropped"] for n in summary["nodes"] if n["node"] == node)
+
+
+def test_a_full_disk_does_not_stop_the_pipeline(tmp_path, posegraph):
+    """A sink.jsonl whose every write finds no room (/dev/full: ENOSPC) beside one that
+    works: the run goes to its end, the error is logged once, every line not written is
+    counted as the sink's dropped frames, and the other sink has them all."""
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 32, "height": 32, "fps": 50, "frames": 60, "realtime": True},
+            },
+            {
+                "name": "full",
+                "type": "sink.jsonl",
+                "from": "cam",
+                "with": {"path": "/dev/full", "retry_s": 0.2},
+            },
+            {"name": "ok", "type": "sink.jsonl", "from": "cam", "with": {"path": "ok.jsonl"}},
+        ],
+    )
+    code, stdout, stderr = posegraph("run", "p.yaml", "--json").wait()
+    assert code == 0, stderr
+    assert stderr.count("sink full: no room to write /dev/full (No space left on device)") == 1
+    assert "trying again every 0.2 s" in stderr
+    assert _dropped_at(stdout, "full") == 61  # 60 frames and eos
+    assert len(read_jsonl(tmp_path / "ok.jsonl")) == 61
+
+
+def test_video_sink_with_no_room_starts_a_new_file_when_it_can(tmp_path):
+    """Each file may grow to 60 kB only: the sink's file fills, the frames it could not
+    write are counted, and after retry_s it goes on in a new file; every file plays, and
+    every frame is in a file or counted (a fragment cut off at the limit may still give a
+    few frames)."""
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 160, "height": 120, "fps": 50, "frames": 250, "realtime": True},
+            },
+            {
+                "name": "rec",
+                "type": "sink.video",
+                "from": "cam",
+                "with": {"path": "out/clip.mp4", "keyframe_s": 0.2, "retry_s": 0.5},
+            },
+        ],
+        runtime={"shm": False},  # the frame plane's segments are files too
+    )
+    code, stdout, stderr = _run_with_file_size_limit(tmp_path, 60_000)
+    assert code == 0, stderr
+    files = sorted((tmp_path / "out").iterdir(), key=lambda f: f.stat().st_mtime)
+    assert len(files) >= 2, stderr
+    # one outage a file but the last, each ended by a new file
+    assert stderr.count("sink rec: no room to write") == len(files) - 1, stderr
+    assert stderr.count("sink rec: writing") == len(files) - 1, stderr
+    assert [f.name for f in files[:2]] == ["clip.mp4", "clip-1.mp4"]
+    decoded = [_playable(f) for f in files]
+    dropped = _dropped_at(stdout, "rec")
+    assert all(n > 0 for n in decoded) and dropped > 0, (decoded, dropped)
+    assert 250 <= sum(decoded) + dropped <= 250 + 10, (decoded, dropped)
+
+
 @pytest.mark.parametrize(
     "settings, message",
     [

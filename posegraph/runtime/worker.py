@@ -696,6 +696,8 @@ class Worker:
         for r in self.runners:
             snap = r.stats.snapshot(len(r.inbox))
             snap["lost"] += r.entry.lost
+            # frames a sink could not write (a disk with no room): dropped there
+            snap["dropped"] += getattr(r.node, "unwritten", 0)
             snap["busy_s"] = r.busy_s()
             out[r.name] = snap
         if self.plane is not None:
