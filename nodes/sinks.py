@@ -52,9 +52,9 @@ class _Room:
         self.skip()
         return True
 
-    def skip(self) -> None:
-        self.unwritten += 1
-        self._missed += 1
+    def skip(self, frames: int = 1) -> None:
+        self.unwritten += frames
+        self._missed += frames
 
     def failed(self, exc: OSError, path: object, frames: int = 1) -> bool:
         """Count ``frames`` and wait if ``exc`` says "no room"; False for any other error."""
@@ -72,8 +72,7 @@ class _Room:
                 self.retry_s,
             )
         self._retry_at = now + self.retry_s
-        for _ in range(frames):
-            self.skip()
+        self.skip(frames)
         return True
 
     def wrote(self, path: object) -> None:

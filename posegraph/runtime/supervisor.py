@@ -36,12 +36,12 @@ import msgpack
 import zmq
 
 from posegraph.metrics import Metrics
-
-if TYPE_CHECKING:
-    from posegraph.runtime.cluster import Cluster
 from posegraph.runtime.curve import authenticator
 from posegraph.runtime.plan import Plan, rundir_of
 from posegraph.runtime.shm import reap_stale, unlink_run
+
+if TYPE_CHECKING:
+    from posegraph.runtime.cluster import Cluster
 
 log = logging.getLogger(__name__)
 
