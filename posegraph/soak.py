@@ -92,10 +92,29 @@ def _sample(root, root_pid: int) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _shm_mb(before: set[str]) -> float:
+def _run_id(pid: int) -> str | None:
+    """The run id of the supervisor ``pid`` (its folder holds ``supervisor.pid``)."""
+    from posegraph.runtime.plan import rundir_of
+    from posegraph.runtime.shm import supervisor_pid
+
+    parent, prefix = os.path.split(rundir_of(""))
+    try:
+        folders = [f for f in os.listdir(parent) if f.startswith(prefix)]
+    except OSError:
+        return None
+    for folder in folders:
+        if supervisor_pid(os.path.join(parent, folder)) == pid:
+            return folder[len(prefix) :]
+    return None
+
+
+def _shm_mb(run_id: str | None) -> float:
+    """The size of the run's shared-memory segments (``pg-RUN-*``), not other runs'."""
+    if run_id is None:
+        return 0.0
     total = 0
-    for name in set(os.listdir("/dev/shm")) - before:
-        if name.startswith("pg-"):
+    for name in os.listdir("/dev/shm"):
+        if name.startswith(f"pg-{run_id}-"):
             try:
                 total += os.path.getsize(os.path.join("/dev/shm", name))
             except OSError:
@@ -190,7 +209,7 @@ def soak(
     cmd += ["--duration", str(seconds)]
     for s in sets or []:
         cmd += ["--set", s]
-    before = set(os.listdir("/dev/shm"))
+    run_id: str | None = None
     samples: list[tuple[float, dict[str, dict[str, Any]]]] = []
     shm: list[tuple[float, float]] = []
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -202,7 +221,8 @@ def soak(
             while proc.poll() is None:
                 t = time.monotonic() - t0
                 samples.append((t, _sample(root, proc.pid)))
-                shm.append((t, _shm_mb(before)))
+                run_id = run_id or _run_id(proc.pid)
+                shm.append((t, _shm_mb(run_id)))
                 deadline = time.monotonic() + every
                 while proc.poll() is None and time.monotonic() < deadline:
                     time.sleep(0.1)
