@@ -89,8 +89,18 @@ class _Room:
             self._missed = 0
 
 
+class _FileSink(Sink):
+    """A sink that writes files: what it cannot write for want of room is counted."""
+
+    room: _Room | None = None  # made at setup
+
+    @property
+    def unwritten(self) -> int:
+        return self.room.unwritten if self.room is not None else 0
+
+
 @register("sink.jsonl")
-class JsonlSink(Sink):
+class JsonlSink(_FileSink):
     """One line of JSON per frame or event, flushed as it is written, appended to what
     the file holds.
 
@@ -133,10 +143,6 @@ class JsonlSink(Sink):
         self.room = _Room(ctx.name, self.retry_s)
         self._open()
 
-    @property
-    def unwritten(self) -> int:
-        return self.room.unwritten
-
     def _open(self) -> None:
         p = Path(self.path)
         try:
@@ -167,17 +173,16 @@ class JsonlSink(Sink):
             return
         line = json.dumps(to_message(frame, time.time()), separators=(",", ":")) + "\n"
         data = line.encode()
-        start = self.file.tell()
+        done = 0
         try:
-            done = 0
             while done < len(data):
                 done += self.file.write(data[done:])
         except OSError as exc:
             if not self.room.failed(exc, self.path):
                 raise
-            if done:
+            if done:  # cut the part that went out: the file holds whole lines only
                 try:
-                    os.ftruncate(self.file.fileno(), start)
+                    os.ftruncate(self.file.fileno(), self.file.tell() - done)
                 except OSError:
                     pass
             return
@@ -348,7 +353,7 @@ class ZmqSink(Sink):
 
 
 @register("sink.video")
-class VideoSink(Sink):
+class VideoSink(_FileSink):
     """Writes frames to MP4 files (H.264 through PyAV), one file per stream.
 
     With several streams, ``{stream}`` in the path names each file; without it the stream
@@ -507,10 +512,6 @@ class VideoSink(Sink):
                 log.info("sink %s: removed %s (keep %d)", self.ctx.name, old, self.keep)
             except OSError as exc:
                 log.warning("sink %s: cannot remove %s: %s", self.ctx.name, old, exc.strerror)
-
-    @property
-    def unwritten(self) -> int:
-        return self.room.unwritten if hasattr(self, "room") else 0
 
     def write(self, frame: Frame) -> None:
         if frame.event is not None or frame.image is None:

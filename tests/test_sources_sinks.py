@@ -367,6 +367,30 @@ def test_a_full_disk_does_not_stop_the_pipeline(tmp_path, posegraph):
     assert len(read_jsonl(tmp_path / "ok.jsonl")) == 61
 
 
+def test_jsonl_sink_at_its_size_limit_keeps_whole_lines_and_counts_the_rest(tmp_path):
+    """The file may grow to 5000 bytes (ulimit -f): the line that crosses the limit goes out
+    in part and is cut off again, so every line in the file parses; every message is in
+    the file or counted as dropped."""
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 32, "height": 32, "fps": 50, "frames": 60, "realtime": True},
+            },
+            {"name": "out", "type": "sink.jsonl", "from": "cam", "with": {"path": "out.jsonl"}},
+        ],
+        runtime={"shm": False},
+    )
+    code, stdout, stderr = _run_with_file_size_limit(tmp_path, 5000)
+    assert code == 0, stderr
+    text = (tmp_path / "out.jsonl").read_text()
+    lines = [json.loads(line) for line in text.splitlines()]  # whole lines only
+    assert text.endswith("\n") and 0 < len(lines) < 61
+    assert len(lines) + _dropped_at(stdout, "out") == 61  # 60 frames and eos
+
+
 def test_video_sink_with_no_room_starts_a_new_file_when_it_can(tmp_path):
     """Each file may grow to 60 kB only: the sink's file fills, the frames it could not
     write are counted, and after retry_s it goes on in a new file; every file plays, and

@@ -29,7 +29,7 @@ import socket
 import time
 from typing import Any
 
-from posegraph.runtime.plan import Plan
+from posegraph.runtime.plan import Plan, free_port
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +53,6 @@ def _ray():
     return ray
 
 
-def _free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
-
-
 class GroupHost:
     """The Ray actor on a placed group's host: runs its worker process, one at a time."""
 
@@ -73,7 +67,7 @@ class GroupHost:
             "ip": ip,
             "host": socket.gethostname(),
             "node": ray.get_runtime_context().get_node_id(),
-            "ports": [_free_port(ip) for _ in range(ports)],
+            "ports": [free_port(ip) for _ in range(ports)],
         }
 
     def run(self, plan: Plan, group: str, resume: dict[str, int], log_level: int) -> int:
@@ -211,14 +205,14 @@ class Cluster:
         for group, insts in plan.groups.items():
             where = self.placement.get(group)
             ip = where["ip"] if where else here
-            ports = where.pop("ports") if where else [_free_port(here) for _ in insts]
+            ports = where.pop("ports") if where else [free_port(here) for _ in insts]
             for inst, port in zip(insts, ports, strict=True):
                 moved[inst.address] = f"tcp://{ip}:{port}"
                 inst.address = moved[inst.address]
         for inst in plan.instances():
             for out in inst.outputs:
                 out.targets = [(g, moved[a]) for g, a in out.targets]
-        plan.control = f"tcp://{here}:{_free_port(here)}"
+        plan.control = f"tcp://{here}:{free_port(here)}"
         for group, where in self.placement.items():
             log.info(
                 "process %s placed on %s (%s, Ray node %s)",

@@ -96,7 +96,8 @@ def in_flight_of(type_name: str, streams: int, option: int | None) -> int:
     return max(1, min(MAX_IN_FLIGHT, option if option is not None else streams))
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
+    """A tcp port free on ``host`` now (the OS's pick)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -121,7 +122,7 @@ def build_plan(graph: Graph, executor: str, max_frames: int | None = None) -> Pl
 
     def address(node: str, replica: int) -> str:
         if tcp:
-            return f"tcp://{opts.host}:{_free_port(opts.host)}"
+            return f"tcp://{opts.host}:{free_port(opts.host)}"
         return f"ipc://{rundir}/{node}.{replica}"
 
     streams: dict[str, set[str]] = {}
@@ -211,9 +212,7 @@ def build_plan(graph: Graph, executor: str, max_frames: int | None = None) -> Pl
         shm=opts.shm and not tcp and executor != "inproc",
         placement=placement,
     )
-    plan.control = (
-        f"tcp://127.0.0.1:{_free_port('127.0.0.1')}" if tcp else f"ipc://{rundir}/control"
-    )
+    plan.control = f"tcp://127.0.0.1:{free_port('127.0.0.1')}" if tcp else f"ipc://{rundir}/control"
     if tcp and opts.curve and executor != "inproc":
         plan.curve = RunKeys.generate()
     return plan
