@@ -107,6 +107,9 @@ class RuntimeOptions:
     # a node process whose node has been in one call (or that has sent no report) this
     # long is killed and restarted; 0 turns the watch off
     hang_timeout_s: float = 120.0
+    # a node process that has not set up its nodes (loaded its models) this long: the first
+    # time, the run stops with that error; after a restart, it is killed and restarted
+    setup_timeout_s: float = 600.0
     metrics_port: int | None = None  # Prometheus endpoint (and health checks), off when None
     metrics_host: str = "127.0.0.1"  # the address it listens on (0.0.0.0 in a container)
     reorder_timeout_s: float = 2.0

@@ -169,6 +169,7 @@ def test_runtime_options_are_checked(tmp_path):
           shm_slots: 16
           metrics_port: 70000
           metrics_host: ""
+          setup_timeout_s: "10 min"
         nodes:
           - name: cam
             type: source.synthetic
@@ -182,6 +183,7 @@ def test_runtime_options_are_checked(tmp_path):
     assert "p.yaml:8:" in found and "hang_timeout_s must be a number of seconds >= 0" in found
     assert "p.yaml:9:" in found and "max_restarts must be a whole number >= 0, got 2.5" in found
     assert "p.yaml:10:" in found and "drain_timeout_s must be a positive number" in found
+    assert "p.yaml:14:" in found and "setup_timeout_s must be a number of seconds >= 0" in found
     assert "shm_slots" not in found
     assert "p.yaml:12:" in found and "metrics_port must be a port number (1-65535)" in found
     assert "p.yaml:13:" in found and "metrics_host must be an address to listen on" in found

@@ -495,6 +495,62 @@ def test_a_stuck_node_is_killed_and_restarted(tmp_path, posegraph, spin):
     assert json.loads(stdout.splitlines()[-1])["restarts"] == 1
 
 
+def test_a_process_that_never_sets_up_stops_the_run_with_one_line(tmp_path, posegraph):
+    hang = tmp_path / "hang"
+    hang.touch()
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {"name": "cam", "type": "source.synthetic", "with": {"width": 32, "height": 32}},
+            {
+                "name": "load",
+                "type": "tests.helpers.custom_nodes:SetupHang",
+                "from": "cam",
+                "with": {"hang": str(hang)},
+            },
+            {"name": "n", "type": "sink.null", "from": "load"},
+        ],
+        runtime={"setup_timeout_s": 2},
+    )
+    code, _, stderr = posegraph("run", "p.yaml", env={"PYTHONPATH": str(ROOT)}).wait(30)
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1, stderr
+    why = "process 'load' (nodes load) did not set up within 2 s (runtime setup_timeout_s)"
+    assert why in lines[0], lines
+    # the posegraph fixture checks that no process of the run is left
+
+
+def test_a_restart_that_never_sets_up_is_killed_and_restarted(tmp_path, posegraph):
+    """A process that died and, restarted, hangs in set-up is killed after setup_timeout_s
+    and restarted again; the stream goes on, every frame delivered or counted."""
+    out = tmp_path / "out.jsonl"
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 32, "height": 32, "fps": 25, "frames": 150, "realtime": True},
+            },
+            {
+                "name": "stuck",
+                "type": "tests.helpers.custom_nodes:SetupHang",
+                "from": "cam",
+                "with": {"hang": str(tmp_path / "hang"), "crash_at": 10},
+            },
+            {"name": "out", "type": "sink.jsonl", "from": "stuck", "with": {"path": str(out)}},
+        ],
+        runtime={"setup_timeout_s": 2},
+    )
+    run = posegraph("run", "p.yaml", "--json", env={"PYTHONPATH": str(ROOT)})
+    code, stdout, stderr = run.wait()
+    assert code == 0, stderr
+    assert "process stuck (nodes stuck) is stuck: it has not set up in " in stderr, stderr
+    assert "(runtime setup_timeout_s: 2); killing it" in stderr
+    check_resumed_after_a_gap(out)
+    assert json.loads(stdout.splitlines()[-1])["restarts"] == 2
+
+
 def test_a_node_that_keeps_dying_stops_the_pipeline_with_its_error(tmp_path, posegraph):
     write_pipeline(
         tmp_path / "p.yaml",

@@ -14,7 +14,9 @@ nodes (``process``, an event) has not returned for ``hang_timeout_s``, or the pr
 has sent no report for that long (a node holding the interpreter's lock in a C call
 starves the thread that reports), it is killed and restarted like any other failure.
 Sources are not watched this way: waiting for a camera is their work, and they watch
-their own input (RTSP's ``stall_timeout``).
+their own input (RTSP's ``stall_timeout``). Set-up has a limit of its own,
+``setup_timeout_s``: a process that has not set up its nodes in that time stops the run
+(at the start) or is killed and restarted (after a restart).
 """
 
 from __future__ import annotations
@@ -365,9 +367,24 @@ class Supervisor:
                 self._spawn(p)
             return
         if proc.is_alive() or proc.exitcode is None:
-            limit = self.plan.options.hang_timeout_s
+            opts = self.plan.options
+            limit = opts.hang_timeout_s
             if limit and p.state == "running" and now - p.last_report > limit:
                 self._kill_stuck(p, f"it has sent no report for {now - p.last_report:.0f} s")
+            setting_up = now - p.started[-1]
+            if opts.setup_timeout_s and p.state == "starting" and setting_up > opts.setup_timeout_s:
+                if self.metrics.running:
+                    # a restart that does not come back: killed and restarted as a failure
+                    self._kill_stuck(
+                        p, f"it has not set up in {setting_up:.0f} s", "setup_timeout_s"
+                    )
+                elif not self.error:
+                    self.error = (
+                        f"process {p.group!r} (nodes {', '.join(p.nodes)}) did not set up "
+                        f"within {opts.setup_timeout_s:g} s (runtime setup_timeout_s): a "
+                        "model or device that never answers? Raise setup_timeout_s if "
+                        "loading takes longer"
+                    )
             return
         if p.state == "done":
             return
@@ -403,18 +420,19 @@ class Supervisor:
         p.last_error = ""
         p.restart_at = now + delay
 
-    def _kill_stuck(self, p: _Proc, why: str) -> None:
+    def _kill_stuck(self, p: _Proc, why: str, option: str = "hang_timeout_s") -> None:
         """Kill a worker that is alive but stuck; ``_check`` restarts it as a failure."""
         if p.killed or self.stop_requested.is_set():
             return  # a drain has drain_timeout_s for a process that does not end
         p.killed = True
         p.last_error = f"killed as stuck ({why})"
         log.error(
-            "process %s (nodes %s) is stuck: %s (runtime hang_timeout_s: %g); killing it",
+            "process %s (nodes %s) is stuck: %s (runtime %s: %g); killing it",
             p.group,
             ", ".join(p.nodes),
             why,
-            self.plan.options.hang_timeout_s,
+            option,
+            getattr(self.plan.options, option),
         )
         p.process.kill()
 

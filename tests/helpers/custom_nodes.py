@@ -67,6 +67,36 @@ class SlowSetup(Node):
         return frame
 
 
+class SetupHang(Node):
+    """Never finishes setting up (a model load or a device that never answers) while
+    ``hang`` exists; ``crash_at``: on a start with no ``hang`` file, makes it and ends the
+    process at that frame, so the restart is the one that hangs."""
+
+    def __init__(self, hang: str, crash_at: int | None = None):
+        self.hang = hang
+        self.crash_at = crash_at
+
+    def setup(self, ctx) -> None:
+        import os
+        import time
+
+        super().setup(ctx)
+        if os.path.exists(self.hang) and os.path.getsize(self.hang) == 0:
+            with open(self.hang, "w") as f:
+                f.write("hung once")  # the next start sets up
+            while True:
+                time.sleep(1.0)
+
+    def process(self, frame: Frame) -> Frame:
+        import os
+
+        if self.crash_at is not None and frame.index >= self.crash_at:
+            if not os.path.exists(self.hang):
+                open(self.hang, "w").close()
+                os._exit(1)
+        return frame
+
+
 class Refuse(Node):
     """Cannot work with the frames it is given: raises NodeError at the first one."""
 
