@@ -4,4 +4,16 @@ Importing this package registers every built-in node type; it does not import to
 onnxruntime (model nodes import them when they start).
 """
 
-from nodes import crop, decoders, detectors, overlay, pose, services, sinks, sources, trackers, util  # noqa: F401 - imported to register the node types
+from nodes import (  # noqa: F401 - imported to register the node types
+    crop,
+    decoders,
+    detectors,
+    live,
+    overlay,
+    pose,
+    services,
+    sinks,
+    sources,
+    trackers,
+    util,
+)
