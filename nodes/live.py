@@ -9,7 +9,10 @@
 - ``/streams``: JSON, each stream's state, newest index and size, and its viewers with
   the frames each was sent and skipped.
 
-Put it after ``overlay.skeleton`` to watch the keypoints. It never holds the pipeline up:
+With ``draw`` it draws the boxes, skeletons and track ids itself (as ``overlay.skeleton``
+does, with its settings when ``draw`` is a mapping of them), only on the pictures it
+sends: put it after the tracker, and nothing is drawn while nobody watches. It never holds
+the pipeline up:
 ``write`` keeps a copy of each stream's newest image and returns, and each viewer's
 thread encodes the newest image when it is ready for the next one. A viewer slower than
 the stream (a slow link) skips frames, counted for that viewer in ``/streams`` and in the
@@ -22,6 +25,7 @@ from __future__ import annotations
 import base64
 import hmac
 import http.server
+import inspect
 import ipaddress
 import json
 import logging
@@ -83,7 +87,7 @@ class _Viewer:
 class _Live:
     """One stream as the view holds it: its newest image and who watches it."""
 
-    image: np.ndarray | None = None
+    frame: Frame | None = None  # the newest, its image a copy
     index: int = -1
     seq: int = 0  # images received
     state: str = "up"  # up, down (its source reconnects), ended
@@ -100,6 +104,7 @@ class MjpegSink(Sink):
     ``host``/``port``: where it listens (127.0.0.1 by default: this host only; 0.0.0.0 for
     others, then with ``user`` and ``password``, HTTP basic authentication). ``quality``:
     JPEG quality 1-100. ``width``: scale pictures down to this width (aspect kept).
+    ``draw``: draw the poses on the pictures (true, or ``overlay.skeleton``'s settings).
     ``max_fps``: at most this many pictures a second to each viewer (None: every frame
     it can take). ``max_viewers``: viewers at once, beyond which a viewer gets 503.
     """
@@ -115,6 +120,7 @@ class MjpegSink(Sink):
         user: str | None = None,
         password: str | None = None,
         client_timeout_s: float = 10.0,
+        draw: bool | dict = False,
     ):
         self.port = port
         self.host = host
@@ -125,6 +131,9 @@ class MjpegSink(Sink):
         self.user = user
         self.password = password
         self.client_timeout_s = client_timeout_s
+        self.draw = draw
+        self.overlay = None
+        self.draw_failed = False
         self.streams: dict[str, _Live] = {}
         self.changed = threading.Condition()
         self.closing = False
@@ -140,6 +149,8 @@ class MjpegSink(Sink):
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise NodeError(f"{key} {value} must be above 0")
+        if self.draw is not False:
+            self.overlay = self._overlay(ctx)
         if (self.user is None) != (self.password is None):
             raise NodeError("give user and password together (HTTP basic authentication)")
         if self.password is None and not _loopback(self.host):
@@ -167,6 +178,25 @@ class MjpegSink(Sink):
         ).start()
         log.info("sink %s: live view at http://%s:%d/", ctx.name, self.host, self.port)
 
+    def _overlay(self, ctx):
+        from nodes.overlay import SkeletonOverlay
+
+        settings = {} if self.draw is True else self.draw
+        if not isinstance(settings, dict):
+            raise NodeError(
+                f"draw must be true, false or overlay.skeleton's settings, got {self.draw!r}"
+            )
+        try:
+            overlay = SkeletonOverlay(**settings)
+        except TypeError:
+            known = ", ".join(inspect.signature(SkeletonOverlay).parameters)
+            unknown = ", ".join(sorted(set(settings) - set(known.split(", "))))
+            raise NodeError(
+                f"draw: unknown setting(s) {unknown}; overlay.skeleton's are: {known}"
+            ) from None
+        overlay.setup(ctx)
+        return overlay
+
     # ------------------------------------------------------------------ pipeline side
 
     def write(self, frame: Frame) -> None:
@@ -183,7 +213,7 @@ class MjpegSink(Sink):
             if frame.event is None and frame.image is not None:
                 # a copy: the frame's pixels (a shared-memory slot) go back to the
                 # pipeline when this returns
-                live.image = np.array(frame.image, copy=True)
+                live.frame = frame.replace(image=np.array(frame.image, copy=True))
                 live.index = frame.index
                 live.seq += 1
             self.changed.notify_all()
@@ -205,11 +235,19 @@ class MjpegSink(Sink):
 
         with live.encoding:
             with self.changed:
-                image, seq, index = live.image, live.seq, live.index
+                frame, seq, index = live.frame, live.seq, live.index
                 if live.jpeg_seq == seq and live.jpeg is not None:
                     return live.jpeg, seq, index
-            if image is None:
+            if frame is None:
                 return None
+            image = frame.image
+            if self.overlay is not None:
+                try:
+                    image = self.overlay.process(frame).image
+                except NodeError as exc:
+                    if not self.draw_failed:
+                        log.warning("sink %s: cannot draw the poses: %s", self.ctx.name, exc)
+                    self.draw_failed = True
             if self.width is not None and image.shape[1] != self.width:
                 h = max(1, round(image.shape[0] * self.width / image.shape[1]))
                 image = cv2.resize(image, (self.width, h), interpolation=cv2.INTER_AREA)
@@ -237,7 +275,7 @@ class MjpegSink(Sink):
                 name: {
                     "state": live.state,
                     "index": live.index,
-                    "size": None if live.image is None else list(live.image.shape[1::-1]),
+                    "size": None if live.frame is None else list(live.frame.image.shape[1::-1]),
                     "viewers": [
                         {
                             "address": v.address,

@@ -13,7 +13,7 @@ import urllib.request
 import cv2
 import numpy as np
 
-from tests.conftest import free_port, read_jsonl, wait_for, write_pipeline, write_video
+from tests.conftest import ROOT, free_port, read_jsonl, wait_for, write_pipeline, write_video
 
 
 def _get(url: str, auth: str | None = None) -> tuple[int, bytes, dict]:
@@ -204,3 +204,48 @@ def test_a_password_a_taken_port_and_bad_settings(tmp_path, posegraph):
     )
     code, _, stderr = posegraph("run", "r.yaml").wait()
     assert code == 2 and "quality 0 must be 1-100" in stderr, stderr
+
+
+def test_draw_puts_the_poses_on_the_pictures_only(tmp_path, posegraph):
+    """With draw, the pictures show the skeleton; the frames passed on are not drawn on."""
+    clip = write_video(tmp_path / "clip.mp4", frames=100, size=(160, 120))
+    port = free_port()
+    out = tmp_path / "out.jsonl"
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {"name": "cam", "type": "source.video", "with": {"uri": str(clip), "realtime": True}},
+            {"name": "pose", "type": "tests.helpers.custom_nodes:OnePose", "from": "cam"},
+            {
+                "name": "view",
+                "type": "sink.mjpeg",
+                "from": "pose",
+                "with": {"port": port, "quality": 95, "draw": {"radius": 4, "ids": False}},
+            },
+            {"name": "out", "type": "sink.jsonl", "from": "pose", "with": {"path": str(out)}},
+        ],
+    )
+    run = posegraph("run", "p.yaml", env={"PYTHONPATH": str(ROOT)})
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _streams(base).get("cam", {}).get("index", -1) >= 0, 30, "a frame")
+    code, body, _ = _get(base + "/snapshot/cam.jpg")
+    image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+    # the right shoulder's disc in the right side's blue (BGR 255, 128, 0) at (40, 60), the
+    # background (40, 40, 40) away from it
+    assert np.abs(image[60, 40].astype(int) - (255, 128, 0)).sum() < 60, image[60, 40]
+    assert np.abs(image[60, 50].astype(int) - 40).sum() < 30, image[60, 50]
+    code, _, stderr = run.wait()
+    assert code == 0, stderr
+    assert len(read_jsonl(out)) == 101  # 100 frames and eos: the sinks beside it untouched
+
+    write_pipeline(
+        tmp_path / "q.yaml",
+        [
+            {"name": "cam", "type": "source.video", "with": {"uri": str(clip)}},
+            {"name": "view", "type": "sink.mjpeg", "from": "cam", "with": {"draw": {"dots": 1}}},
+        ],
+    )
+    code, _, stderr = posegraph("run", "q.yaml").wait()
+    assert code == 2 and "draw: unknown setting(s) dots; overlay.skeleton's are: skeleton" in (
+        stderr
+    ), stderr

@@ -97,6 +97,34 @@ class SetupHang(Node):
         return frame
 
 
+class OnePose(Node):
+    """Gives each frame one coco17 person, track 7, whose only keypoint scoring above 0 is
+    the right shoulder at ``at``."""
+
+    def __init__(self, at: tuple[float, float] = (40.0, 60.0)):
+        self.at = at
+
+    def process(self, frame: Frame) -> Frame:
+        import numpy as np
+
+        from posegraph.packet import Poses
+
+        keypoints = np.zeros((1, 17, 2), np.float32)
+        scores = np.zeros((1, 17), np.float32)
+        keypoints[0, 6], scores[0, 6] = self.at, 1.0
+        x, y = self.at
+        return frame.replace(
+            poses=Poses(
+                keypoints=keypoints,
+                scores=scores,
+                boxes=np.array([[x - 20, y - 30, x + 20, y + 30]], np.float32),
+                instance_scores=np.ones(1, np.float32),
+                track_ids=np.array([7]),
+                skeleton="coco17",
+            )
+        )
+
+
 class Refuse(Node):
     """Cannot work with the frames it is given: raises NodeError at the first one."""
 
