@@ -572,6 +572,56 @@ def test_a_node_that_keeps_dying_stops_the_pipeline_with_its_error(tmp_path, pos
     assert "exit status 1" in lines[0]
 
 
+def _run_with_small_dev_shm(tmp_path: Path, mb: int) -> subprocess.CompletedProcess:
+    """``posegraph run p.yaml --json`` with a /dev/shm of ``mb`` MB of its own (a mount
+    namespace: Docker gives containers 64 MB)."""
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("mounting a small /dev/shm needs root (unshare -m): " + probe.stderr.decode())
+    script = (
+        f"mount -t tmpfs -o size={mb}m tmpfs /dev/shm && "
+        f"exec {sys.executable} -m posegraph.cli run p.yaml --json"
+    )
+    return subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("mb", [40, 4])
+def test_a_small_dev_shm_gives_smaller_pools_or_inline_images(tmp_path, mb):
+    """1280x720 frames need 84 MB for a pool of 32 slots: with 40 MB the pool takes the
+    slots half of it holds, with 4 MB none, and the images go inline; either way with one
+    warning, every frame delivered, and no process killed by SIGBUS (as when a write into
+    a segment finds /dev/shm full)."""
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 1280, "height": 720, "fps": 25, "frames": 200},
+            },
+            {"name": "pass", "type": "util.passthrough", "from": "cam"},
+            {"name": "out", "type": "sink.null", "from": "pass"},
+        ],
+    )
+    done = _run_with_small_dev_shm(tmp_path, mb)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "frame plane (cam)" in line]
+    assert len(warnings) == 1, done.stderr
+    assert f"/dev/shm has {mb} MB free; 32 slots of 2.6 MB need 84 MB: " in warnings[0]
+    if mb == 40:
+        assert "using 7 slots" in warnings[0]
+    else:
+        assert "images go inline over the sockets" in warnings[0]
+    summary = json.loads(done.stdout.splitlines()[-1])
+    assert (summary["delivered"], summary["lost"], summary["restarts"]) == (200, 0, 0), summary
+
+
 @pytest.mark.exclusive  # every run removes such segments: no other test may run meanwhile
 def test_segments_left_by_a_killed_run_are_removed_by_the_next(tmp_path, posegraph):
     from multiprocessing import resource_tracker, shared_memory

@@ -28,6 +28,7 @@ the event is counted.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 
 _ALIGN = 64
 SHM_DIR = "/dev/shm"
+#: the fewest slots a pool is made with when /dev/shm is short of room
+MIN_SLOTS = 4
+#: how long a process whose pool found no room sends images inline before trying again
+NO_ROOM_RETRY_S = 30.0
 
 
 _TRACKER_LOCK = threading.Lock()
@@ -73,6 +78,32 @@ def _open(name: str, create: bool = False, size: int = 0) -> shared_memory.Share
             return shared_memory.SharedMemory(name=name, create=create, size=size)
         finally:
             resource_tracker.register = register
+
+
+def _shm_free() -> int | None:
+    """Bytes free in /dev/shm, or None if it cannot be told."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _reserve(name: str, size: int) -> bool:
+    """Allocate every page of a new segment now; False when /dev/shm has no room for it."""
+    try:
+        fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
+    except OSError:
+        return True  # not a file under /dev/shm here: nothing to reserve through
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+            return False
+        return True  # no fallocate on this filesystem: pages come as they are written
+    finally:
+        os.close(fd)
+    return True
 
 
 def _layout(slots: int, rows: int) -> tuple[int, int, int, int, int]:
@@ -187,6 +218,7 @@ class FramePlane:
         self.fallbacks = 0
         self.reclaimed = 0
         self._serial = 0
+        self._no_room_until = 0.0
 
     # ------------------------------------------------------------------ writer
 
@@ -203,7 +235,14 @@ class FramePlane:
         with self._lock:
             pool = next((p for p in self._own if p.segment.slot_bytes >= nbytes), None)
             if pool is None:
+                if time.monotonic() < self._no_room_until:
+                    self.fallbacks += 1
+                    return None
                 pool = self._create(nbytes)
+                if pool is None:
+                    self._no_room_until = time.monotonic() + NO_ROOM_RETRY_S
+                    self.fallbacks += 1
+                    return None
             seg, written_at = pool.segment, pool.written_at
             pool.watch(time.monotonic())
             slot = self._free_slot(pool)
@@ -226,15 +265,39 @@ class FramePlane:
         view.flags.writeable = False
         return ref, view
 
-    def _create(self, nbytes: int) -> _Owned:
-        self._serial += 1
-        # the pid keeps the name unique when a restarted process makes its pools again
-        name = f"pg-{self.run_id}-{self.owner}-{os.getpid()}-{self._serial}"
+    def _create(self, nbytes: int) -> _Owned | None:
+        """A new own pool for images of ``nbytes``, its memory reserved now; None when
+        ``/dev/shm`` has no room for even ``MIN_SLOTS`` of them (or ``slots``, if fewer).
+
+        The pages are reserved up front (``posix_fallocate``): a segment is sparse until
+        written, and a write into a page that a full ``/dev/shm`` cannot supply kills the
+        writer with SIGBUS. With less room than ``slots`` need (Docker gives containers
+        64 MB), the pool takes as many slots as half the free room holds, leaving room for
+        the run's other pools.
+        """
         slot_bytes = (nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
-        total = _layout(self.slots, self.rows)[-1] + slot_bytes * self.slots
-        shm = _open(name, create=True, size=total)
+        slots = self.slots
+        free = _shm_free()
+        if free is not None:
+            slots = min(slots, free // 2 // slot_bytes)
+        while slots >= min(MIN_SLOTS, self.slots):
+            self._serial += 1
+            # the pid keeps the name unique when a restarted process makes its pools again
+            name = f"pg-{self.run_id}-{self.owner}-{os.getpid()}-{self._serial}"
+            total = _layout(slots, self.rows)[-1] + slot_bytes * slots
+            shm = _open(name, create=True, size=total)
+            if _reserve(name, total):
+                break
+            shm.close()
+            shm.unlink()
+            slots //= 2
+        else:
+            self._warn_room(slot_bytes, free, 0)
+            return None
+        if slots < self.slots:
+            self._warn_room(slot_bytes, free, slots)
         header = np.ndarray((4,), np.uint64, shm.buf, 0)
-        header[:] = (self.slots, self.rows, slot_bytes, 0)
+        header[:] = (slots, self.rows, slot_bytes, 0)
         del header
         seg = _Segment(shm)
         seg.generation[:] = 0
@@ -243,10 +306,32 @@ class FramePlane:
         seg.acquired[:] = 0
         seg.released[:] = 0
         self._mapped[name] = seg
-        entry = _Owned(seg, np.zeros(self.slots))
+        entry = _Owned(seg, np.zeros(slots))
         self._own.append(entry)
-        log.debug("frame plane: pool %s, %d slots of %d bytes", name, self.slots, slot_bytes)
+        log.debug("frame plane: pool %s, %d slots of %d bytes", name, slots, slot_bytes)
         return entry
+
+    def _warn_room(self, slot_bytes: int, free: int | None, slots: int) -> None:
+        mb = 1 << 20
+        room = "too little room" if free is None else f"{free / mb:.0f} MB free"
+        what = (
+            f"using {slots} slots (images go inline when every slot is in use)"
+            if slots
+            else f"images go inline over the sockets (slower); trying again every "
+            f"{NO_ROOM_RETRY_S:.0f} s"
+        )
+        log.warning(
+            "frame plane (%s): %s has %s; %d slots of %.1f MB need %.0f MB: %s. Give this "
+            "host more shared memory (docker run --shm-size=1g; Kubernetes: an emptyDir "
+            "with medium: Memory on /dev/shm) or lower the runtime option shm_slots",
+            self.owner,
+            SHM_DIR,
+            room,
+            self.slots,
+            slot_bytes / mb,
+            self.slots * slot_bytes / mb,
+            what,
+        )
 
     def _free_slot(self, pool: _Owned) -> int | None:
         seg, written_at = pool.segment, pool.written_at

@@ -155,6 +155,18 @@ def worker_main(plan: Plan, group: str, resume: dict[str, int], log_level: int) 
 # -------------------------------------------------------------- supervisor side
 
 
+def _signal_text(number: int) -> str:
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        return f"killed by signal {number}"
+    hint = {
+        "SIGBUS": ": a write into memory that could not be supplied, such as a full /dev/shm",
+        "SIGKILL": ": by a person or the kernel (out of memory? see dmesg)",
+    }.get(name, "")
+    return f"killed by signal {number} ({name}{hint})"
+
+
 @dataclass
 class _Proc:
     group: str
@@ -396,7 +408,7 @@ class Supervisor:
                 self.error = f"process {p.group!r} (nodes {', '.join(p.nodes)}) could not set up"
             return
         code = proc.exitcode
-        why = p.last_error or (f"killed by signal {-code}" if code < 0 else f"exit status {code}")
+        why = p.last_error or (_signal_text(-code) if code < 0 else f"exit status {code}")
         # Only failures within the restart window count: a pipeline that runs for months
         # may lose a process now and then without ever being stopped for it.
         window = self.plan.options.restart_window_s
