@@ -371,6 +371,8 @@ class VideoSink(_FileSink):
       fragment when the process is killed or the host loses power.
     - A file that exists is never written over: the new one gets ``-1``, ``-2``... before
       the suffix (after a restart of the sink's process, say).
+    - A stream whose picture changes size (a camera set to another resolution) ends its
+      file and goes on in a new one, neither squeezed nor cut.
     - A disk with no room does not stop the pipeline: the file being written is closed
       (playable up to its last fragment), the frames are counted as the sink's dropped
       frames (with those the encoder held), and every ``retry_s`` it tries again with a
@@ -526,6 +528,22 @@ class VideoSink(_FileSink):
                     self.outputs.pop(frame.stream)
                     rec.close()
                     rec = None
+            if rec is not None and not rec.fits(frame.image):
+                # a camera set to another resolution: neither squeezed nor cut, a new file
+                log.warning(
+                    "sink %s: stream %s changed size from %dx%d to %dx%d; %s ends, a new "
+                    "file begins",
+                    self.ctx.name,
+                    frame.stream,
+                    rec.stream.width,
+                    rec.stream.height,
+                    frame.image.shape[1],
+                    frame.image.shape[0],
+                    rec.path,
+                )
+                self.outputs.pop(frame.stream)
+                rec.close()
+                rec = None
             if rec is None:
                 rec = self._open(frame)
             given = True
@@ -562,6 +580,11 @@ class _Recording:
     frames: int = 0  # given to the encoder
     muxed: int = 0  # packets handed to the container
     safe: int = 0  # frames known to be in the file
+
+    def fits(self, image) -> bool:
+        """Whether ``image`` has this file's size (odd sizes lose their last row or column)."""
+        h, w = image.shape[:2]
+        return (w - w % 2, h - h % 2) == (self.stream.width, self.stream.height)
 
     def encode(self, image) -> None:
         import av

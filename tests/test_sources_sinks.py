@@ -261,6 +261,31 @@ def test_video_sink_segments_and_keeps_the_newest(tmp_path):
     assert [_decoded(f) for f in files] == [25, 25, 25]
 
 
+def test_video_sink_starts_a_new_file_when_the_picture_changes_size(tmp_path, caplog):
+    """A camera set to another resolution mid-stream: its frames go to a new file at
+    their own size (they were squeezed into the first file's size, or cut to it)."""
+    import cv2
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(40):
+        w, h = (320, 240) if i < 20 else (640, 360)
+        cv2.imwrite(str(folder / f"{i:03d}.png"), np.full((h, w, 3), 6 * i, np.uint8))
+    g = Graph("resize")
+    cam = g.add("cam", "source.images", path=str(folder))
+    g.add("rec", "sink.video", cam, path=str(tmp_path / "out/rec.mp4"))
+    g.run(executor="inproc")
+    import av
+
+    sizes = {}
+    for name in ("rec.mp4", "rec-1.mp4"):
+        with av.open(str(tmp_path / "out" / name)) as c:
+            frames = list(c.decode(video=0))
+            sizes[name] = (len(frames), frames[-1].width, frames[-1].height)
+    assert sizes == {"rec.mp4": (20, 320, 240), "rec-1.mp4": (20, 640, 360)}
+    assert "stream cam changed size from 320x240 to 640x360" in caplog.text
+
+
 def test_video_sink_survives_a_kill_without_losing_or_overwriting(tmp_path, posegraph):
     """The sink's process is killed mid-recording: the file it was writing is still
     playable up to its last fragment, and the restarted sink writes a new file beside it
