@@ -120,10 +120,14 @@ def build_plan(graph: Graph, executor: str, max_frames: int | None = None) -> Pl
     rundir = rundir_of(run_id)
     tcp = opts.transport == "tcp"
 
+    numbers = {name: i for i, name in enumerate(graph.nodes)}
+
     def address(node: str, replica: int) -> str:
         if tcp:
             return f"tcp://{opts.host}:{free_port(opts.host)}"
-        return f"ipc://{rundir}/{node}.{replica}"
+        # a socket's path has room for 107 bytes: a node's number, and enough of its name
+        # to tell which node it is
+        return f"ipc://{rundir}/{numbers[node]}-{node[:32]}.{replica}"
 
     streams: dict[str, set[str]] = {}
     for name in graph.order():

@@ -30,6 +30,7 @@ import shutil
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -99,6 +100,11 @@ def worker_main(plan: Plan, group: str, resume: dict[str, int], log_level: int) 
             worker.connect()
         except FatalNodeError as exc:
             send("fatal", error=str(exc), node=exc.node)
+            code = 3
+            return
+        except Exception as exc:  # noqa: BLE001 - the run stops with it, as for a node's
+            log.error("process %s could not set up:\n%s", group, traceback.format_exc())
+            send("fatal", error=f"process {group!r} could not set up: {type(exc).__name__}: {exc}")
             code = 3
             return
         send("ready")

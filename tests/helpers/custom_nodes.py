@@ -67,6 +67,13 @@ class SlowSetup(Node):
         return frame
 
 
+class SetupRaises(Node):
+    """Fails to set up with an error no node library anticipates."""
+
+    def setup(self, ctx) -> None:
+        raise RuntimeError("the device is on fire")
+
+
 class SetupHang(Node):
     """Never finishes setting up (a model load or a device that never answers) while
     ``hang`` exists; ``crash_at``: on a start with no ``hang`` file, makes it and ends the
