@@ -7,7 +7,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -61,6 +61,24 @@ def to_bgr(vf, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
+#: clockwise quarter turns -> OpenCV's rotation
+_TURNS = {1: cv2.ROTATE_90_CLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_COUNTERCLOCKWISE}
+
+
+def upright(vf, buffer: Callable[[tuple[int, ...]], np.ndarray]) -> np.ndarray:
+    """A decoded PyAV frame as BGR pixels the right way up, in ``buffer(shape)``.
+
+    Phones record sideways and store how to turn the picture (a display matrix): it is
+    applied, as players and OpenCV do, so people stand up for the detector and pose model.
+    """
+    # the matrix's angle turns the picture counter-clockwise
+    turn = round(-float(getattr(vf, "rotation", 0) or 0) / 90) % 4
+    if turn == 0:
+        return to_bgr(vf, buffer((vf.height, vf.width, 3)))
+    shape = (vf.height, vf.width, 3) if turn == 2 else (vf.width, vf.height, 3)
+    return cv2.rotate(to_bgr(vf), _TURNS[turn], dst=buffer(shape))
+
+
 class _Pacer:
     """Holds frames back to their media time when ``realtime`` is on."""
 
@@ -86,7 +104,8 @@ class VideoSource(Source):
     """A video file (any container and codec ffmpeg reads), decoded with PyAV.
 
     ``realtime`` paces frames at the file's own rate, ``loop`` starts again at the end
-    (indices go on, pts go on by the clip's length), ``start`` and ``end`` are seconds.
+    (indices go on, pts go on by the clip's length), ``start`` and ``end`` are seconds. A
+    clip recorded sideways with a rotation flag (phones) comes out the right way up.
     """
 
     def __init__(
@@ -195,8 +214,7 @@ class VideoSource(Source):
                         pts = t + offset
                         if pacer.wait(pts):
                             return
-                        image = to_bgr(vf, self.image_buffer((vf.height, vf.width, 3)))
-                        yield self.frame(image, pts)
+                        yield self.frame(upright(vf, self.image_buffer), pts)
                     else:
                         continue
                     break
@@ -280,8 +298,7 @@ class RtspSource(Source):
                         if self.ctx.stopping:
                             return
                         pts = float(vf.time) if vf.time is not None else time.monotonic() - t0
-                        image = to_bgr(vf, self.image_buffer((vf.height, vf.width, 3)))
-                        yield self.frame(image, pts)
+                        yield self.frame(upright(vf, self.image_buffer), pts)
                 reason = "the stream ended"
             except (av.error.FFmpegError, OSError, IndexError) as exc:
                 # FFmpeg's messages may quote the URL

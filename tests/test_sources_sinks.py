@@ -26,6 +26,7 @@ from tests.conftest import (
     wait_for,
     wait_for_metrics,
     write_pipeline,
+    write_video,
     write_zmq_pipeline,
 )
 
@@ -264,8 +265,6 @@ def test_video_sink_segments_and_keeps_the_newest(tmp_path):
 def test_video_sink_starts_a_new_file_when_the_picture_changes_size(tmp_path, caplog):
     """A camera set to another resolution mid-stream: its frames go to a new file at
     their own size (they were squeezed into the first file's size, or cut to it)."""
-    import cv2
-
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i in range(40):
@@ -284,6 +283,48 @@ def test_video_sink_starts_a_new_file_when_the_picture_changes_size(tmp_path, ca
             sizes[name] = (len(frames), frames[-1].width, frames[-1].height)
     assert sizes == {"rec.mp4": (20, 320, 240), "rec-1.mp4": (20, 640, 360)}
     assert "stream cam changed size from 320x240 to 640x360" in caplog.text
+
+
+def _flagged_as_turned(clip: Path, out: Path, quarter_turns_clockwise: int) -> Path:
+    """A copy of an MP4 whose track header's matrix says to show it turned (what phones
+    write), its pixels untouched."""
+    import struct
+
+    data = bytearray(clip.read_bytes())
+    tkhd = data.find(b"tkhd")
+    assert data[tkhd + 4] == 0, "a version-0 track header"
+    matrix = tkhd + 4 + 24 + 16  # version/flags, times, track, duration; layer, volume...
+    one, w = 1 << 16, 1 << 30
+    matrices = {
+        1: (0, one, 0, -one, 0, 0, 0, 0, w),
+        2: (-one, 0, 0, 0, -one, 0, 0, 0, w),
+        3: (0, -one, 0, one, 0, 0, 0, 0, w),
+    }
+    assert struct.unpack(">9i", data[matrix : matrix + 36]) == (one, 0, 0, 0, one, 0, 0, 0, w)
+    data[matrix : matrix + 36] = struct.pack(">9i", *matrices[quarter_turns_clockwise])
+    out.write_bytes(bytes(data))
+    return out
+
+
+@pytest.mark.parametrize("turns", [1, 2, 3])
+def test_video_source_turns_a_clip_flagged_as_sideways_upright(tmp_path, turns):
+    """A clip whose container says to show it turned comes out turned, as players and
+    OpenCV (which turns it on reading) show it."""
+    from nodes.sources import VideoSource
+    from posegraph.node import Context
+
+    clip = _flagged_as_turned(write_video(tmp_path / "c.mp4", frames=20), tmp_path / "t.mp4", turns)
+    source = VideoSource(str(clip))
+    source.setup(Context(name="cam"))
+    frames = [f for f in source.frames() if f.event is None]
+    cap = cv2.VideoCapture(str(clip))
+    assert cap.get(cv2.CAP_PROP_ORIENTATION_META) == 90 * turns  # OpenCV turns it too
+    assert len(frames) == 20
+    for frame in frames:
+        ok, reference = cap.read()
+        assert ok and frame.image.shape == reference.shape
+        assert frame.image.shape == ((120, 160, 3) if turns == 2 else (160, 120, 3))
+        assert np.abs(frame.image.astype(int) - reference.astype(int)).mean() < 2, frame.index
 
 
 def test_video_sink_survives_a_kill_without_losing_or_overwriting(tmp_path, posegraph):
