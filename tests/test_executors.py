@@ -529,6 +529,30 @@ def test_long_node_names(tmp_path, posegraph):
     assert json.loads(stdout.splitlines()[-1])["delivered"] == 20
 
 
+def test_a_stop_while_models_load_ends_the_run_at_once(tmp_path, posegraph):
+    """SIGINT while a node takes a minute to set up: nothing has flowed, so nothing is
+    drained, and the run ends without waiting for the set-up."""
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {"name": "cam", "type": "source.synthetic", "with": {"width": 32, "height": 32}},
+            {
+                "name": "model",
+                "type": "tests.helpers.custom_nodes:SlowSetup",
+                "from": "cam",
+                "with": {"seconds": 60},
+            },
+            {"name": "n", "type": "sink.null", "from": "model"},
+        ],
+    )
+    run = posegraph("run", "p.yaml", env={"PYTHONPATH": str(ROOT)})
+    wait_for(lambda: "pg:model" in run.workers(), 20, "the model's process")
+    run.signal(signal.SIGINT)
+    code, _, stderr = run.wait(15)
+    assert code == 0, stderr
+    assert "stopped while starting; ending every process" in stderr
+
+
 def test_a_process_that_never_sets_up_stops_the_run_with_one_line(tmp_path, posegraph):
     hang = tmp_path / "hang"
     hang.touch()

@@ -92,11 +92,14 @@ def worker_main(plan: Plan, group: str, resume: dict[str, int], log_level: int) 
         control.send(msgpack.packb({"t": kind, **body}, use_bin_type=True))
 
     worker = Worker(plan, group, resume)
-    signal.signal(signal.SIGTERM, lambda *_: worker.abort.set())
+    # while setting up, nothing has flowed and nothing is held: a stop ends the process
+    # at once (a model may take minutes to load); from then on it drains
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # noqa: SLF001
     code = 0
     try:
         try:
             worker.build()
+            signal.signal(signal.SIGTERM, lambda *_: worker.abort.set())
             worker.connect()
         except FatalNodeError as exc:
             send("fatal", error=str(exc), node=exc.node)
@@ -318,6 +321,11 @@ class Supervisor:
                 return
             if running and duration is not None and now - started_at >= duration:
                 self.stop_requested.set()
+            if self.stop_requested.is_set() and not running:
+                # no frame has flowed, so there is nothing to drain: a stop while models
+                # load ends every process now instead of after the slowest set-up
+                log.warning("stopped while starting; ending every process")
+                return
             if self.stop_requested.is_set() and stop_sent_at is None:
                 stop_sent_at = now
                 for g, p in self.procs.items():
