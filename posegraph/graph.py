@@ -10,6 +10,7 @@ Built from YAML by :mod:`posegraph.config` or in Python::
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import math
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from posegraph.node import (
 )
 
 POLICIES = ("block", "drop_oldest", "latest")
+
+
 DEFAULT_CAPACITY = 4
 
 
@@ -59,6 +62,21 @@ class GraphError(Exception):
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+def _type_path(cls: builtins.type) -> str:
+    """``module:Class`` for a class given to :meth:`Graph.add` (validation then checks
+    that it is a node class)."""
+    if "<locals>" in cls.__qualname__:
+        raise GraphError(
+            [
+                Problem(
+                    f"node class {cls.__qualname__} is defined inside a function: define it "
+                    "at the top level of a module, where node processes can import it"
+                )
+            ]
+        )
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 @dataclass
@@ -140,7 +158,7 @@ class Graph:
     def add(
         self,
         name: str,
-        type: str,
+        type: str | builtins.type,
         *inputs: str,
         process: str | None = None,
         replicas: int = 1,
@@ -148,7 +166,14 @@ class Graph:
         place: str | None = None,
         **params: Any,
     ) -> str:
-        """Add a node reading from ``inputs``; returns its name, to use as another's input."""
+        """Add a node reading from ``inputs``; returns its name, to use as another's input.
+
+        ``type`` is a registry name, a ``package.module:Class`` path, or a Node subclass
+        itself (defined at the top level of a module, the script's included: node
+        processes import it from there).
+        """
+        if isinstance(type, builtins.type):
+            type = _type_path(type)
         spec = NodeSpec(
             name=name,
             type=type,

@@ -958,3 +958,50 @@ def test_notifier_speaks_to_abstract_sockets_and_gives_up_on_a_missing_one(tmp_p
     gone.stopping()
     warnings = [r for r in caplog.records if "cannot notify systemd" in r.message]
     assert len(warnings) == 1 and not gone.enabled
+
+
+SCRIPT = """
+from posegraph import Frame, Graph, Node
+
+
+class EvenOnly(Node):
+    def process(self, frame: Frame) -> Frame | None:
+        return frame if frame.index % 2 == 0 else None
+
+
+if __name__ == "__main__":
+    g = Graph("script")
+    cam = g.add("cam", "source.synthetic", width=32, height=32, frames=20)
+    even = g.add("even", EvenOnly, cam)
+    g.add("out", "sink.jsonl", even, path="out.jsonl")
+    g.run(executor="procs")
+"""
+
+
+def test_a_node_class_of_the_script_itself_runs_in_node_processes(tmp_path):
+    """Graph.add takes a node class itself, even one defined in the script being run:
+    its process imports it from there."""
+    (tmp_path / "script.py").write_text(SCRIPT)
+    done = subprocess.run(
+        [sys.executable, "script.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    frames, events = frames_and_events(read_jsonl(tmp_path / "out.jsonl"))
+    assert [f["index"] for f in frames] == list(range(0, 20, 2))
+    assert events[-1]["event"] == "eos"
+
+
+def test_a_node_class_defined_in_a_function_is_refused_with_why():
+    from posegraph.graph import GraphError
+    from posegraph.node import Node
+
+    class Local(Node):
+        pass
+
+    with pytest.raises(GraphError, match="Local is defined inside a function: define it at the"):
+        Graph("g").add("n", Local)
