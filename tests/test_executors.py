@@ -686,13 +686,15 @@ def test_segments_left_by_a_killed_run_are_removed_by_the_next(tmp_path, posegra
 
     from posegraph.runtime.plan import rundir_of
 
-    stale = shared_memory.SharedMemory(name="pg-00dead00aa-cam-1-1", create=True, size=64)
-    resource_tracker.unregister(stale._name, "shared_memory")
-    stale.close()
-    # the folders of killed runs: one with a segment left, one without
+    # a process that has ended: the killed run's supervisor, and its segment's maker
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
     )
+    segment = f"pg-00dead00aa-cam-{gone.stdout.decode().strip()}-1"
+    stale = shared_memory.SharedMemory(name=segment, create=True, size=64)
+    resource_tracker.unregister(stale._name, "shared_memory")
+    stale.close()
+    # the folders of killed runs: one with a segment left, one without
     folders = [Path(rundir_of("00dead00aa")), Path(rundir_of("00dead00bb"))]
     for folder in folders:
         folder.mkdir(exist_ok=True)
@@ -710,7 +712,7 @@ def test_segments_left_by_a_killed_run_are_removed_by_the_next(tmp_path, posegra
     )
     code, _, stderr = posegraph("run", "p.yaml").wait()
     assert code == 0, stderr
-    assert "pg-00dead00aa-cam-1-1" not in os.listdir("/dev/shm")
+    assert segment not in os.listdir("/dev/shm")
     assert "removed 1 shared-memory segments left by runs that were killed" in stderr
     assert not any(folder.exists() for folder in folders)
 
@@ -1005,3 +1007,46 @@ def test_a_node_class_defined_in_a_function_is_refused_with_why():
 
     with pytest.raises(GraphError, match="Local is defined inside a function: define it at the"):
         Graph("g").add("n", Local)
+
+
+def test_a_long_run_keeps_its_folder_from_age_based_tmp_cleaning(tmp_path, monkeypatch):
+    """systemd-tmpfiles removes what in /tmp has not changed for its age (10 days on
+    Fedora and RHEL); the run's pid file gone, another run would take this run's shared
+    memory for a dead run's. The supervisor touches its folder: here every 0.5 s against
+    an age of 2 s."""
+    import glob
+    import shutil
+    import threading
+
+    import posegraph.runtime.supervisor as supervisor
+
+    tmpfiles = shutil.which("systemd-tmpfiles")
+    if tmpfiles is None:
+        pytest.skip("systemd-tmpfiles is not installed")
+    monkeypatch.setattr(supervisor, "FRESH_EVERY_S", 0.5)
+    conf = tmp_path / "posegraph.conf"
+    conf.write_text("e /tmp/posegraph-* - - - 2s\n")
+    before = set(glob.glob("/tmp/posegraph-*"))
+    g = Graph("fresh")
+    cam = g.add("cam", "source.synthetic", width=32, height=32, fps=25, realtime=True)
+    g.add("out", "sink.null", cam)
+    result = {}
+    run = threading.Thread(target=lambda: result.update(g.run(executor="procs", duration=6)))
+    run.start()
+    try:
+        mine = wait_for(
+            lambda: [
+                d
+                for d in set(glob.glob("/tmp/posegraph-*")) - before
+                if os.path.exists(f"{d}/supervisor.pid")
+                and open(f"{d}/supervisor.pid").read() == str(os.getpid())
+            ],
+            20,
+            "this run's folder",
+        )[0]
+        time.sleep(3.5)  # older than the age, but for the touching
+        subprocess.run([tmpfiles, "--clean", str(conf)], check=True, capture_output=True)
+        assert os.path.exists(f"{mine}/supervisor.pid"), os.listdir(mine)
+    finally:
+        run.join(30)
+    assert result["delivered"] > 0 and result["restarts"] == 0, result

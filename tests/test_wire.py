@@ -226,3 +226,24 @@ def test_pools_mapped_by_several_threads_leave_python_s_resource_tracker_quiet()
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["500"]
     assert done.stderr == "", done.stderr
+
+
+def test_segments_whose_maker_lives_are_not_reaped_without_a_pid_file():
+    """A run whose folder lost its pid file (cleaned out of /tmp by age) but whose
+    segment's maker is alive is not taken for a killed run."""
+    from posegraph.runtime.plan import rundir_of
+    from posegraph.runtime.shm import reap_stale
+
+    run = "00a11ve000"
+    plane = FramePlane(run, "cam-north", row=0, rows=1, slots=2)
+    try:
+        plane.put(np.zeros((4, 4, 3), np.uint8))
+        name = plane._own[0].segment.shm.name.lstrip("/")
+        assert name == f"pg-{run}-cam-north-{os.getpid()}-1"
+        assert not os.path.exists(rundir_of(run))
+        reap_stale(rundir_of)
+        assert name in os.listdir("/dev/shm")
+    finally:
+        plane.close()
+        unlink_run(run)
+    assert name not in os.listdir("/dev/shm")

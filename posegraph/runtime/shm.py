@@ -417,8 +417,15 @@ def reap_stale(rundir_of) -> int:
         names = os.listdir(SHM_DIR)
     except FileNotFoundError:
         names = []
-    for run_id in {name.split("-")[1] for name in names if name.startswith("pg-")}:
-        if _supervisor_alive(rundir_of(run_id)):
+    owners: dict[str, list[int]] = {}
+    for name in names:
+        if name.startswith("pg-"):
+            pid = name.rsplit("-", 2)[-2]  # pg-RUN-OWNER-PID-SERIAL; OWNER may hold '-'
+            owners.setdefault(name.split("-")[1], []).append(int(pid) if pid.isdigit() else 0)
+    for run_id, pids in owners.items():
+        # a run is left over when its supervisor is gone and so are the processes that
+        # made its segments (its pid file may have been cleaned out of /tmp)
+        if _supervisor_alive(rundir_of(run_id)) or any(p and _alive(p) for p in pids):
             continue
         n += unlink_run(run_id)
     if n:

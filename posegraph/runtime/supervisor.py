@@ -21,6 +21,7 @@ their own input (RTSP's ``stall_timeout``). Set-up has a limit of its own,
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import logging
@@ -192,6 +193,26 @@ class _Proc:
     killed: bool = False  # by the supervisor, as stuck: waiting for it to end
 
 
+#: how often the supervisor touches its run's folder and everything in it
+FRESH_EVERY_S = 3600.0
+
+
+def keep_fresh(rundir: str) -> None:
+    """Touch the run's folder and its files (ipc sockets, the supervisor's pid).
+
+    Hosts that clean /tmp by age (systemd-tmpfiles: 10 days on Fedora and RHEL) would
+    otherwise remove them from a run of months: a restarted process could then not bind
+    its socket, and another run would take this one's shared memory for a dead run's.
+    """
+    try:
+        names = os.listdir(rundir)
+    except OSError:
+        return
+    for name in [*names, ""]:
+        with contextlib.suppress(OSError):
+            os.utime(os.path.join(rundir, name))
+
+
 def claim_rundir(plan: Plan) -> None:
     """Make the run's folder with this process's pid in it, as the run's supervisor, and
     remove what runs that were killed left behind (their segments and folders)."""
@@ -292,7 +313,7 @@ class Supervisor:
         running = False
         started_at: float | None = None
         stop_sent_at: float | None = None
-        next_tick = time.monotonic()
+        next_tick = next_fresh = time.monotonic()
         while True:
             now = time.monotonic()
             while control.poll(0 if not running else 50):
@@ -340,6 +361,9 @@ class Supervisor:
                         opts.drain_timeout_s,
                     )
                 return
+            if now >= next_fresh:
+                keep_fresh(self.plan.rundir)
+                next_fresh = now + FRESH_EVERY_S
             if now >= next_tick:
                 if running:
                     self._send_tails(control)
