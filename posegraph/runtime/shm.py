@@ -473,4 +473,12 @@ def unlink_run(run_id: str) -> int:
                 n += 1
             except FileNotFoundError:
                 pass
+            except PermissionError:
+                # another user's run (/dev/shm is sticky): left to that user or root
+                log.warning(
+                    "cannot remove %s/%s, left by another user's run that was killed: "
+                    "remove it as that user",
+                    SHM_DIR,
+                    name,
+                )
     return n
