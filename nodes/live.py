@@ -102,7 +102,8 @@ class MjpegSink(Sink):
     """Serves the frames it receives as MJPEG over HTTP, one picture per stream.
 
     ``host``/``port``: where it listens (127.0.0.1 by default: this host only; 0.0.0.0 for
-    others, then with ``user`` and ``password``, HTTP basic authentication). ``quality``:
+    others, then with ``user`` and ``password``, HTTP basic authentication); port 0 turns
+    the view off (a pipeline that offers one when asked: ``port: "${VIEW_PORT:-0}"``). ``quality``:
     JPEG quality 1-100. ``width``: scale pictures down to this width (aspect kept).
     ``draw``: draw the poses on the pictures (true, or ``overlay.skeleton``'s settings).
     ``max_fps``: at most this many pictures a second to each viewer (None: every frame
@@ -141,8 +142,8 @@ class MjpegSink(Sink):
 
     def setup(self, ctx) -> None:
         super().setup(ctx)
-        if not 0 < self.port < 65536:
-            raise NodeError(f"port {self.port} is not a TCP port (1-65535)")
+        if not 0 <= self.port < 65536:
+            raise NodeError(f"port {self.port} is not a TCP port (1-65535, or 0 for no view)")
         if not 1 <= self.quality <= 100:
             raise NodeError(f"quality {self.quality} must be 1-100 (JPEG quality)")
         for key in ("width", "max_fps", "max_viewers", "client_timeout_s"):
@@ -153,6 +154,9 @@ class MjpegSink(Sink):
             self.overlay = self._overlay(ctx)
         if (self.user is None) != (self.password is None):
             raise NodeError("give user and password together (HTTP basic authentication)")
+        if self.port == 0:
+            log.info("sink %s: no live view (port 0)", ctx.name)
+            return
         if self.password is None and not _loopback(self.host):
             log.warning(
                 "sink %s: the live view on %s:%d has no password: anyone who can reach this "
@@ -200,6 +204,8 @@ class MjpegSink(Sink):
     # ------------------------------------------------------------------ pipeline side
 
     def write(self, frame: Frame) -> None:
+        if self.server is None:
+            return  # port 0: no view
         with self.changed:
             live = self.streams.get(frame.stream)
             if live is None:

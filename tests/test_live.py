@@ -197,6 +197,14 @@ def test_a_password_a_taken_port_and_bad_settings(tmp_path, posegraph):
     run.signal(2)
     assert run.wait()[0] == 0
 
+    # port 0: no view (a pipeline that offers one with VIEW_PORT set), the run unharmed
+    write_pipeline(
+        tmp_path / "off.yaml",
+        [cam, {"name": "view", "type": "sink.mjpeg", "from": "cam", "with": {"port": 0}}],
+    )
+    code, stdout, stderr = posegraph("run", "off.yaml", "--json").wait()
+    assert code == 0 and json.loads(stdout.splitlines()[-1])["delivered"] == 150, stderr
+
     bad = {"port": port, "quality": 0, "user": "ops"}
     write_pipeline(
         tmp_path / "r.yaml",
