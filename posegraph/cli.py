@@ -1,5 +1,5 @@
-"""The ``posegraph`` command: run | validate | graph | score | keys | models | bench | synth
-| train | eval | export."""
+"""The ``posegraph`` command: run | validate | graph | score | keys | doctor | models | bench
+| synth | train | eval | export."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ log = logging.getLogger("posegraph")
 
 # Command families that live in their own modules; each module has main(argv) -> int.
 DELEGATED = {
+    "doctor": ("posegraph.doctor", "what this host gives posegraph: packages, GPUs, /dev/shm"),
     "models": ("posegraph.models.cli", "list the model zoo"),
     "synth": ("training.synth.cli", "generate synthetic people: images, videos, previews"),
     "train": ("training.cli", "train a model from a config"),
