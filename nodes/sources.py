@@ -79,6 +79,38 @@ def upright(vf, buffer: Callable[[tuple[int, ...]], np.ndarray]) -> np.ndarray:
     return cv2.rotate(to_bgr(vf), _TURNS[turn], dst=buffer(shape))
 
 
+class _Decimator:
+    """Keeps at most ``max_fps`` frames a second of media time (None: every frame).
+
+    By the frames' pts, so a file gives the same frames at any speed and after a restart:
+    30 fps at ``max_fps: 10`` keeps every third frame, 25 fps keeps 10 a second as evenly
+    as 25 allows. A pts that jumps (a camera reconnecting, a clock reset) starts afresh.
+    """
+
+    def __init__(self, max_fps: float | None):
+        self.period = 1.0 / max_fps if max_fps else 0.0
+        self.next: float | None = None
+        self.skipped = 0
+
+    def keep(self, pts: float) -> bool:
+        if not self.period:
+            return True
+        eps = 1e-3
+        if self.next is None or not self.next - self.period - eps <= pts < self.next + self.period:
+            self.next = pts + self.period
+            return True
+        if pts < self.next - eps:
+            self.skipped += 1
+            return False
+        self.next += self.period
+        return True
+
+
+def check_max_fps(max_fps: float | None) -> None:
+    if max_fps is not None and (isinstance(max_fps, bool) or not max_fps > 0):
+        raise NodeError(f"max_fps must be a positive number of frames a second, got {max_fps!r}")
+
+
 class _Pacer:
     """Holds frames back to their media time when ``realtime`` is on."""
 
@@ -106,6 +138,7 @@ class VideoSource(Source):
     ``realtime`` paces frames at the file's own rate, ``loop`` starts again at the end
     (indices go on, pts go on by the clip's length), ``start`` and ``end`` are seconds. A
     clip recorded sideways with a rotation flag (phones) comes out the right way up.
+    ``max_fps`` passes on at most that many frames a second of the clip (as for cameras).
     """
 
     def __init__(
@@ -118,8 +151,11 @@ class VideoSource(Source):
         stream: str | None = None,
         latency_budget_ms: float | None = None,
         threads: int = 0,
+        max_fps: float | None = None,
     ):
         super().__init__(stream, latency_budget_ms)
+        check_max_fps(max_fps)
+        self.max_fps = max_fps
         self.uri = uri
         self.loop = loop
         self.realtime = realtime
@@ -168,6 +204,7 @@ class VideoSource(Source):
         import av
 
         pacer = _Pacer(self.ctx, self.realtime)
+        decimator = _Decimator(self.max_fps)
         offset = 0.0
         skip = self.next_index  # after a restart, go on where the last process stopped
         corrupt = 0
@@ -208,10 +245,12 @@ class VideoSource(Source):
                         if self.end is not None and t >= self.end:
                             break
                         last_pts = t
-                        if skip > 0:
+                        pts = t + offset
+                        if not decimator.keep(pts):
+                            continue
+                        if skip > 0:  # the frames kept before the restart
                             skip -= 1
                             continue
-                        pts = t + offset
                         if pacer.wait(pts):
                             return
                         yield self.frame(upright(vf, self.image_buffer), pts)
@@ -238,6 +277,10 @@ class RtspSource(Source):
 
     A password in the URL (``rtsp://user:password@host/...``) is shown as ``***`` in the
     log and in the events, which sinks publish to other services.
+
+    ``max_fps`` passes on at most that many frames a second (a camera's 30 served at 10):
+    the others are decoded, as a video stream needs, but not converted or passed on, and
+    the frames passed on are numbered without gaps.
     """
 
     live = True
@@ -252,8 +295,11 @@ class RtspSource(Source):
         backoff_max: float = 10.0,
         stream: str | None = None,
         latency_budget_ms: float | None = None,
+        max_fps: float | None = None,
     ):
         super().__init__(stream, latency_budget_ms)
+        check_max_fps(max_fps)
+        self.max_fps = max_fps
         self.uri = uri
         self.shown = redact(uri)  # what logs and events say
         self.transport = transport
@@ -276,6 +322,7 @@ class RtspSource(Source):
         down = False
         attempts = 0
         t0 = time.monotonic()
+        decimator = _Decimator(self.max_fps)
         while not self.ctx.stopping:
             reason = ""
             got_frame = False
@@ -298,7 +345,8 @@ class RtspSource(Source):
                         if self.ctx.stopping:
                             return
                         pts = float(vf.time) if vf.time is not None else time.monotonic() - t0
-                        yield self.frame(upright(vf, self.image_buffer), pts)
+                        if decimator.keep(pts):
+                            yield self.frame(upright(vf, self.image_buffer), pts)
                 reason = "the stream ended"
             except (av.error.FFmpegError, OSError, IndexError) as exc:
                 # FFmpeg's messages may quote the URL
@@ -322,7 +370,11 @@ class RtspSource(Source):
 
 @register("source.camera")
 class CameraSource(Source):
-    """A local camera through OpenCV: a device index (0) or a device path (/dev/video0)."""
+    """A local camera through OpenCV: a device index (0) or a device path (/dev/video0).
+
+    ``max_fps`` passes on at most that many frames a second; the others are taken from the
+    camera and dropped unconverted.
+    """
 
     live = True
 
@@ -334,8 +386,11 @@ class CameraSource(Source):
         fps: float | None = None,
         stream: str | None = None,
         latency_budget_ms: float | None = None,
+        max_fps: float | None = None,
     ):
         super().__init__(stream, latency_budget_ms)
+        check_max_fps(max_fps)
+        self.max_fps = max_fps
         self.device = device
         self.width, self.height, self.fps = width, height, fps
 
@@ -364,9 +419,14 @@ class CameraSource(Source):
 
     def frames(self) -> Iterator[Frame]:
         t0 = time.monotonic()
+        decimator = _Decimator(self.max_fps)
         while not self.ctx.stopping:
             cap = self._open()
             while not self.ctx.stopping:
+                if self.max_fps and not decimator.keep(time.monotonic() - t0):
+                    if not cap.grab():  # taken from the camera, not converted
+                        break
+                    continue
                 ok, image = cap.read()
                 if not ok:
                     break
@@ -391,6 +451,8 @@ class AutoSource(Source):
     - ``rtsp://``, ``rtsps://``: ``source.rtsp`` (reconnects);
     - a device index (``0``) or ``/dev/videoN``: ``source.camera``;
     - anything else: ``source.video`` (``realtime`` and ``loop`` apply to files only).
+
+    ``max_fps`` applies to all three.
     """
 
     def __new__(
@@ -400,17 +462,17 @@ class AutoSource(Source):
         loop: bool = False,
         stream: str | None = None,
         latency_budget_ms: float | None = None,
+        max_fps: float | None = None,
     ) -> Source:
         text = str(uri)
+        common = {"stream": stream, "latency_budget_ms": latency_budget_ms, "max_fps": max_fps}
         if text.startswith(("rtsp://", "rtsps://")):
-            return RtspSource(text, stream=stream, latency_budget_ms=latency_budget_ms)
+            return RtspSource(text, **common)
         if text.isdigit():
-            return CameraSource(int(text), stream=stream, latency_budget_ms=latency_budget_ms)
+            return CameraSource(int(text), **common)
         if text.startswith("/dev/video"):
-            return CameraSource(text, stream=stream, latency_budget_ms=latency_budget_ms)
-        return VideoSource(
-            text, loop=loop, realtime=realtime, stream=stream, latency_budget_ms=latency_budget_ms
-        )
+            return CameraSource(text, **common)
+        return VideoSource(text, loop=loop, realtime=realtime, **common)
 
     def __init__(
         self,
@@ -419,6 +481,7 @@ class AutoSource(Source):
         loop: bool = False,
         stream: str | None = None,
         latency_budget_ms: float | None = None,
+        max_fps: float | None = None,
     ):  # never runs: __new__ returns the concrete source; here for the parameter list
         super().__init__(stream, latency_budget_ms)
 

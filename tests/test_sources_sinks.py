@@ -327,6 +327,62 @@ def test_video_source_turns_a_clip_flagged_as_sideways_upright(tmp_path, turns):
         assert np.abs(frame.image.astype(int) - reference.astype(int)).mean() < 2, frame.index
 
 
+def test_max_fps_keeps_every_third_frame_of_30_and_resumes_in_step(tmp_path, posegraph):
+    """A 30 fps clip at max_fps 10: frame n passed on is the clip's frame 3n, numbered
+    without gaps, also after the source's process is killed and restarted mid-clip. The
+    bar of the clip's frame m begins at x = 7m mod 152."""
+    clip = write_video(tmp_path / "c.mp4", frames=300, fps=30)
+    log_path = tmp_path / "bars.txt"
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.video",
+                "with": {"uri": str(clip), "realtime": True, "max_fps": 10},
+            },
+            {
+                "name": "bars",
+                "type": "tests.helpers.custom_nodes:BarLog",
+                "from": "cam",
+                "with": {"path": str(log_path)},
+            },
+        ],
+    )
+    run = posegraph("run", "p.yaml", "--json", env={"PYTHONPATH": str(ROOT)})
+    wait_for(
+        lambda: log_path.exists() and len(log_path.read_text().splitlines()) > 15,
+        30,
+        "frames at the sink",
+    )
+    run.workers()["pg:cam"].send_signal(signal.SIGKILL)
+    code, stdout, stderr = run.wait()
+    assert code == 0, stderr
+    seen = [tuple(map(int, line.split())) for line in log_path.read_text().splitlines()]
+    indices = [i for i, _ in seen]
+    assert indices == sorted(set(indices)) and indices[-1] == 99, indices
+    # within a pixel (the encoder blurs the bar's edge): a frame off is 7 pixels off
+    assert all(abs(x - (3 * i * 7) % 152) <= 1 for i, x in seen), seen
+    summary = json.loads(stdout.splitlines()[-1])
+    assert summary["restarts"] == 1 and len(seen) + summary["lost"] <= 100, summary
+
+
+def test_max_fps_of_25_fps_keeps_10_a_second_as_evenly_as_it_can():
+    from nodes.sources import VideoSource, _Decimator
+    from posegraph.node import NodeError
+
+    decimator = _Decimator(10)
+    kept = [n for n in range(100) if decimator.keep(n / 25)]  # 4 s of 25 fps
+    assert len(kept) == 40 and decimator.skipped == 60
+    assert set(np.diff(kept)) == {2, 3}  # 0.08 or 0.12 s apart: 10 a second on average
+    decimator = _Decimator(10)
+    again = [decimator.keep(t) for t in (0.0, 0.05, 0.1, 0.0, 0.05, 5.0, 5.05, 5.1)]
+    # a pts that goes back (a camera reconnecting) or jumps starts afresh
+    assert again == [True, False, True, True, False, True, False, True]
+    with pytest.raises(NodeError, match="max_fps must be a positive number"):
+        VideoSource("x.mp4", max_fps=0)
+
+
 def test_video_sink_survives_a_kill_without_losing_or_overwriting(tmp_path, posegraph):
     """The sink's process is killed mid-recording: the file it was writing is still
     playable up to its last fragment, and the restarted sink writes a new file beside it

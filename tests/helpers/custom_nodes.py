@@ -1,6 +1,6 @@
 """A user-defined node, referred to as tests.helpers.custom_nodes:Stamp."""
 
-from posegraph import Frame, Node
+from posegraph import Frame, Node, Sink
 
 
 class Stamp(Node):
@@ -130,6 +130,23 @@ class OnePose(Node):
                 skeleton="coco17",
             )
         )
+
+
+class BarLog(Sink):
+    """A sink that appends "index x" for each frame, x where tests.conftest.write_video's
+    orange bar (BGR 0, 200, 255) begins: which frame of the clip the frame is."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def write(self, frame: Frame) -> None:
+        import numpy as np
+
+        if frame.event is None:
+            orange = np.abs(frame.image.astype(int) - (0, 200, 255)).sum(axis=2) < 60
+            x = int(np.argmax(orange.mean(axis=0) > 0.9))
+            with open(self.path, "a") as f:
+                f.write(f"{frame.index} {x}\n")
 
 
 class Refuse(Node):
