@@ -11,6 +11,7 @@ from nodes import (  # noqa: F401 - imported to register the node types
     live,
     overlay,
     pose,
+    regions,
     services,
     sinks,
     sources,

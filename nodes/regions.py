@@ -1,0 +1,141 @@
+"""Regions of the picture: people kept or left out by where they stand.
+
+``filter.region`` keeps the people (detection boxes, and poses with their tracks) whose
+point (``bottom``: the middle of the box's lower edge, where a person stands; ``center``)
+lies inside any ``include`` polygon and inside no ``exclude`` polygon. Put it after the
+detector to spend no pose work on people outside (a street behind a fence, a poster, a
+screen showing people), or after the tracker to publish only those in an area.
+
+Polygons are lists of ``[x, y]`` points, as fractions of the picture's width and height
+(``relative: true``, the default: one setting for any resolution) or in pixels. Either
+setting is one list of polygons for every stream, or a mapping from stream to its list
+(streams not named keep everyone, for ``include``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from posegraph.node import Node, NodeError, register
+from posegraph.packet import Detections, Frame, Poses
+
+
+def inside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """(N,) bool: which of ``points`` (N, 2) lie inside ``polygon`` (M, 2), by the even-odd
+    rule (a point on an edge may fall either way)."""
+    x, y = points[:, 0:1], points[:, 1:2]  # (N, 1)
+    x0, y0 = polygon[:, 0], polygon[:, 1]  # (M,)
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    crosses = (y0 > y) != (y1 > y)  # (N, M): the edge spans the point's row
+    with np.errstate(divide="ignore", invalid="ignore"):
+        at = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+    return np.count_nonzero(crosses & (x < at), axis=1) % 2 == 1
+
+
+def _polygons(value: Any, name: str, relative: bool) -> list[np.ndarray]:
+    if not isinstance(value, list) or not value:
+        raise NodeError(f"{name}: give a list of polygons, each a list of [x, y] points")
+    out = []
+    for k, polygon in enumerate(value):
+        try:
+            array = np.asarray(polygon, np.float64)
+        except (TypeError, ValueError):
+            array = np.zeros((0,))
+        if array.ndim != 2 or array.shape[1] != 2 or len(array) < 3:
+            raise NodeError(
+                f"{name}: polygon {k} must be at least 3 [x, y] points, got {polygon!r}"
+            )
+        if relative and (array.min() < 0 or array.max() > 1):
+            raise NodeError(
+                f"{name}: polygon {k} has points outside 0-1, which relative: true reads as "
+                "fractions of the picture; give fractions, or pixels with relative: false"
+            )
+        out.append(array)
+    return out
+
+
+@register("filter.region")
+class RegionFilter(Node):
+    """Keeps the people who stand inside ``include`` and outside ``exclude``.
+
+    Parameters:
+        include: polygons people must stand in (None: the whole picture).
+        exclude: polygons where people are left out.
+        relative: polygon points are fractions of the picture (true) or pixels (false).
+        point: which point of a person's box decides: ``bottom`` or ``center``.
+    """
+
+    def __init__(
+        self,
+        include: list | dict | None = None,
+        exclude: list | dict | None = None,
+        relative: bool = True,
+        point: Literal["bottom", "center"] = "bottom",
+    ):
+        if include is None and exclude is None:
+            raise NodeError("give include or exclude polygons (or both)")
+        self.relative = relative
+        self.point = point
+        self.include = self._per_stream(include, "include")
+        self.exclude = self._per_stream(exclude, "exclude")
+        self.left_out = 0  # people left out so far
+
+    def _per_stream(self, value: Any, name: str) -> dict[str | None, list[np.ndarray]] | None:
+        """{stream: polygons}; the key None holds those of every stream."""
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            return {str(s): _polygons(v, f"{name}[{s}]", self.relative) for s, v in value.items()}
+        return {None: _polygons(value, name, self.relative)}
+
+    @staticmethod
+    def _for(table, stream: str) -> list[np.ndarray] | None:
+        if table is None:
+            return None
+        return table.get(stream, table.get(None))
+
+    def keep(self, boxes: np.ndarray, stream: str, size: tuple[int, int]) -> np.ndarray:
+        """(N,) bool for boxes (N, 4) xyxy in a picture of ``size`` (w, h)."""
+        x = (boxes[:, 0] + boxes[:, 2]) / 2
+        y = boxes[:, 3] if self.point == "bottom" else (boxes[:, 1] + boxes[:, 3]) / 2
+        points = np.stack([x, y], axis=1).astype(np.float64)
+        if self.relative:
+            points = points / np.asarray(size, np.float64)
+        keep = np.ones(len(boxes), bool)
+        include = self._for(self.include, stream)
+        if include is not None:
+            keep &= np.any([inside(points, p) for p in include], axis=0)
+        exclude = self._for(self.exclude, stream)
+        if exclude is not None:
+            keep &= ~np.any([inside(points, p) for p in exclude], axis=0)
+        return keep
+
+    def process(self, frame: Frame) -> Frame:
+        if frame.image is None:
+            raise NodeError("filter.region needs the frames' pictures, for their size")
+        h, w = frame.image.shape[:2]
+        changes: dict[str, Any] = {}
+        d = frame.detections
+        if len(d):
+            keep = self.keep(d.xyxy, frame.stream, (w, h))
+            if not keep.all():
+                changes["detections"] = Detections(d.xyxy[keep], d.scores[keep], d.labels[keep])
+                self.left_out += int((~keep).sum())
+        p = frame.poses
+        if len(p):
+            keep = self.keep(p.boxes, frame.stream, (w, h))
+            if not keep.all():
+                changes["poses"] = Poses(
+                    keypoints=p.keypoints[keep],
+                    scores=p.scores[keep],
+                    boxes=p.boxes[keep],
+                    instance_scores=p.instance_scores[keep],
+                    track_ids=p.track_ids[keep],
+                    skeleton=p.skeleton,
+                    predicted=p.predicted[keep],
+                )
+                if "detections" not in changes:
+                    self.left_out += int((~keep).sum())
+        return frame.replace(**changes) if changes else frame
