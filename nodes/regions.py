@@ -4,7 +4,8 @@
 point (``bottom``: the middle of the box's lower edge, where a person stands; ``center``)
 lies inside any ``include`` polygon and inside no ``exclude`` polygon. Put it after the
 detector to spend no pose work on people outside (a street behind a fence, a poster, a
-screen showing people), or after the tracker to publish only those in an area.
+screen showing people), or after the tracker to publish only those in an area. Between
+``crop.topdown`` and the pose node it takes the crops of the people it leaves out away too.
 
 Polygons are lists of ``[x, y]`` points, as fractions of the picture's width and height
 (``relative: true``, the default: one setting for any resolution) or in pixels. Either
@@ -53,6 +54,22 @@ def _polygons(value: Any, name: str, relative: bool) -> list[np.ndarray]:
                 "fractions of the picture; give fractions, or pixels with relative: false"
             )
         out.append(array)
+    return out
+
+
+def _crops_kept(crops: dict[str, Any], keep: np.ndarray) -> dict[str, Any]:
+    """crop.topdown's crops of the people kept, pointing at their new detection rows."""
+    rows = np.asarray(crops["detection"], np.int64)
+    chosen = keep[rows]
+    renumber = np.cumsum(keep) - 1  # old detection row -> new
+    out = {}
+    for key, value in crops.items():
+        if key == "input_size":
+            out[key] = value
+        elif key == "detection":
+            out[key] = renumber[rows[chosen]]
+        else:
+            out[key] = np.asarray(value)[chosen]
     return out
 
 
@@ -123,6 +140,9 @@ class RegionFilter(Node):
             if not keep.all():
                 changes["detections"] = Detections(d.xyxy[keep], d.scores[keep], d.labels[keep])
                 self.left_out += int((~keep).sum())
+                crops = frame.meta.get("crops")
+                if crops is not None:  # after crop.topdown: its crops follow their people
+                    changes["meta"] = {**frame.meta, "crops": _crops_kept(crops, keep)}
         p = frame.poses
         if len(p):
             keep = self.keep(p.boxes, frame.stream, (w, h))

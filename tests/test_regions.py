@@ -69,6 +69,28 @@ def test_people_are_kept_by_where_they_stand_per_stream():
     assert node.process(_frame("cam1", boxes)).poses.track_ids.tolist() == [12]
 
 
+def test_crops_follow_their_people():
+    """Between crop.topdown and the pose node: the crops of people left out go too, and
+    the others point at their new detection rows."""
+    from nodes.crop import TopDownCrop
+
+    boxes = [[10, 5, 30, 45], [10, 20, 30, 80], [160, 40, 180, 90], [100, 60, 120, 99]]
+    frame = _frame("cam1", boxes)
+    frame.detections.scores[:] = [0.9, 0.8, 0.95, 0.5]
+    crop = TopDownCrop(model="hrnet_w16_128x96", images=True)
+    crop.setup(None)
+    cropped = crop.process(frame)
+    node = RegionFilter(include=[[[0, 0.5], [0.6, 0.5], [0.6, 1], [0, 1]]])  # lower left
+    out = node.process(cropped)
+    assert out.detections.xyxy.tolist() == [boxes[1], boxes[3]]
+    crops, before = out.meta["crops"], cropped.meta["crops"]
+    assert before["detection"].tolist() == [2, 0, 1, 3]  # by score
+    assert crops["detection"].tolist() == [0, 1]  # boxes 1 and 3, now rows 0 and 1
+    for key in ("affine", "inverse", "center", "scale", "images"):
+        assert np.array_equal(crops[key], before[key][[2, 3]]), key
+    assert crops["input_size"] == before["input_size"]
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
