@@ -320,6 +320,7 @@ class RtspSource(Source):
 
         delay = self.backoff
         down = False
+        down_since = 0.0
         attempts = 0
         t0 = time.monotonic()
         decimator = _Decimator(self.max_fps)
@@ -354,15 +355,21 @@ class RtspSource(Source):
             attempts += 1
             if not down:
                 down = True
+                down_since = time.monotonic()
                 yield self.event("source_down", uri=self.shown, reason=reason)
-            log.warning(
-                "source %s: cannot read %s (%s); retrying in %.1f s (attempt %d)",
-                self.ctx.name,
-                self.shown,
-                reason,
-                delay,
-                attempts,
-            )
+            # a camera away for days: the first tries, then one line every 30 (5 minutes
+            # at the longest backoff), not a line every few seconds
+            if attempts <= 3 or attempts % 30 == 0:
+                log.warning(
+                    "source %s: cannot read %s (%s); retrying in %.1f s (attempt %d, down "
+                    "for %.0f s)",
+                    self.ctx.name,
+                    self.shown,
+                    reason,
+                    delay,
+                    attempts,
+                    time.monotonic() - down_since,
+                )
             if self.ctx.sleep(delay):
                 return
             delay = min(self.backoff_max, delay * 2)

@@ -126,6 +126,23 @@ def test_rtsp_reconnects_after_the_server_comes_back(tmp_path, posegraph, rtsp_s
     assert "retrying" in stderr
 
 
+def test_a_camera_away_for_long_is_not_a_line_every_few_seconds(caplog):
+    """The first three tries are logged, then one in 30 (5 minutes at the longest backoff),
+    each saying how long the camera has been down."""
+    import logging
+    import re
+
+    g = Graph("away")
+    uri = f"rtsp://127.0.0.1:{free_port()}/none"
+    cam = g.add("cam", "source.rtsp", uri=uri, open_timeout=0.5, backoff=0.01, backoff_max=0.01)
+    g.add("out", "sink.null", cam)
+    with caplog.at_level(logging.WARNING):
+        g.run(executor="inproc", duration=3)
+    tries = [int(n) for n in re.findall(r"\(attempt (\d+), down for \d+ s\)", caplog.text)]
+    assert tries[:3] == [1, 2, 3] and max(tries) >= 30, tries
+    assert all(n <= 3 or n % 30 == 0 for n in tries), tries
+
+
 def test_unreachable_rtsp_keeps_retrying_and_says_so(tmp_path, posegraph):
     """...without the camera's password, in the log or in the events sinks publish."""
     out = tmp_path / "out.jsonl"
