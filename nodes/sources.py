@@ -427,6 +427,8 @@ class CameraSource(Source):
     def frames(self) -> Iterator[Frame]:
         t0 = time.monotonic()
         decimator = _Decimator(self.max_fps)
+        down_since: float | None = None  # when the camera stopped giving frames
+        tries = 0
         while not self.ctx.stopping:
             cap = self._open()
             while not self.ctx.stopping:
@@ -437,17 +439,30 @@ class CameraSource(Source):
                 ok, image = cap.read()
                 if not ok:
                     break
+                if down_since is not None:
+                    # back only when a frame comes, not when the device merely opens
+                    log.warning("source %s: camera %r is back", self.ctx.name, self.device)
+                    yield self.event("source_up")
+                    down_since, tries = None, 0
                 yield self.frame(image, time.monotonic() - t0)
             cap.release()
             if self.ctx.stopping:
                 return
-            yield self.event("source_down", reason="camera read failed")
-            log.warning(
-                "source %s: camera %r stopped; reopening in 1 s", self.ctx.name, self.device
-            )
+            tries += 1
+            if down_since is None:
+                down_since = time.monotonic()
+                yield self.event("source_down", reason="camera read failed")
+            if tries <= 3 or tries % 30 == 0:  # unplugged for days: not a line a second
+                log.warning(
+                    "source %s: camera %r gives no frames; reopening in 1 s (try %d, down "
+                    "for %.0f s)",
+                    self.ctx.name,
+                    self.device,
+                    tries,
+                    time.monotonic() - down_since,
+                )
             if self.ctx.sleep(1.0):
                 return
-            yield self.event("source_up")
 
 
 @register("source.auto")

@@ -718,6 +718,42 @@ def test_camera_that_does_not_exist(tmp_path, posegraph):
     assert code == 2 and "node 'cam'" in line and "'/dev/video97' does not exist" in line
 
 
+def test_a_camera_that_goes_away_is_down_until_a_frame_comes(tmp_path):
+    """source.camera on a device that gives 10 frames and then, unplugged, none for 3 s:
+    one source_down, and source_up only when frames come again (it came after every
+    reopening, frames or not: up and down each second while the camera was away). OpenCV
+    opens a video file as it opens a camera, so the file stands in for one."""
+    import threading
+
+    clip = write_video(tmp_path / "cam.mp4", frames=10)
+    away = tmp_path / "unplugged.mp4"
+    out = tmp_path / "out.jsonl"
+    g = Graph("camera")
+    cam = g.add("cam", "source.camera", device=str(clip))
+    # a live source's edges keep only the newest frame by default: keep them all here
+    g.add("out", "sink.jsonl", cam, path=str(out), queue={"policy": "block", "capacity": 64})
+
+    def unplug() -> None:
+        wait_for(lambda: "source_down" in (out.read_text() if out.exists() else ""), 10, "down")
+        clip.rename(away)
+        time.sleep(3.0)
+        away.rename(clip)
+
+    hand = threading.Thread(target=unplug)
+    hand.start()
+    g.run(executor="inproc", duration=6)
+    hand.join()
+    messages = read_jsonl(out)
+    kinds = [m.get("event", "frame") for m in messages]
+    first_up = kinds.index("source_up")
+    assert kinds[:11] == ["frame"] * 10 + ["source_down"], kinds
+    assert "source_up" not in kinds[:first_up] and first_up == 11, kinds
+    # every source_up is followed by frames before anything else happens
+    for i, kind in enumerate(kinds):
+        if kind == "source_up":
+            assert kinds[i + 1] == "frame", kinds
+
+
 def test_yaml_typo(tmp_path, posegraph):
     write_pipeline(
         tmp_path / "p.yaml",
