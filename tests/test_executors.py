@@ -649,6 +649,31 @@ def _run_with_small_dev_shm(tmp_path: Path, mb: int) -> subprocess.CompletedProc
     )
 
 
+def test_no_writable_temporary_folder_is_one_line():
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("read-only mounts need root (unshare -m)")
+    script = (
+        "mount -t tmpfs -o ro,size=1m tmpfs /tmp && mount -t tmpfs -o ro,size=1m tmpfs "
+        f"/var/tmp && cd /tmp && exec {sys.executable} -m posegraph.cli run "
+        f"{ROOT}/pipelines/passthrough.yaml --max-frames 5"
+    )
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TMPDIR": ""},
+    )
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "cannot make the run's folder /tmp/posegraph-" in lines[0]
+    assert (
+        "Read-only file system; a run keeps its sockets in the temporary folder: set TMPDIR"
+        in (lines[0])
+    )
+
+
 @pytest.mark.parametrize("mb", [40, 4])
 def test_a_small_dev_shm_gives_smaller_pools_or_inline_images(tmp_path, mb):
     """1280x720 frames need 84 MB for a pool of 32 slots: with 40 MB the pool takes the
@@ -1025,8 +1050,11 @@ def test_a_long_run_keeps_its_folder_from_age_based_tmp_cleaning(tmp_path, monke
         pytest.skip("systemd-tmpfiles is not installed")
     monkeypatch.setattr(supervisor, "FRESH_EVERY_S", 0.5)
     conf = tmp_path / "posegraph.conf"
-    conf.write_text("e /tmp/posegraph-* - - - 2s\n")
-    before = set(glob.glob("/tmp/posegraph-*"))
+    from posegraph.runtime.plan import rundir_of
+
+    pattern = rundir_of("*")
+    conf.write_text(f"e {pattern} - - - 2s\n")
+    before = set(glob.glob(pattern))
     g = Graph("fresh")
     cam = g.add("cam", "source.synthetic", width=32, height=32, fps=25, realtime=True)
     g.add("out", "sink.null", cam)
@@ -1037,7 +1065,7 @@ def test_a_long_run_keeps_its_folder_from_age_based_tmp_cleaning(tmp_path, monke
         mine = wait_for(
             lambda: [
                 d
-                for d in set(glob.glob("/tmp/posegraph-*")) - before
+                for d in set(glob.glob(pattern)) - before
                 if os.path.exists(f"{d}/supervisor.pid")
                 and open(f"{d}/supervisor.pid").read() == str(os.getpid())
             ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,8 +109,13 @@ def stream_of(graph: Graph, source: str) -> str:
 
 
 def rundir_of(run_id: str) -> str:
-    """The folder of a run: its ipc sockets and its supervisor's pid."""
-    return os.path.join("/tmp", f"posegraph-{run_id}")
+    """The folder of a run: its ipc sockets and its supervisor's pid, in the temporary
+    folder (TMPDIR, else /tmp, else /var/tmp)."""
+    try:
+        base = tempfile.gettempdir()  # the first writable of TMPDIR, /tmp, /var/tmp...
+    except FileNotFoundError:
+        base = "/tmp"  # none is: the run says so when it makes its folder
+    return os.path.join(base, f"posegraph-{run_id}")
 
 
 def build_plan(graph: Graph, executor: str, max_frames: int | None = None) -> Plan:

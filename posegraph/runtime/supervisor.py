@@ -216,9 +216,15 @@ def keep_fresh(rundir: str) -> None:
 def claim_rundir(plan: Plan) -> None:
     """Make the run's folder with this process's pid in it, as the run's supervisor, and
     remove what runs that were killed left behind (their segments and folders)."""
-    os.makedirs(plan.rundir, exist_ok=True)
-    with open(os.path.join(plan.rundir, "supervisor.pid"), "w") as f:
-        f.write(str(os.getpid()))
+    try:
+        os.makedirs(plan.rundir, exist_ok=True)
+        with open(os.path.join(plan.rundir, "supervisor.pid"), "w") as f:
+            f.write(str(os.getpid()))
+    except OSError as exc:
+        raise PipelineError(
+            f"cannot make the run's folder {plan.rundir}: {exc.strerror}; a run keeps its "
+            "sockets in the temporary folder: set TMPDIR to a writable one"
+        ) from None
     reap_stale(rundir_of)
 
 
