@@ -513,8 +513,10 @@ def test_an_unforeseen_set_up_error_stops_the_run_with_one_line(tmp_path, posegr
     assert "restarting" not in stderr
 
 
-def test_long_node_names(tmp_path, posegraph):
-    """Node names of any length (a socket's path has room for 107 bytes)."""
+@pytest.mark.parametrize("tmpdir", [0, 64, 90], ids=["tmp", "TMPDIR-64", "TMPDIR-90"])
+def test_long_node_names(tmp_path, posegraph, tmpdir):
+    """Node names of any length (a socket's path has room for 107 bytes), in /tmp, in a
+    TMPDIR of 64 characters (names cut to fit) and in one of 90 (the run goes to /tmp)."""
     cam, mid = "front-door-camera-" + "n" * 80, "detector-for-the-front-door-" + "d" * 70
     write_pipeline(
         tmp_path / "p.yaml",
@@ -524,7 +526,20 @@ def test_long_node_names(tmp_path, posegraph):
             {"name": "out", "type": "sink.null", "from": mid},
         ],
     )
-    code, stdout, stderr = posegraph("run", "p.yaml", "--max-frames", "20", "--json").wait(30)
+    env = None
+    if tmpdir:
+        import shutil
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="t" * (tmpdir - len("/tmp/") - 8), dir="/tmp")
+        assert len(folder) == tmpdir
+        env = {"TMPDIR": folder}
+    try:
+        run = posegraph("run", "p.yaml", "--max-frames", "20", "--json", env=env)
+        code, stdout, stderr = run.wait(30)
+    finally:
+        if tmpdir:
+            shutil.rmtree(folder)
     assert code == 0, stderr
     assert json.loads(stdout.splitlines()[-1])["delivered"] == 20
 

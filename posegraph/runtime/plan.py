@@ -108,13 +108,19 @@ def stream_of(graph: Graph, source: str) -> str:
     return str(graph.nodes[source].params.get("stream") or source)
 
 
+#: the longest temporary folder a run's sockets are made in (longer: /tmp)
+MAX_BASE = 64
+
+
 def rundir_of(run_id: str) -> str:
     """The folder of a run: its ipc sockets and its supervisor's pid, in the temporary
-    folder (TMPDIR, else /tmp, else /var/tmp)."""
+    folder (TMPDIR, else /tmp, else /var/tmp; /tmp for a TMPDIR over MAX_BASE characters)."""
     try:
         base = tempfile.gettempdir()  # the first writable of TMPDIR, /tmp, /var/tmp...
     except FileNotFoundError:
         base = "/tmp"  # none is: the run says so when it makes its folder
+    if len(base) > MAX_BASE and os.access("/tmp", os.W_OK):
+        base = "/tmp"  # a socket's path holds 107 bytes: a TMPDIR that long leaves no room
     return os.path.join(base, f"posegraph-{run_id}")
 
 
@@ -131,9 +137,11 @@ def build_plan(graph: Graph, executor: str, max_frames: int | None = None) -> Pl
     def address(node: str, replica: int) -> str:
         if tcp:
             return f"tcp://{opts.host}:{free_port(opts.host)}"
-        # a socket's path has room for 107 bytes: a node's number, and enough of its name
-        # to tell which node it is
-        return f"ipc://{rundir}/{numbers[node]}-{node[:32]}.{replica}"
+        # a socket's path has room for 107 bytes: a node's number, and as much of its
+        # name as fits (a long TMPDIR leaves less), to tell which node it is
+        room = 100 - len(rundir) - len(f"/{numbers[node]}-.{replica}")
+        name = f"-{node[: max(0, min(32, room))]}" if room > 0 else ""
+        return f"ipc://{rundir}/{numbers[node]}{name}.{replica}"
 
     streams: dict[str, set[str]] = {}
     for name in graph.order():
