@@ -22,6 +22,7 @@ from posegraph.packet import Frame
 # BGR colours by side: left, right, centre
 SIDE_COLORS = np.array([(0, 165, 255), (255, 128, 0), (0, 200, 0)], np.uint8)
 UNTRACKED_COLOR = (220, 220, 220)
+REGION_IN, REGION_OUT = (80, 220, 80), (60, 60, 230)  # filter.region's polygons (BGR)
 DIM = 0.5  # brightness of predicted poses
 SHIFT = 2  # sub-pixel bits for cv2 drawing: coordinates are multiplied by 2**SHIFT
 # body and feet get full-size dots; face and hand points are dense, so smaller
@@ -91,6 +92,7 @@ class SkeletonOverlay(Node):
         ids: write track ids above the boxes.
         thickness: limb and box line width in pixels.
         radius: keypoint disc radius in pixels (face and hand points get half).
+        regions: outline ``filter.region``'s polygons (include green, exclude red).
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class SkeletonOverlay(Node):
         ids: bool = True,
         thickness: int = 2,
         radius: int = 3,
+        regions: bool = True,
     ):
         if skeleton is not None:
             self._style_of(skeleton)  # an unknown name stops the pipeline before it starts
@@ -112,6 +115,7 @@ class SkeletonOverlay(Node):
         self.ids = ids
         self.thickness = thickness
         self.radius = radius
+        self.regions = regions
         self._styles: dict[str, _Style] = {}
 
     def setup(self, ctx: Context) -> None:
@@ -159,6 +163,11 @@ class SkeletonOverlay(Node):
             self._draw_poses(canvas, style, poses.keypoints, poses.scores, poses.predicted)
         if self.boxes:
             self._draw_boxes(canvas, frame)
+        regions = frame.meta.get("regions")
+        if self.regions and regions:
+            for kind, color in (("include", REGION_IN), ("exclude", REGION_OUT)):
+                outlines = [np.asarray(p, np.int32) for p in regions.get(kind, ())]
+                cv2.polylines(canvas, outlines, True, color, 1, cv2.LINE_AA)
         return frame.replace(image=canvas)
 
     def _draw_poses(

@@ -11,6 +11,10 @@ Polygons are lists of ``[x, y]`` points, as fractions of the picture's width and
 (``relative: true``, the default: one setting for any resolution) or in pixels. Either
 setting is one list of polygons for every stream, or a mapping from stream to its list
 (streams not named keep everyone, for ``include``).
+
+The polygons go on with each frame (``meta["regions"]``, in pixels), and
+``overlay.skeleton`` and ``sink.mjpeg``'s ``draw`` draw them: include in green, exclude
+in red, to set them up by eye.
 """
 
 from __future__ import annotations
@@ -129,11 +133,26 @@ class RegionFilter(Node):
             keep &= ~np.any([inside(points, p) for p in exclude], axis=0)
         return keep
 
+    def outlines(self, stream: str, size: tuple[int, int]) -> dict[str, list]:
+        """This stream's polygons in pixels, as ``overlay.skeleton`` draws them."""
+        scale = np.asarray(size, np.float64) if self.relative else np.ones(2)
+        return {
+            kind: [np.rint(p * scale).astype(int).tolist() for p in polygons]
+            for kind, polygons in (
+                ("include", self._for(self.include, stream)),
+                ("exclude", self._for(self.exclude, stream)),
+            )
+            if polygons
+        }
+
     def process(self, frame: Frame) -> Frame:
         if frame.image is None:
             raise NodeError("filter.region needs the frames' pictures, for their size")
         h, w = frame.image.shape[:2]
-        changes: dict[str, Any] = {}
+        # the regions go with the frame, for the overlay and the live view to draw
+        changes: dict[str, Any] = {
+            "meta": {**frame.meta, "regions": self.outlines(frame.stream, (w, h))}
+        }
         d = frame.detections
         if len(d):
             keep = self.keep(d.xyxy, frame.stream, (w, h))
@@ -142,7 +161,7 @@ class RegionFilter(Node):
                 self.left_out += int((~keep).sum())
                 crops = frame.meta.get("crops")
                 if crops is not None:  # after crop.topdown: its crops follow their people
-                    changes["meta"] = {**frame.meta, "crops": _crops_kept(crops, keep)}
+                    changes["meta"]["crops"] = _crops_kept(crops, keep)
         p = frame.poses
         if len(p):
             keep = self.keep(p.boxes, frame.stream, (w, h))
@@ -158,4 +177,4 @@ class RegionFilter(Node):
                 )
                 if "detections" not in changes:
                     self.left_out += int((~keep).sum())
-        return frame.replace(**changes) if changes else frame
+        return frame.replace(**changes)

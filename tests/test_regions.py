@@ -123,3 +123,27 @@ def test_a_bad_region_stops_the_run_with_one_line(tmp_path, posegraph):
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert code == 2 and len(lines) == 1, stderr
     assert "node 'zone': include: polygon 0 must be at least 3 [x, y] points" in lines[0]
+
+
+def test_the_regions_go_with_the_frame_and_the_overlay_outlines_them():
+    from nodes.overlay import SkeletonOverlay
+
+    node = RegionFilter(
+        include=[[[0.1, 0.5], [0.9, 0.5], [0.9, 0.9], [0.1, 0.9]]],
+        exclude={"cam1": [[[0.6, 0.6], [0.8, 0.6], [0.8, 0.8]]]},
+    )
+    out = node.process(_frame("cam1", [[10, 20, 30, 80]]))
+    assert out.meta["regions"] == {
+        "include": [[[20, 50], [180, 50], [180, 90], [20, 90]]],
+        "exclude": [[[120, 60], [160, 60], [160, 80]]],
+    }
+    assert "exclude" not in node.process(_frame("cam2", [[10, 20, 30, 80]])).meta["regions"]
+    overlay = SkeletonOverlay(boxes=False)
+    overlay.setup(None)
+    drawn = overlay.process(out).image
+    green, red = drawn[50, 100], drawn[60, 140]  # on the include's top, the exclude's top
+    assert green[1] > 150 and green[2] < 120, green
+    assert red[2] > 150 and red[1] < 120, red
+    plain = SkeletonOverlay(boxes=False, regions=False)
+    plain.setup(None)
+    assert not plain.process(out).image[50, 100].any()
