@@ -634,6 +634,65 @@ def _file_pattern(template: str, stream: str) -> re.Pattern:
     return re.compile("".join(parts) + r"(-\d+)?" + re.escape(suffix))
 
 
+@register("sink.caller")
+class CallerSink(Sink):
+    """Sends every frame and event back to the Python process running the graph, which
+    binds ``address`` (:meth:`posegraph.Graph.results` adds this sink and reads it).
+
+    Frames keep all they carry (detections, poses, meta), the image only with ``images``.
+    The caller is waited for, as a ``block`` edge waits: a reader slower than the
+    pipeline slows it rather than losing frames. Once the run is stopping, a frame the
+    caller does not take within 2 s is counted as not written (the caller has left).
+    """
+
+    def __init__(self, address: str, images: bool = False, node: str = ""):
+        self.address = address
+        self.images = images
+        self.node = node  # the node whose frames these are, for the caller
+        self.sock = None
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        import zmq
+
+        self._zmq = zmq
+        self.sock = zmq.Context.instance().socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.SNDHWM, 16)
+        self.sock.setsockopt(zmq.SNDTIMEO, 100)
+        try:
+            self.sock.connect(self.address)
+        except zmq.ZMQError as exc:
+            raise NodeError(f"cannot connect to the caller at {self.address}: {exc}") from None
+
+    def write(self, frame: Frame) -> None:
+        from posegraph.packet import encode
+
+        if not self.images and frame.image is not None:
+            frame = frame.replace(image=None)
+        body = [self.node.encode(), encode(frame)]
+        waited = 0.0
+        while True:
+            try:
+                self.sock.send_multipart(body, copy=False)
+                return
+            except self._zmq.Again:
+                waited += 0.1
+                if self.ctx.stopping and waited >= 2.0:
+                    self.unwritten += 1
+                    if self.unwritten == 1:
+                        log.warning(
+                            "sink %s: the caller is not taking frames; counting them as lost",
+                            self.ctx.name,
+                        )
+                    return
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
 @register("sink.null")
 class NullSink(Sink):
     """Consumes and counts; for benchmarks and for measuring the rest of a pipeline."""

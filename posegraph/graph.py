@@ -11,10 +11,13 @@ Built from YAML by :mod:`posegraph.config` or in Python::
 from __future__ import annotations
 
 import builtins
+import contextlib
 import difflib
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from posegraph.node import (
     NodeError,
@@ -26,6 +29,9 @@ from posegraph.node import (
     parameters,
     resolve,
 )
+
+if TYPE_CHECKING:
+    from posegraph.packet import Frame
 
 POLICIES = ("block", "drop_oldest", "latest")
 
@@ -492,10 +498,102 @@ class Graph:
 
         return run(self, executor=executor, max_frames=max_frames, duration=duration, **kwargs)
 
+    def results(self, *nodes: str, images: bool = False, **run_args: Any) -> Results:
+        """Run the graph and hand every frame and event that leaves ``nodes`` to this
+        process, in order per stream: ``for frame in graph.results("track"): ...``.
+
+        Each item is a :class:`~posegraph.packet.Frame` with all it carries (detections,
+        poses, meta; ``frame.meta["node"]`` names the node when there are several), its
+        image too with ``images=True``, and events (``gap``, ``eos``...) as frames with
+        ``event`` set. ``run_args`` are :meth:`run`'s (``executor``, ``max_frames``,
+        ``duration``). The pipeline waits for the reader (nothing is dropped for a slow
+        loop); leaving the loop early stops it, and the run's summary is ``.summary``
+        once it has ended.
+        """
+        return Results(self, nodes, images, run_args)
+
+
+class Results:
+    """The frames a running graph hands back to this process; see :meth:`Graph.results`."""
+
+    def __init__(self, graph: Graph, nodes: tuple[str, ...], images: bool, run_args: dict):
+        import copy
+        import tempfile
+        import uuid
+
+        if not nodes:
+            raise GraphError([Problem("results: name the node(s) whose frames to hand back")])
+        missing = [n for n in nodes if n not in graph.nodes]
+        if missing:
+            known = ", ".join(graph.nodes)
+            raise GraphError([Problem(f"results: no node {missing[0]!r} (nodes: {known})")])
+        self.summary: dict[str, Any] | None = None
+        self._graph = copy.copy(graph)
+        self._graph.nodes = dict(graph.nodes)
+        self._graph.problems = list(graph.problems)
+        folder = tempfile.gettempdir()
+        self._path = os.path.join(folder, f"posegraph-results-{uuid.uuid4().hex[:10]}")
+        self.address = f"ipc://{self._path}"
+        for k, node in enumerate(nodes):
+            self._graph.add(
+                f"results-{k}", "sink.caller", node, address=self.address, images=images, node=node
+            )
+        self._run_args = run_args
+
+    def __iter__(self) -> Iterator[Frame]:
+        import threading
+
+        import zmq
+
+        from posegraph.packet import decode
+        from posegraph.runtime import run
+
+        sock = zmq.Context.instance().socket(zmq.PULL)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 16)
+        sock.bind(self.address)
+        stop = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def go() -> None:
+            try:
+                outcome["summary"] = run(self._graph, stop=stop, **self._run_args)
+            except BaseException as exc:  # noqa: BLE001 - raised again in the reader
+                outcome["error"] = exc
+
+        runner = threading.Thread(target=go, name="posegraph-results", daemon=True)
+        runner.start()
+        try:
+            while True:
+                if sock.poll(100):
+                    node, body = sock.recv_multipart()
+                    frame, _ = decode(body)
+                    frame.meta["node"] = node.decode()
+                    yield frame
+                elif not runner.is_alive():
+                    if sock.poll(0):
+                        continue  # what came after the last look
+                    break
+            if "error" in outcome:
+                raise outcome["error"]
+            self.summary = outcome["summary"]
+        finally:
+            if runner.is_alive():  # the loop was left early: the run drains and ends
+                stop.set()
+                while runner.is_alive():
+                    while sock.poll(0):
+                        sock.recv_multipart()  # let the sinks finish
+                    runner.join(0.1)
+                self.summary = outcome.get("summary")
+            sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
+
 
 __all__ = [
     "Graph",
     "GraphError",
+    "Results",
     "NodeError",
     "NodeSpec",
     "Problem",

@@ -48,9 +48,11 @@ def run(
     duration: float | None = None,
     on_tick: Callable[[Metrics], None] | None = None,
     log_level: int | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Run a graph until its sources end, ``max_frames`` per source, or ``duration`` seconds.
 
+    ``stop``, when set (from another thread), drains and ends the run as SIGINT does.
     Returns the metrics summary; raises PipelineError when a node stops the pipeline.
     """
     if executor not in EXECUTORS:
@@ -78,9 +80,13 @@ def run(
     def status() -> str:
         return Metrics.line_from(metrics.summary())
 
+    asked: list[Callable[[], None]] = []  # how this executor stops, once it runs
+
     def tick() -> None:
         metrics.last_tick = time.monotonic()
         notifier.tick(metrics.running, status)
+        if stop is not None and stop.is_set() and asked and not metrics.stopping:
+            asked[0]()
         if on_tick is not None:
             on_tick(metrics)
 
@@ -106,10 +112,11 @@ def run(
                 begin_stop()
                 sup.request_stop()
 
+            asked.append(on_signal)
             with _signals(on_signal):
                 sup.run(duration, tick)
         else:
-            _run_inproc(plan, metrics, duration, tick, begin_stop)
+            _run_inproc(plan, metrics, duration, tick, begin_stop, asked)
     finally:
         metrics.stopping = True
         if notifier.enabled:
@@ -131,6 +138,7 @@ def _run_inproc(
     duration: float | None,
     tick: Callable[[], None] | None,
     on_stop: Callable[[], None] = lambda: None,
+    asked: list[Callable[[], None]] | None = None,
 ) -> None:
     from posegraph.runtime.worker import FatalNodeError, Worker
 
@@ -145,6 +153,8 @@ def _run_inproc(
         if len(stop_requests) > 1:
             worker.abort.set()
 
+    if asked is not None:
+        asked.append(on_signal)
     try:
         claim_rundir(plan)
         with _signals(on_signal):
