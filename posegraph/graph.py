@@ -278,6 +278,16 @@ class Graph:
                         spec.where,
                     )
                 )
+        if not out:
+            # what a constructor refuses (a polygon of two points, an unknown skeleton) is
+            # found now, not when the node's process starts; constructors only take their
+            # parameters (resources are set-up's), so making one here costs nothing
+            try:
+                spec.cls(**spec.params)
+            except NodeError as exc:
+                out.append(Problem(f"node {spec.name!r} ({spec.type}): {exc}", spec.where))
+            except Exception:  # noqa: BLE001, S110 - set-up reports anything else, as it did
+                pass
         is_source = issubclass(spec.cls, Source)
         if is_source and spec.inputs:
             out.append(

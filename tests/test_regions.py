@@ -105,7 +105,8 @@ def test_bad_regions_say_what_to_give(settings, message):
         RegionFilter(**settings)
 
 
-def test_a_bad_region_stops_the_run_with_one_line(tmp_path, posegraph):
+def test_a_bad_region_is_found_before_anything_starts(tmp_path, posegraph):
+    """By validate, and by run before any process starts: with the file and line."""
     write_pipeline(
         tmp_path / "p.yaml",
         [
@@ -119,10 +120,14 @@ def test_a_bad_region_stops_the_run_with_one_line(tmp_path, posegraph):
             {"name": "out", "type": "sink.null", "from": "zone"},
         ],
     )
-    code, _, stderr = posegraph("run", "p.yaml").wait()
-    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert code == 2 and len(lines) == 1, stderr
-    assert "node 'zone': include: polygon 0 must be at least 3 [x, y] points" in lines[0]
+    for command in ("validate", "run"):
+        code, _, stderr = posegraph(command, "p.yaml").wait()
+        lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert code == 2 and len(lines) == 1, stderr
+        assert (
+            "p.yaml:8: node 'zone' (filter.region): include: polygon 0 must be at least 3"
+            in (lines[0])
+        )
 
 
 def test_the_regions_go_with_the_frame_and_the_overlay_outlines_them():
