@@ -99,16 +99,32 @@ def _line(m: Any, key: str) -> int | None:
     return getattr(m, "key_lines", {}).get(key) or getattr(m, "line", None)
 
 
+#: the pipelines that come with posegraph (the repository's pipelines/, in the package)
+BUILTIN_PIPELINES = Path(__file__).parent / "pipelines"
+
+
+def builtin_pipelines() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_PIPELINES.glob("*.yaml"))
+
+
 def load(path: str | os.PathLike, overrides: list[str] | None = None) -> Graph:
-    """Read a pipeline file into a validated Graph; raise GraphError listing every problem."""
+    """Read a pipeline file into a validated Graph; raise GraphError listing every problem.
+
+    A name that is no file but one of the pipelines that come with posegraph
+    (``surveillance``, ``realtime``...) reads that one, so that they run from a pip install.
+    """
     path = Path(path)
+    if not path.is_file():
+        builtin = BUILTIN_PIPELINES / f"{path.name.removesuffix('.yaml')}.yaml"
+        if path.parent == Path(".") and builtin.is_file():
+            path = builtin
     file = str(path)
     if not path.is_file():
         raise GraphError(
             [
                 Problem(
-                    f"pipeline file not found: {file} (give the path of a "
-                    "YAML pipeline, e.g. pipelines/passthrough.yaml)"
+                    f"pipeline file not found: {file} (give the path of a YAML pipeline, or "
+                    f"the name of one that comes with posegraph: {', '.join(builtin_pipelines())})"
                 )
             ]
         )

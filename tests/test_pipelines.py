@@ -119,3 +119,34 @@ def test_multicam_keeps_three_streams_apart(tmp_path, posegraph):
     assert sum(len(m["people"]) for m in frames) > 0
     for s in by_stream:
         assert (tmp_path / "out" / f"multicam-{s}.mp4").stat().st_size > 5_000
+
+
+def test_the_pipelines_come_in_the_package_and_run_by_name(tmp_path, posegraph):
+    """A pip install has no clone to read pipelines/ from: the wheel carries them (with
+    their media), and `posegraph run NAME` reads the one of that name."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation"]
+        + ["-q", "-w", str(tmp_path / "wheel")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = (tmp_path / "wheel").glob("posegraph-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for path in sorted((ROOT / "pipelines").rglob("*")):
+        if path.is_file():
+            assert f"posegraph/pipelines/{path.relative_to(ROOT / 'pipelines')}" in names, path
+    # from a folder with no pipelines/ in it
+    env = {"ZMQ_PORT": str(free_port())}
+    run = posegraph("run", "passthrough", "--max-frames", "3", "--json", env=env)
+    code, stdout, stderr = run.wait()
+    assert code == 0, stderr
+    assert json.loads(stdout.splitlines()[-1])["pipeline"] == "passthrough"
+    code, _, stderr = posegraph("validate", "nothere").wait()
+    assert (
+        code == 2 and "the name of one that comes with posegraph: multicam, passthrough" in stderr
+    )
