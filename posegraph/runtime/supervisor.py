@@ -106,7 +106,7 @@ def worker_main(plan: Plan, group: str, resume: dict[str, int], log_level: int) 
             send("fatal", error=str(exc), node=exc.node)
             code = 3
             return
-        except Exception as exc:  # noqa: BLE001 - the run stops with it, as for a node's
+        except Exception as exc:  # noqa: BLE001 - stops the run, as a node's own set-up error does
             log.error("process %s could not set up:\n%s", group, traceback.format_exc())
             send("fatal", error=f"process {group!r} could not set up: {type(exc).__name__}: {exc}")
             code = 3
