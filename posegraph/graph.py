@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     from posegraph.packet import Frame
 
 POLICIES = ("block", "drop_oldest", "latest")
-
-
 DEFAULT_CAPACITY = 4
 
 
