@@ -103,8 +103,9 @@ class MjpegSink(Sink):
 
     ``host``/``port``: where it listens (127.0.0.1 by default: this host only; 0.0.0.0 for
     others, then with ``user`` and ``password``, HTTP basic authentication); port 0 turns
-    the view off (a pipeline that offers one when asked: ``port: "${VIEW_PORT:-0}"``). ``quality``:
-    JPEG quality 1-100. ``width``: scale pictures down to this width (aspect kept).
+    the view off (a pipeline that offers one when asked: ``port: "${VIEW_PORT:-0}"``).
+    ``quality``: JPEG quality 1-100. ``width``: scale pictures down to this width (aspect
+    kept).
     ``draw``: draw the poses on the pictures (true, or ``overlay.skeleton``'s settings).
     ``max_fps``: at most this many pictures a second to each viewer (None: every frame
     it can take). ``max_viewers``: viewers at once, beyond which a viewer gets 503.
@@ -133,15 +134,12 @@ class MjpegSink(Sink):
         self.password = password
         self.client_timeout_s = client_timeout_s
         self.draw = draw
-        self.overlay = None
         self.draw_failed = False
         self.streams: dict[str, _Live] = {}
         self.changed = threading.Condition()
         self.closing = False
         self.server: http.server.ThreadingHTTPServer | None = None
-
-    def setup(self, ctx) -> None:
-        super().setup(ctx)
+        # the settings are checked here, so that posegraph validate finds them
         if not 0 <= self.port < 65536:
             raise NodeError(f"port {self.port} is not a TCP port (1-65535, or 0 for no view)")
         if not 1 <= self.quality <= 100:
@@ -150,10 +148,14 @@ class MjpegSink(Sink):
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise NodeError(f"{key} {value} must be above 0")
-        if self.draw is not False:
-            self.overlay = self._overlay(ctx)
         if (self.user is None) != (self.password is None):
             raise NodeError("give user and password together (HTTP basic authentication)")
+        self.overlay = self._overlay() if draw is not False else None
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        if self.overlay is not None:
+            self.overlay.setup(ctx)
         if self.port == 0:
             log.info("sink %s: no live view (port 0)", ctx.name)
             return
@@ -182,7 +184,7 @@ class MjpegSink(Sink):
         ).start()
         log.info("sink %s: live view at http://%s:%d/", ctx.name, self.host, self.port)
 
-    def _overlay(self, ctx):
+    def _overlay(self):
         from nodes.overlay import SkeletonOverlay
 
         settings = {} if self.draw is True else self.draw
@@ -198,7 +200,6 @@ class MjpegSink(Sink):
             raise NodeError(
                 f"draw: unknown setting(s) {unknown}; overlay.skeleton's are: {known}"
             ) from None
-        overlay.setup(ctx)
         return overlay
 
     # ------------------------------------------------------------------ pipeline side
