@@ -229,6 +229,9 @@ class MjpegSink(Sink):
         with self.changed:
             self.closing = True
             self.changed.notify_all()
+            # the viewers send what they have not sent yet and leave (one that does not
+            # read is not waited for long)
+            self.changed.wait_for(lambda: not any(s.viewers for s in self.streams.values()), 2.0)
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
@@ -272,9 +275,11 @@ class MjpegSink(Sink):
             self.changed.wait_for(
                 lambda: self.closing or live.seq != seen or live.state == "ended", 1.0
             )
-            if self.closing or (live.seq == seen and live.state == "ended"):
+            if live.seq != seen:
+                return True  # the newest image, even while closing: the last one too
+            if self.closing or live.state == "ended":
                 return None
-            return live.seq != seen
+            return False
 
     def table(self) -> dict:
         with self.changed:
@@ -424,6 +429,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         finally:
             with view.changed:
                 live.viewers.pop(id(me), None)
+                view.changed.notify_all()  # close() waits for the viewers to leave
             log.info(
                 "sink %s: the viewer at %s of %s left: %d frames sent, %d skipped (newer "
                 "ones were ready before it took them)",
