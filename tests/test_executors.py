@@ -1053,7 +1053,7 @@ def test_a_long_run_keeps_its_folder_from_age_based_tmp_cleaning(tmp_path, monke
     """systemd-tmpfiles removes what in /tmp has not changed for its age (10 days on
     Fedora and RHEL); the run's pid file gone, another run would take this run's shared
     memory for a dead run's. The supervisor touches its folder: here every 0.5 s against
-    an age of 2 s."""
+    an age of 4 s."""
     import glob
     import shutil
     import threading
@@ -1068,13 +1068,16 @@ def test_a_long_run_keeps_its_folder_from_age_based_tmp_cleaning(tmp_path, monke
     from posegraph.runtime.plan import rundir_of
 
     pattern = rundir_of("*")
-    conf.write_text(f"e {pattern} - - - 2s\n")
+    conf.write_text(f"e {pattern} - - - 4s\n")
     before = set(glob.glob(pattern))
     g = Graph("fresh")
     cam = g.add("cam", "source.synthetic", width=32, height=32, fps=25, realtime=True)
     g.add("out", "sink.null", cam)
     result = {}
-    run = threading.Thread(target=lambda: result.update(g.run(executor="procs", duration=6)))
+    stop = threading.Event()
+    run = threading.Thread(
+        target=lambda: result.update(g.run(executor="procs", duration=30, stop=stop))
+    )
     run.start()
     try:
         mine = wait_for(
@@ -1087,9 +1090,10 @@ def test_a_long_run_keeps_its_folder_from_age_based_tmp_cleaning(tmp_path, monke
             20,
             "this run's folder",
         )[0]
-        time.sleep(3.5)  # older than the age, but for the touching
+        time.sleep(6.5)  # older than the age, but for the touching
         subprocess.run([tmpfiles, "--clean", str(conf)], check=True, capture_output=True)
         assert os.path.exists(f"{mine}/supervisor.pid"), os.listdir(mine)
     finally:
+        stop.set()
         run.join(30)
     assert result["delivered"] > 0 and result["restarts"] == 0, result

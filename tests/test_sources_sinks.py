@@ -741,7 +741,7 @@ def test_a_camera_that_goes_away_is_down_until_a_frame_comes(tmp_path):
 
     hand = threading.Thread(target=unplug)
     hand.start()
-    g.run(executor="inproc", duration=6)
+    g.run(executor="inproc", duration=10)
     hand.join()
     messages = read_jsonl(out)
     kinds = [m.get("event", "frame") for m in messages]
