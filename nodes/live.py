@@ -17,7 +17,9 @@ the pipeline up:
 thread encodes the newest image when it is ready for the next one. A viewer slower than
 the stream (a slow link) skips frames, counted for that viewer in ``/streams`` and in the
 log line when it leaves; one that stops reading holds up only its own thread, and is
-dropped after ``client_timeout_s``. Nothing is encoded while nobody watches.
+dropped after ``client_timeout_s``. Nothing is encoded while nobody watches, and a stream
+nobody watches keeps a copy of its newest image twice a second (a snapshot is at most
+half a second old).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from posegraph.packet import Frame
 log = logging.getLogger(__name__)
 
 _BOUNDARY = "frame"
+#: how often a stream nobody watches keeps its newest image, for snapshots
+UNWATCHED_EVERY_S = 0.5
 
 _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
@@ -89,7 +93,8 @@ class _Live:
 
     frame: Frame | None = None  # the newest, its image a copy
     index: int = -1
-    seq: int = 0  # images received
+    seq: int = 0  # images kept
+    copied_at: float = -1e9  # when the newest was kept (monotonic)
     state: str = "up"  # up, down (its source reconnects), ended
     jpeg: bytes | None = None
     jpeg_seq: int = -1
@@ -218,11 +223,15 @@ class MjpegSink(Sink):
             elif frame.event in (None, "source_up"):
                 live.state = "up"
             if frame.event is None and frame.image is not None:
-                # a copy: the frame's pixels (a shared-memory slot) go back to the
-                # pipeline when this returns
-                live.frame = frame.replace(image=np.array(frame.image, copy=True))
                 live.index = frame.index
-                live.seq += 1
+                now = time.monotonic()
+                # a copy (the frame's pixels, a shared-memory slot, go back to the pipeline
+                # when this returns): of every frame while someone watches the stream, else
+                # twice a second, for snapshots
+                if live.viewers or now - live.copied_at >= UNWATCHED_EVERY_S:
+                    live.frame = frame.replace(image=np.array(frame.image, copy=True))
+                    live.seq += 1
+                    live.copied_at = now
             self.changed.notify_all()
 
     def close(self) -> None:
@@ -245,11 +254,12 @@ class MjpegSink(Sink):
 
         with live.encoding:
             with self.changed:
-                frame, seq, index = live.frame, live.seq, live.index
+                frame, seq = live.frame, live.seq
+                if frame is None:
+                    return None
+                index = frame.index  # the kept image's, which may be older than the newest
                 if live.jpeg_seq == seq and live.jpeg is not None:
                     return live.jpeg, seq, index
-            if frame is None:
-                return None
             image = frame.image
             if self.overlay is not None:
                 try:
