@@ -94,6 +94,9 @@ def cmd_run(args) -> int:
         return 2
     if args.metrics_port is not None:
         graph.runtime.metrics_port = args.metrics_port
+    if not args.quiet:
+        for url in _views(graph):
+            print(f"live view: {url}", file=sys.stderr, flush=True)
     live = None
     on_tick = None
     if sys.stdout.isatty() and not args.quiet:
@@ -132,6 +135,17 @@ def cmd_run(args) -> int:
 
         print(Metrics.line_from(summary))
     return 0
+
+
+def _views(graph) -> list[str]:
+    """The addresses of the graph's live views (sink.mjpeg nodes with a port)."""
+    out = []
+    for spec in graph.nodes.values():
+        if spec.type == "sink.mjpeg" and spec.params.get("port", 8090):
+            host = spec.params.get("host", "127.0.0.1")
+            shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            out.append(f"http://{shown}:{spec.params.get('port', 8090)}/")
+    return out
 
 
 def cmd_score(args) -> int:

@@ -113,6 +113,7 @@ def test_every_stream_is_served_live_as_mjpeg(tmp_path, posegraph):
     code, _, stderr = run.wait()
     assert code == 0, stderr
     assert f"live view at {base}/" in stderr
+    assert stderr.startswith(f"live view: {base}/\n"), stderr[:200]  # said first, by run
     assert f"the viewer at 127.0.0.1 of cam1 left: {len(indices)} frames sent" in stderr
 
 
