@@ -7,6 +7,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def _delegate(command: str, module_name: str, argv: list[str]) -> int:
 
 def _err(message: str) -> int:
     """One line on stderr per error, never wrapped, so that it can be grepped."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    from posegraph.logs import error_line
+
+    print(error_line(message), file=sys.stderr, flush=True)
     return 2
 
 
@@ -216,6 +219,12 @@ def cmd_bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="posegraph", description=__doc__)
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="log lines as text (default) or as JSON objects, one a line, for a collector",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def pipeline_args(sp) -> None:
@@ -340,7 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.log_format is not None:
+        from posegraph.logs import ENV
+
+        os.environ[ENV] = args.log_format  # node processes inherit it
+    from posegraph.logs import configure
+
+    configure(level, "%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "fn", None):
         parser.print_help()
         return 1

@@ -1097,3 +1097,34 @@ def test_a_long_run_keeps_its_folder_from_age_based_tmp_cleaning(tmp_path, monke
         stop.set()
         run.join(30)
     assert result["delivered"] > 0 and result["restarts"] == 0, result
+
+
+def test_json_logs_from_every_process_and_the_error_line(tmp_path, posegraph):
+    """--log-format json: each stderr line is one JSON object, node processes' included
+    (they inherit it), and so is the line a failed run ends with."""
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.rtsp",
+                "with": {
+                    "uri": f"rtsp://127.0.0.1:{free_port()}/none",
+                    "open_timeout": 0.5,
+                    "backoff": 0.2,
+                    "backoff_max": 0.2,
+                },
+            },
+            {"name": "out", "type": "sink.null", "from": "cam"},
+        ],
+    )
+    code, _, stderr = posegraph("--log-format", "json", "run", "p.yaml", "--duration", "2").wait()
+    assert code == 0, stderr
+    entries = [json.loads(line) for line in stderr.splitlines()]
+    assert all(set(e) >= {"ts", "level", "process", "logger", "message"} for e in entries)
+    mine = [e for e in entries if e["process"] == "cam" and e["level"] == "warning"]
+    assert mine and "source cam: cannot read rtsp://127.0.0.1:" in mine[0]["message"], entries
+    write_pipeline(tmp_path / "q.yaml", [{"name": "cam", "type": "source.nope"}])
+    code, _, stderr = posegraph("--log-format", "json", "run", "q.yaml").wait()
+    (entry,) = [json.loads(line) for line in stderr.splitlines()]
+    assert code == 2 and entry["level"] == "error" and "source.nope" in entry["message"]

@@ -76,7 +76,9 @@ def worker_main(plan: Plan, group: str, resume: dict[str, int], log_level: int) 
     from posegraph.runtime.worker import FatalNodeError, Worker
 
     _set_up_process(group)
-    logging.basicConfig(level=log_level, format=f"%(levelname)s [{group}] %(message)s")
+    from posegraph.logs import configure
+
+    configure(log_level, f"%(levelname)s [{group}] %(message)s", process=group)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
     zctx = zmq.Context.instance()
     # tcp: the ZAP handler lets only the run's processes into this one's sockets; it runs
