@@ -52,7 +52,8 @@ def configure(level: int, text_format: str, process: str = "supervisor") -> None
         handler.setFormatter(JsonFormatter(process))
     else:
         handler.setFormatter(logging.Formatter(text_format))
-    logging.basicConfig(level=level, handlers=[handler])  # as before: not over a host's own
+    # does nothing where logging is set up already (a program that embeds posegraph)
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def error_line(message: str) -> str:
