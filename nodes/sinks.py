@@ -640,26 +640,29 @@ class CallerSink(Sink):
     binds ``address`` (:meth:`posegraph.Graph.results` adds this sink and reads it).
 
     Frames keep all they carry (detections, poses, meta), the image only with ``images``.
-    The caller is waited for, as a ``block`` edge waits: a reader slower than the
-    pipeline slows it rather than losing frames. Once the run is stopping, a frame the
-    caller does not take within 2 s is counted as not written (the caller has left).
+    Each frame waits for the caller to take it (an acknowledgement), so nothing sits in a
+    socket's buffer when the run ends, and a reader slower than the pipeline slows it
+    rather than losing frames; a loop paused for long (a breakpoint) is waited for, the
+    hang watch leaving it alone. Once the run is stopping, a frame the caller does not
+    take within 2 s is counted as not written (the caller has left).
     """
+
+    waits_outside = True
 
     def __init__(self, address: str, images: bool = False, node: str = ""):
         self.address = address
         self.images = images
         self.node = node  # the node whose frames these are, for the caller
         self.sock = None
+        self.sent = 0
 
     def setup(self, ctx) -> None:
         super().setup(ctx)
         import zmq
 
         self._zmq = zmq
-        self.sock = zmq.Context.instance().socket(zmq.PUSH)
-        self.sock.setsockopt(zmq.LINGER, 2000)
-        self.sock.setsockopt(zmq.SNDHWM, 16)
-        self.sock.setsockopt(zmq.SNDTIMEO, 100)
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
         try:
             self.sock.connect(self.address)
         except zmq.ZMQError as exc:
@@ -670,22 +673,24 @@ class CallerSink(Sink):
 
         if not self.images and frame.image is not None:
             frame = frame.replace(image=None)
-        body = [self.node.encode(), encode(frame)]
+        self.sent += 1
+        seq = str(self.sent).encode()
+        self.sock.send_multipart([b"", seq, self.node.encode(), encode(frame)], copy=False)
         waited = 0.0
         while True:
-            try:
-                self.sock.send_multipart(body, copy=False)
-                return
-            except self._zmq.Again:
-                waited += 0.1
-                if self.ctx.stopping and waited >= 2.0:
-                    self.unwritten += 1
-                    if self.unwritten == 1:
-                        log.warning(
-                            "sink %s: the caller is not taking frames; counting them as lost",
-                            self.ctx.name,
-                        )
+            if self.sock.poll(100):
+                if self.sock.recv_multipart()[-1] == seq:  # a late answer to an older one
                     return
+                continue
+            waited += 0.1
+            if self.ctx.stopping and waited >= 2.0:
+                self.unwritten += 1
+                if self.unwritten == 1:
+                    log.warning(
+                        "sink %s: the caller is not taking frames; counting them as lost",
+                        self.ctx.name,
+                    )
+                return
 
     def close(self) -> None:
         if self.sock is not None:

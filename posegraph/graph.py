@@ -514,9 +514,10 @@ class Graph:
         poses, meta; ``frame.meta["node"]`` names the node when there are several), its
         image too with ``images=True``, and events (``gap``, ``eos``...) as frames with
         ``event`` set. ``run_args`` are :meth:`run`'s (``executor``, ``max_frames``,
-        ``duration``). The pipeline waits for the reader (nothing is dropped for a slow
-        loop); leaving the loop early stops it, and the run's summary is ``.summary``
-        once it has ended.
+        ``duration``). The pipeline waits for the reader: each frame is acknowledged when
+        the loop asks for the next, so nothing is dropped for a slow or paused loop;
+        leaving the loop early stops it, and the run's summary is ``.summary`` once it has
+        ended.
         """
         return Results(self, nodes, images, run_args)
 
@@ -556,10 +557,17 @@ class Results:
         from posegraph.packet import decode
         from posegraph.runtime import run
 
-        sock = zmq.Context.instance().socket(zmq.PULL)
+        sock = zmq.Context.instance().socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, 16)
         sock.bind(self.address)
+
+        def take() -> tuple[Frame, list[bytes]]:
+            """The next frame, and the acknowledgement its sink waits for."""
+            peer, _, seq, node, body = sock.recv_multipart()
+            frame, _ = decode(body)
+            frame.meta["node"] = node.decode()
+            return frame, [peer, b"", seq]
+
         stop = threading.Event()
         outcome: dict[str, Any] = {}
 
@@ -571,13 +579,14 @@ class Results:
 
         runner = threading.Thread(target=go, name="posegraph-results", daemon=True)
         runner.start()
+        ack: list[bytes] | None = None  # owed for the frame the loop has
         try:
             while True:
                 if sock.poll(100):
-                    node, body = sock.recv_multipart()
-                    frame, _ = decode(body)
-                    frame.meta["node"] = node.decode()
+                    frame, ack = take()
                     yield frame
+                    sock.send_multipart(ack)  # the loop asked for the next one
+                    ack = None
                 elif not runner.is_alive():
                     if sock.poll(0):
                         continue  # what came after the last look
@@ -586,11 +595,13 @@ class Results:
                 raise outcome["error"]
             self.summary = outcome["summary"]
         finally:
+            if ack is not None:  # the loop had that frame, and left with it
+                sock.send_multipart(ack)
             if runner.is_alive():  # the loop was left early: the run drains and ends
                 stop.set()
                 while runner.is_alive():
                     while sock.poll(0):
-                        sock.recv_multipart()  # let the sinks finish
+                        sock.send_multipart(take()[1])  # let the sinks finish
                     runner.join(0.1)
                 self.summary = outcome.get("summary")
             sock.close()

@@ -264,6 +264,9 @@ class Node:
     #: requests of several streams meet in one batch on the device scheduler, and still
     #: emits each stream's frames in their order
     concurrent: bool = False
+    #: a call may wait as long as something outside the pipeline takes (a reader in the
+    #: calling script): the hang watch (``hang_timeout_s``) leaves its calls alone
+    waits_outside: bool = False
     ctx: Context
 
     def setup(self, ctx: Context) -> None:

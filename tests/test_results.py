@@ -53,6 +53,8 @@ def test_leaving_the_loop_early_stops_the_run_and_its_processes():
             assert _pg_children(), "the run's processes, while it runs"
             break
     assert results.summary is not None and results.summary["delivered"] >= 10
+    # what the loop took counts as delivered, not lost: every frame was taken or never sent
+    assert results.summary["lost"] == 0 and results.summary["dropped"] == 0, results.summary
     assert _pg_children() == []
 
 
@@ -66,3 +68,21 @@ def test_a_failing_pipeline_raises_in_the_loop_and_bad_names_are_refused():
             pass
     with pytest.raises(GraphError, match="results: no node 'crush' \\(nodes: cam, crash\\)"):
         g.results("crush")
+
+
+def test_a_loop_paused_past_the_hang_timeout_is_waited_for():
+    """A reader that stops for longer than hang_timeout_s (a breakpoint) does not get the
+    results sink killed as stuck: it is waiting for the reader, not hanging."""
+    import time
+
+    g = Graph("paused")
+    cam = g.add("cam", "source.synthetic", width=32, height=32, frames=40)
+    g.runtime.hang_timeout_s = 1.0
+    results = g.results(cam)
+    frames = []
+    for frame in results:
+        frames.append(frame)
+        if len(frames) == 5:
+            time.sleep(4.0)  # the sink waits in one call all this time
+    assert [f.index for f in frames if f.event is None] == list(range(40))
+    assert results.summary["restarts"] == 0 and results.summary["lost"] == 0

@@ -327,7 +327,8 @@ class Runner:
 
     def _call(self, fn: Callable[[Frame], Frame | None], arg: Frame) -> Frame | None:
         thread = threading.get_ident()
-        self._calls[thread] = time.monotonic()
+        if not self.node.waits_outside:
+            self._calls[thread] = time.monotonic()
         try:
             out = fn(arg)
         except NodeError as exc:
@@ -354,7 +355,7 @@ class Runner:
                 ) from exc
             return None
         finally:
-            del self._calls[thread]
+            self._calls.pop(thread, None)
         self._consecutive_errors = 0
         return out
 
