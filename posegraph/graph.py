@@ -527,7 +527,6 @@ class Results:
 
     def __init__(self, graph: Graph, nodes: tuple[str, ...], images: bool, run_args: dict):
         import copy
-        import tempfile
         import uuid
 
         if not nodes:
@@ -540,12 +539,17 @@ class Results:
         self._graph = copy.copy(graph)
         self._graph.nodes = dict(graph.nodes)
         self._graph.problems = list(graph.problems)
-        folder = tempfile.gettempdir()
-        self._path = os.path.join(folder, f"posegraph-results-{uuid.uuid4().hex[:10]}")
+        from posegraph.runtime.plan import rundir_of
+
+        # beside the runs' folders, where a socket's path is short enough
+        self._path = rundir_of(f"results-{uuid.uuid4().hex[:10]}")
         self.address = f"ipc://{self._path}"
         for k, node in enumerate(nodes):
+            name = f"results-{k}"
+            while name in self._graph.nodes:
+                name += "x"
             self._graph.add(
-                f"results-{k}", "sink.caller", node, address=self.address, images=images, node=node
+                name, "sink.caller", node, address=self.address, images=images, node=node
             )
         self._run_args = run_args
 
