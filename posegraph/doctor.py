@@ -113,7 +113,7 @@ def check_video() -> list[Finding]:
         )
     if "rtsp" not in av.formats_available:
         out.append(
-            Finding("video", "fail", "this PyAV's FFmpeg has no RTSP: source.rtsp cannot work")
+            Finding("video", "warn", "this PyAV's FFmpeg has no RTSP: source.rtsp cannot work")
         )
     import cv2
 
