@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import hmac
 import http.server
-import inspect
 import ipaddress
 import json
 import logging
@@ -38,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
-from posegraph.node import NodeError, Sink, register
+from posegraph.node import NodeError, Sink, parameters, register
 from posegraph.packet import Frame
 
 log = logging.getLogger(__name__)
@@ -200,8 +199,9 @@ class MjpegSink(Sink):
         try:
             overlay = SkeletonOverlay(**settings)
         except TypeError:
-            known = ", ".join(inspect.signature(SkeletonOverlay).parameters)
-            unknown = ", ".join(sorted(set(settings) - set(known.split(", "))))
+            known = parameters(SkeletonOverlay)
+            unknown = ", ".join(sorted(set(settings) - set(known)))
+            known = ", ".join(known)
             raise NodeError(
                 f"draw: unknown setting(s) {unknown}; overlay.skeleton's are: {known}"
             ) from None

@@ -101,7 +101,7 @@ class RegionFilter(Node):
         self.point = point
         self.include = self._per_stream(include, "include")
         self.exclude = self._per_stream(exclude, "exclude")
-        self.left_out = 0  # people left out so far
+        self._outlines: dict[tuple[str, tuple[int, int]], dict[str, list]] = {}
 
     def _per_stream(self, value: Any, name: str) -> dict[str | None, list[np.ndarray]] | None:
         """{stream: polygons}; the key None holds those of every stream."""
@@ -134,7 +134,14 @@ class RegionFilter(Node):
         return keep
 
     def outlines(self, stream: str, size: tuple[int, int]) -> dict[str, list]:
-        """This stream's polygons in pixels, as ``overlay.skeleton`` draws them."""
+        """This stream's polygons in pixels, as ``overlay.skeleton`` draws them (made once
+        per stream and picture size)."""
+        key = (stream, size)
+        if key not in self._outlines:
+            self._outlines[key] = self._in_pixels(stream, size)
+        return self._outlines[key]
+
+    def _in_pixels(self, stream: str, size: tuple[int, int]) -> dict[str, list]:
         scale = np.asarray(size, np.float64) if self.relative else np.ones(2)
         return {
             kind: [np.rint(p * scale).astype(int).tolist() for p in polygons]
@@ -158,7 +165,6 @@ class RegionFilter(Node):
             keep = self.keep(d.xyxy, frame.stream, (w, h))
             if not keep.all():
                 changes["detections"] = Detections(d.xyxy[keep], d.scores[keep], d.labels[keep])
-                self.left_out += int((~keep).sum())
                 crops = frame.meta.get("crops")
                 if crops is not None:  # after crop.topdown: its crops follow their people
                     changes["meta"]["crops"] = _crops_kept(crops, keep)
@@ -175,6 +181,4 @@ class RegionFilter(Node):
                     skeleton=p.skeleton,
                     predicted=p.predicted[keep],
                 )
-                if "detections" not in changes:
-                    self.left_out += int((~keep).sum())
         return frame.replace(**changes)

@@ -90,7 +90,6 @@ class _Decimator:
     def __init__(self, max_fps: float | None):
         self.period = 1.0 / max_fps if max_fps else 0.0
         self.next: float | None = None
-        self.skipped = 0
 
     def keep(self, pts: float) -> bool:
         if not self.period:
@@ -100,7 +99,6 @@ class _Decimator:
             self.next = pts + self.period
             return True
         if pts < self.next - eps:
-            self.skipped += 1
             return False
         self.next += self.period
         return True

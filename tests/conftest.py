@@ -160,6 +160,31 @@ def check_resumed_after_a_gap(out: Path) -> None:
     assert gaps and len(indices) + sum(g["count"] for g in gaps) == 150
 
 
+def posegraph_with_mounts(
+    mounts: list[str], args: list[str], cwd: Path, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """``posegraph ARGS`` in a mount namespace of its own, after ``mounts`` (``mount``
+    arguments, e.g. a small tmpfs on /dev/shm); skips the test where that needs a root
+    this machine does not give."""
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("mounts of a test's own need root (unshare -m): " + probe.stderr.decode())
+    script = " && ".join(
+        [
+            *(f"mount {m}" for m in mounts),
+            f"exec {sys.executable} -m posegraph.cli {' '.join(args)}",
+        ]
+    )
+    return subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
 def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []

@@ -7,10 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from posegraph import weights
-from tests.conftest import ROOT
+from tests.conftest import ROOT, posegraph_with_mounts
 
 
 def _doctor(prefix: list[str] | None = None) -> dict:
@@ -42,16 +40,8 @@ def test_doctor_reports_this_host():
 
 
 def test_doctor_warns_of_a_small_dev_shm():
-    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip("mounting a small /dev/shm needs root (unshare -m)")
-    script = f"mount -t tmpfs -o size=64m tmpfs /dev/shm && exec {sys.executable} -m posegraph.cli doctor --json"
-    done = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
+    done = posegraph_with_mounts(
+        ["-t tmpfs -o size=64m tmpfs /dev/shm"], ["doctor", "--json"], cwd=ROOT
     )
     assert done.returncode == 0, done.stderr
     shm = [f for f in json.loads(done.stdout)["findings"] if f["area"] == "shm"]

@@ -19,6 +19,7 @@ from tests.conftest import (
     frames_and_events,
     free_port,
     own_segments,
+    posegraph_with_mounts,
     read_jsonl,
     shm_segments,
     stuck_nodes,
@@ -649,40 +650,13 @@ def test_a_node_that_keeps_dying_stops_the_pipeline_with_its_error(tmp_path, pos
     assert "exit status 1" in lines[0]
 
 
-def _run_with_small_dev_shm(tmp_path: Path, mb: int) -> subprocess.CompletedProcess:
-    """``posegraph run p.yaml --json`` with a /dev/shm of ``mb`` MB of its own (a mount
-    namespace: Docker gives containers 64 MB)."""
-    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip("mounting a small /dev/shm needs root (unshare -m): " + probe.stderr.decode())
-    script = (
-        f"mount -t tmpfs -o size={mb}m tmpfs /dev/shm && "
-        f"exec {sys.executable} -m posegraph.cli run p.yaml --json"
-    )
-    return subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def test_no_writable_temporary_folder_is_one_line():
-    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip("read-only mounts need root (unshare -m)")
-    script = (
-        "mount -t tmpfs -o ro,size=1m tmpfs /tmp && mount -t tmpfs -o ro,size=1m tmpfs "
-        f"/var/tmp && cd /tmp && exec {sys.executable} -m posegraph.cli run "
-        f"{ROOT}/pipelines/passthrough.yaml --max-frames 5"
-    )
-    done = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "TMPDIR": ""},
+def test_no_writable_temporary_folder_is_one_line(tmp_path):
+    read_only = "-t tmpfs -o ro,size=1m tmpfs"
+    done = posegraph_with_mounts(
+        [f"{read_only} /tmp", f"{read_only} /var/tmp"],
+        ["run", f"{ROOT}/pipelines/passthrough.yaml", "--max-frames", "5"],
+        cwd=Path("/tmp"),
+        env={"TMPDIR": ""},
     )
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 2 and len(lines) == 1, done.stderr
@@ -711,7 +685,9 @@ def test_a_small_dev_shm_gives_smaller_pools_or_inline_images(tmp_path, mb):
             {"name": "out", "type": "sink.null", "from": "pass"},
         ],
     )
-    done = _run_with_small_dev_shm(tmp_path, mb)
+    done = posegraph_with_mounts(
+        [f"-t tmpfs -o size={mb}m tmpfs /dev/shm"], ["run", "p.yaml", "--json"], cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     warnings = [line for line in done.stderr.splitlines() if "frame plane (cam)" in line]
     assert len(warnings) == 1, done.stderr
