@@ -141,10 +141,17 @@ class Metrics:
                 first, last = snap["window"]
                 self.window = (min(self.window[0], first), max(self.window[1], last))
                 for stream, st in snap.get("streams", {}).items():
-                    known = self.streams.setdefault(stream, dict(st))
-                    known["capture"] = max(known["capture"], st["capture"])
-                    if st["since"] > known["since"]:  # several sinks: the newest change
+                    # Several sinks: each one's latest report, and the change that came in
+                    # last wins (by arrival: the wall clock may have been set back since).
+                    known = self.streams.setdefault(stream, {**st, "sinks": {}})
+                    before = known["sinks"].get(name)
+                    known["sinks"][name] = st
+                    if before is None or (st["state"], st["since"]) != (
+                        before["state"],
+                        before["since"],
+                    ):
                         known["state"], known["since"] = st["state"], st["since"]
+                    known["capture"] = max(s["capture"] for s in known["sinks"].values())
 
     def restarted(self, names: list[str]) -> None:
         """A process restarted: its counters start again from zero."""
@@ -412,7 +419,10 @@ class Metrics:
         """Per stream, at the sinks: ``capture`` (the newest frame's capture time, 0 before
         any), ``state`` (up, down or ended) and ``since`` (when it became so)."""
         with self._lock:
-            return {stream: dict(st) for stream, st in self.streams.items()}
+            return {
+                stream: {k: v for k, v in st.items() if k != "sinks"}
+                for stream, st in self.streams.items()
+            }
 
     def health(self, ready: bool) -> tuple[int, dict[str, Any]]:
         """``/healthz`` (``ready`` False) and ``/readyz``: the HTTP status and a JSON body.

@@ -82,7 +82,7 @@ class Stats:
         st = self.streams.get(stream)
         if st is None:
             st = self.streams[stream] = {"capture": 0.0, "state": "up", "since": time.time()}
-        if capture > st["capture"]:
+        if capture:  # the newest by arrival: the wall clock may have been set back
             st["capture"] = capture
         if state is not None and state != st["state"]:
             st["state"], st["since"] = state, time.time()

@@ -4,8 +4,12 @@ of fixed sizes that still meet the oldest deadline.
 A *request* is ``n`` items for one model (a frame's image for a detector, a frame's person
 crops for a top-down model, in the order ``pose.topdown`` gives them: people it could not
 serve in the stream's frame before first, then best detection score first) with the
-frame's ``deadline`` (``time.time()`` seconds) and stream. Items of a request may run in different batches; a
-batch may hold items of many requests, of many streams.
+frame's ``deadline`` (``time.time()`` seconds, the frames' clock) and stream. Items of a
+request may run in different batches; a batch may hold items of many requests, of many
+streams. On submission the deadline becomes a time on this host's monotonic clock, with at
+most the frame's budget left (from ``captured_at``), and the scheduler keeps time by that
+clock alone: a wall clock set back (NTP, a hand, a VM resumed) costs no wait and no stall,
+one set forward costs at most the frames in flight at that moment.
 
 The ``edf`` policy, each time the device is free:
 
@@ -57,6 +61,9 @@ POLICIES = ("edf", "fifo")
 ROLES = ("image", "crops")
 
 
+# a model skipped this long on its estimate alone runs its next request with time left
+PROBE_S = 2.0
+
 # at most this share of a frame's budget is kept free for the work after the last model
 TAIL_SHARE = 0.25
 
@@ -74,6 +81,22 @@ def bucket_sizes(batch: int) -> tuple[int, ...]:
     return (*sizes, batch)
 
 
+def monotonic_deadline(deadline: float, captured_at: float | None = None) -> float:
+    """A frame's ``deadline`` (``time.time()`` seconds) as a ``time.monotonic()`` time.
+
+    Frames carry wall-clock times (they cross hosts); waits here must not follow the wall
+    clock when it is set. The time left is at most the frame's budget (``deadline -
+    captured_at``): a frame captured before the clock was set back would otherwise seem to
+    have that much longer (an hour set back: an hour's wait).
+    """
+    if not math.isfinite(deadline):
+        return deadline
+    left = deadline - time.time()
+    if captured_at:
+        left = min(left, deadline - captured_at)
+    return time.monotonic() + left
+
+
 @dataclass
 class Result:
     """What a request got: ``outputs`` name -> (n, ...) with a row per item (zeros where not
@@ -81,8 +104,9 @@ class Result:
 
     outputs: dict[str, np.ndarray]
     done: np.ndarray
-    #: ``time.time()`` when the result was handed over: the request finished, or the client
-    #: was due to leave without the rest (what it then waited longer is the machine's delay)
+    #: ``time.monotonic()`` when the result was handed over: the request finished, or the
+    #: client was due to leave without the rest (what it then waited longer is the machine's
+    #: delay)
     released: float = math.nan
 
     @property
@@ -145,6 +169,7 @@ class _Request:
         "cancelled",
         "error",
         "released",
+        "submitted",
     )
 
     def __init__(
@@ -168,6 +193,7 @@ class _Request:
         self.cancelled = False
         self.error: BaseException | None = None
         self.released = math.inf
+        self.submitted = time.monotonic()
 
     @property
     def remaining(self) -> int:
@@ -204,6 +230,8 @@ class ModelHandle:
         self.counts: dict[str, StreamCounts] = {}
         self.batches: dict[int, int] = dict.fromkeys(buckets, 0)
         self.served = RecentService()
+        self.measured_at = time.monotonic()  # when a batch of it last ran and was timed
+        self.probing = False  # its next batch checks an estimate that kept it from running
 
     def bucket_for(self, n: int) -> int:
         """The smallest bucket that holds ``n`` items (n <= the largest bucket)."""
@@ -224,10 +252,18 @@ class ModelHandle:
             self.clients = max(0, self.clients - 1)
             self.scheduler._cond.notify_all()
 
-    def run(self, items: np.ndarray, deadline: float = math.inf, stream: str = "") -> Result:
+    def run(
+        self,
+        items: np.ndarray,
+        deadline: float = math.inf,
+        stream: str = "",
+        captured_at: float | None = None,
+    ) -> Result:
         """Run the model on ``items`` (n, ...), in order of priority; returns by ``deadline``
-        (``time.time()`` seconds) at the latest under the ``edf`` policy."""
-        request = self.scheduler._submit(self, items, stream, deadline)
+        (``time.time()`` seconds) at the latest under the ``edf`` policy, and, given the
+        frame's ``captured_at``, never later than its budget from now."""
+        due = monotonic_deadline(deadline, captured_at)
+        request = self.scheduler._submit(self, items, stream, due)
         return self.scheduler._wait(request)
 
     def warm_up(self, example: np.ndarray, runs: int = 2) -> None:
@@ -283,6 +319,7 @@ class DeviceScheduler:
         self._seq = itertools.count()
         self._timed = timer_for(self.device)
         self._closed = False
+        self._failure: RuntimeError | None = None  # the loop's own fault, once it stopped
         self._threads_set = False
         # the last counts of models let go since the last snapshot
         self._retired: dict[str, dict[str, Any]] = {}
@@ -358,6 +395,8 @@ class DeviceScheduler:
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"the {self.device} scheduler is closed")
+            if self._failure is not None:
+                raise self._failure
             self._calls.append((fn, box, done))
             self._cond.notify_all()
         done.wait()
@@ -392,9 +431,11 @@ class DeviceScheduler:
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"the {self.device} scheduler is closed")
+            if self._failure is not None:
+                raise self._failure
             request = _Request(handle, items, stream, deadline, next(self._seq))
             counts = handle.counts.setdefault(stream, StreamCounts())
-            handle.served.add(stream, 0, time.time())  # active, even if never served
+            handle.served.add(stream, 0, time.monotonic())  # active, even if never served
             counts.requests += 1
             counts.items += len(items)
             handle.outstanding += 1
@@ -408,13 +449,17 @@ class DeviceScheduler:
     def _wait(self, request: _Request) -> Result:
         if self.policy == "edf" and math.isfinite(request.deadline):
             leave = request.deadline - self.margin
-            request.finished.wait(max(0.0, leave - time.time()))
+            request.finished.wait(max(0.0, leave - time.monotonic()))
             if not request.finished.is_set():
                 with self._cond:
                     if not request.finished.is_set():
                         # the frame leaves now; what is not done is skipped
                         self._cancel(request)
-                        request.released = min(request.released, leave)
+                        # due to leave at ``leave``, or at once if that had passed when it
+                        # came: the client learns its own delay after the model from this,
+                        # not the frame's lateness (which would lower the next deadlines,
+                        # so that every frame came late, and so on, for good)
+                        request.released = min(request.released, max(leave, request.submitted))
         else:
             request.finished.wait()
         if request.error is not None:
@@ -441,7 +486,7 @@ class DeviceScheduler:
 
     def _finish(self, request: _Request) -> None:
         if not request.finished.is_set():
-            request.released = time.time()
+            request.released = time.monotonic()
             request.handle.outstanding -= 1
             request.finished.set()
             self._cond.notify_all()
@@ -449,6 +494,28 @@ class DeviceScheduler:
     # ----------------------------------------------------------- the worker
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        except Exception as exc:  # noqa: BLE001 - a fault of the scheduler itself
+            # Every request fails with it, so its nodes fail and their process is restarted,
+            # where a dead thread would leave every frame skipped from then on, unannounced.
+            log.exception("the %s scheduler stopped", self.device)
+            failure = RuntimeError(
+                f"the {self.device} scheduler stopped: {type(exc).__name__}: {exc}"
+            )
+            with self._cond:
+                self._failure = failure
+                for handle in self.handles.values():
+                    for request in handle.queue:
+                        request.error = failure
+                        self._finish(request)
+                    handle.queue = []
+                for _, box, done in self._calls:
+                    box["error"] = failure
+                    done.set()
+                self._calls = []
+
+    def _serve(self) -> None:
         while True:
             with self._cond:
                 while True:
@@ -460,7 +527,7 @@ class DeviceScheduler:
                     if self._calls:
                         plan = self._calls.pop(0)
                         break
-                    plan = self._plan(time.time())
+                    plan = self._plan(time.monotonic())
                     if isinstance(plan, tuple):
                         break
                     self._cond.wait(plan)
@@ -513,6 +580,12 @@ class DeviceScheduler:
                 heapq.heappop(handle.queue)
                 continue
             if now + smallest + self.margin <= head.deadline:
+                return
+            if head.deadline - now > self.margin and now - handle.measured_at > PROBE_S:
+                # Not run for PROBE_S on the estimate's word alone: run it and measure
+                # again. An estimate thrown far out (a stalled machine, a busy spell
+                # that is over) would otherwise skip this model's work for good.
+                handle.probing = True
                 return
             heapq.heappop(handle.queue)
             log.debug(
@@ -618,7 +691,7 @@ class DeviceScheduler:
             outputs = self._run_batch(handle, batch, bucket)
         except Exception as exc:  # the model's own failure goes back to every client
             error, outputs = exc, {}
-        now = time.time()
+        now = time.monotonic()
         with self._cond:
             handle.batches[bucket] += 1  # served batches: warm-up runs are not counted
             offset = 0
@@ -656,7 +729,12 @@ class DeviceScheduler:
         if not record:
             return outputs
         with self._cond:
-            handle.times.add(bucket, seconds)
+            if handle.probing:
+                handle.times.remeasure(bucket, seconds)
+                handle.probing = False
+            else:
+                handle.times.add(bucket, seconds)
+            handle.measured_at = time.monotonic()
         return outputs
 
 
@@ -722,7 +800,7 @@ class Client:
             else:
                 tail = 0.0
             deadline -= max(0.0, self.after_estimate() + tail - self.handle.scheduler.margin)
-        result = self.handle.run(items, deadline, stream)
+        result = self.handle.run(items, deadline, stream, captured_at)
         self._local.released = result.released
         return result
 
@@ -733,7 +811,7 @@ class Client:
         self._local.released = None
         if released is not None and math.isfinite(released):
             with self._after_lock:
-                self.after.add(1, max(0.0, time.time() - released))
+                self.after.add(1, max(0.0, time.monotonic() - released))
 
     def after_estimate(self) -> float:
         """Seconds the node is expected to work on a result, at most (see the class)."""

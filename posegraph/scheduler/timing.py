@@ -6,6 +6,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+# a run is counted as at most this many times the estimate it came to
+OUTLIER = 4.0
+
 
 class RunTimes:
     """Run time of one model per bucket size, learnt from every batch it runs.
@@ -25,12 +28,28 @@ class RunTimes:
         self.count: dict[int, int] = dict.fromkeys(buckets, 0)
 
     def add(self, bucket: int, seconds: float) -> None:
+        if self.mean:
+            # one stall (a machine paused, swapping) moves the estimate at most this far;
+            # a lasting change still gets through in a few runs
+            seconds = min(seconds, OUTLIER * self.estimate(bucket))
         if bucket not in self.mean:
             self.mean[bucket], self.dev[bucket] = seconds, 0.25 * seconds
         else:
             err = seconds - self.mean[bucket]
             self.mean[bucket] += self.alpha * err
             self.dev[bucket] += self.alpha * (abs(err) - self.dev[bucket])
+        self.count[bucket] += 1
+
+    def remeasure(self, bucket: int, seconds: float) -> None:
+        """A run made to check an estimate that had kept the model from running: the
+        estimate starts again from it, and the other buckets' come down in proportion (a
+        busy spell slowed them alike, and they are not run to find out)."""
+        old = self.mean.get(bucket)
+        if old and seconds < old:
+            for b in self.mean:
+                self.mean[b] *= seconds / old
+                self.dev[b] *= seconds / old
+        self.mean[bucket], self.dev[bucket] = seconds, 0.25 * seconds
         self.count[bucket] += 1
 
     def relax(self, bucket: int, factor: float = 0.95) -> None:
