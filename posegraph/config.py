@@ -245,6 +245,7 @@ def from_dict(doc: Any, file: str | None = None, base_dir: Path | None = None) -
         ("reorder_timeout_s", False, None, "a positive number of seconds"),
         ("hang_timeout_s", False, 0, "a number of seconds >= 0 (0: not watched)"),
         ("setup_timeout_s", False, 0, "a number of seconds >= 0 (0: not watched)"),
+        ("skip_warn_s", False, 0, "a number of seconds >= 0 (0: not said)"),
     ):
         value = getattr(runtime, key)
         kinds = int if whole else int | float

@@ -132,6 +132,9 @@ class RuntimeOptions:
     # a node process that has not set up its nodes (loaded its models) this long: the first
     # time, the run stops with that error; after a restart, it is killed and restarted
     setup_timeout_s: float = 600.0
+    # a model that serves none of its work (all past deadlines) this long is said in the
+    # log, again every 10 minutes while it lasts; 0: not said
+    skip_warn_s: float = 30.0
     metrics_port: int | None = None  # Prometheus endpoint (and health checks), off when None
     metrics_host: str = "127.0.0.1"  # the address it listens on (0.0.0.0 in a container)
     reorder_timeout_s: float = 2.0

@@ -7,6 +7,8 @@ and renders the live table and the summary line of ``posegraph run``.
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from collections import deque
@@ -15,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 WINDOW = 20000
 TAIL_WINDOW = 300  # frames at the sinks that the tail after a model node is judged on
@@ -480,3 +484,62 @@ class Metrics:
 
 def _ms(v: float) -> str:
     return "-" if v != v else f"{v:.2f}"
+
+
+class ServiceWatch:
+    """Says in the log when a model has served none of the work given to it for
+    ``window`` seconds (every image or crop skipped or late: its device cannot meet the
+    frames' deadlines), again every ``repeat`` seconds while that lasts, and when it
+    serves again. The counts are there all along; this puts the state where an operator
+    reads."""
+
+    def __init__(self, window: float, repeat: float = 600.0):
+        self.window = window
+        self.repeat = repeat
+        self.history: deque[tuple[float, dict[str, tuple[int, int]]]] = deque()
+        self.warned: dict[str, float] = {}  # model -> when last said
+        self.since: dict[str, float] = {}  # model -> start of the window it served nothing in
+
+    def check(self, metrics: Metrics, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self.history and now - self.history[-1][0] < 1.0:
+            return
+        totals: dict[str, tuple[int, int]] = {}
+        with metrics._lock:
+            for (device, model, _), c in metrics.scheduled.items():
+                items, done = totals.get(f"{model} on {device}", (0, 0))
+                totals[f"{model} on {device}"] = (items + c["items"], done + c["done"])
+        self.history.append((now, totals))
+        while len(self.history) > 1 and now - self.history[1][0] >= self.window:
+            self.history.popleft()
+        then, before = self.history[0]
+        if now - then < self.window:
+            return
+        for model, (items, done) in totals.items():
+            items0, done0 = before.get(model, (0, 0))
+            if items < items0 or done < done0:
+                continue  # its process restarted: counts from zero
+            if done > done0:
+                if model in self.since:
+                    log.info(
+                        "model %s serves again, after %.0f s without",
+                        model,
+                        now - self.since.pop(model),
+                    )
+                    self.warned.pop(model, None)
+                continue
+            if items == items0:
+                continue  # given nothing
+            self.since.setdefault(model, then)
+            if now - self.warned.get(model, -math.inf) >= self.repeat:
+                self.warned[model] = now
+                log.warning(
+                    "model %s has served none of its work for %.0f s (%d items, images or "
+                    "person crops, in the last %.0f s, each past its deadline first: "
+                    "skipped or late); its device cannot keep up: raise latency_budget_ms, "
+                    "lower max_persons or the model's input size, or give it a GPU",
+                    model,
+                    now - self.since[model],
+                    items - items0,
+                    now - then,
+                )

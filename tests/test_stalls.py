@@ -110,6 +110,35 @@ def test_a_model_kept_from_running_by_its_estimate_is_measured_again(model):
     assert handle.estimate(1) < BUDGET and handle.estimate(2) < BUDGET  # both came down
 
 
+@pytest.mark.exclusive
+def test_a_model_too_slow_for_the_budget_is_checked_less_and_less_often(monkeypatch):
+    # The checks above cost a batch whose result comes too late: for a model that is
+    # truly too slow, each check that finds the estimate right doubles the wait for the
+    # next one, so that the device's other models keep their time.
+    from posegraph.scheduler import core
+
+    monkeypatch.setattr(core, "PROBE_S", 0.25)
+    scheduler = DeviceScheduler("cpu", "edf")
+    try:
+        runs = []
+
+        def slow(batch: np.ndarray) -> dict[str, np.ndarray]:
+            runs.append(time.monotonic())
+            time.sleep(0.4)
+            return {"twice": batch * 2}
+
+        handle = scheduler.register("m", slow, (1,))
+        handle.warm_up(np.ones(2, np.float32), runs=2)
+        runs.clear()
+        results = stream(Client(handle), 5.0)
+        assert not any(done for _, done in results)
+        gaps = np.diff(runs)
+        # checks every 0.25 s after the last run would make about 8 in 5 s
+        assert 2 <= len(runs) <= 5 and all(np.diff(gaps) > 0), gaps
+    finally:
+        scheduler.close()
+
+
 # ------------------------------------------------------------------ the wall clock set
 
 CLOCK_RUN = textwrap.dedent(
@@ -244,3 +273,34 @@ def test_a_stalled_stream_is_seen_after_the_clock_was_set_back(clockshift, tmp_p
         source.resume()
     code, _, stderr = run.wait()
     assert code == 0, stderr
+
+
+def test_a_model_that_serves_nothing_for_a_while_is_said_in_the_log(tmp_path, posegraph):
+    # For 3 s the model takes 1 s a frame against a 300 ms budget: none of its work is
+    # served. The counts are exported all along; the log says it once it has lasted
+    # skip_warn_s, and says when the model serves again.
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"fps": 20, "realtime": True, "width": 64, "height": 48},
+            },
+            {
+                "name": "slow",
+                "type": "tests.helpers.custom_nodes:SlowSpell",
+                "from": "cam",
+                "with": {"slow_from": 20, "slow_until": 80, "seconds": 1.0},
+            },
+            {"name": "out", "type": "sink.null", "from": "slow"},
+        ],
+        latency_budget_ms=300,
+        runtime={"skip_warn_s": 2},
+    )
+    args = ("-v", "run", "p.yaml", "--max-frames", "240")
+    code, _, stderr = posegraph(*args, env={"PYTHONPATH": str(ROOT)}).wait(90)
+    assert code == 0, stderr
+    said = "model slow-spell on cpu has served none of its work for"
+    assert said in stderr and "model slow-spell on cpu serves again" in stderr, stderr
+    assert stderr.index(said) < stderr.index("serves again")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from posegraph.graph import Graph
-from posegraph.metrics import Metrics
+from posegraph.metrics import Metrics, ServiceWatch
 from posegraph.runtime.notify import Notifier
 from posegraph.runtime.plan import Plan, build_plan
 from posegraph.runtime.supervisor import PipelineError, Supervisor, claim_rundir
@@ -82,8 +82,12 @@ def run(
 
     asked: list[Callable[[], None]] = []  # how this executor stops, once it runs
 
+    watch = ServiceWatch(graph.runtime.skip_warn_s) if graph.runtime.skip_warn_s else None
+
     def tick() -> None:
         metrics.last_tick = time.monotonic()
+        if watch is not None and metrics.running:
+            watch.check(metrics)
         notifier.tick(metrics.running, status)
         if stop is not None and stop.is_set() and asked and not metrics.stopping:
             asked[0]()

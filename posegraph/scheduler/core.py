@@ -61,8 +61,11 @@ POLICIES = ("edf", "fifo")
 ROLES = ("image", "crops")
 
 
-# a model skipped this long on its estimate alone runs its next request with time left
+# a model skipped this long on its estimate alone runs its next request with time left;
+# twice as long after each such run that finds the estimate right, up to PROBE_MAX_S (a
+# model too slow for the budget costs its device one wasted batch a minute at most)
 PROBE_S = 2.0
+PROBE_MAX_S = 60.0
 
 # at most this share of a frame's budget is kept free for the work after the last model
 TAIL_SHARE = 0.25
@@ -232,6 +235,7 @@ class ModelHandle:
         self.served = RecentService()
         self.measured_at = time.monotonic()  # when a batch of it last ran and was timed
         self.probing = False  # its next batch checks an estimate that kept it from running
+        self.probe_every = PROBE_S
 
     def bucket_for(self, n: int) -> int:
         """The smallest bucket that holds ``n`` items (n <= the largest bucket)."""
@@ -581,8 +585,8 @@ class DeviceScheduler:
                 continue
             if now + smallest + self.margin <= head.deadline:
                 return
-            if head.deadline - now > self.margin and now - handle.measured_at > PROBE_S:
-                # Not run for PROBE_S on the estimate's word alone: run it and measure
+            if head.deadline - now > self.margin and now - handle.measured_at > handle.probe_every:
+                # Not run for a while on the estimate's word alone: run it and measure
                 # again. An estimate thrown far out (a stalled machine, a busy spell
                 # that is over) would otherwise skip this model's work for good.
                 handle.probing = True
@@ -730,10 +734,13 @@ class DeviceScheduler:
             return outputs
         with self._cond:
             if handle.probing:
+                right = seconds > 0.5 * handle.times.estimate(bucket)
+                handle.probe_every = min(PROBE_MAX_S, 2 * handle.probe_every) if right else PROBE_S
                 handle.times.remeasure(bucket, seconds)
                 handle.probing = False
             else:
                 handle.times.add(bucket, seconds)
+                handle.probe_every = PROBE_S
             handle.measured_at = time.monotonic()
         return outputs
 

@@ -239,3 +239,41 @@ class TouchShared(Node):
             self.region[page] = 1
         self.at = min(self.at + self.step, len(self.region))
         return frame
+
+
+class SlowSpell(Node):
+    """A model node on the device scheduler whose model takes ``seconds`` a frame for
+    frames ``slow_from`` to ``slow_until`` (a device that cannot keep up for a while) and
+    10 ms otherwise."""
+
+    uses_device = True
+
+    def __init__(self, slow_from: int = 0, slow_until: int = 0, seconds: float = 1.0):
+        self.slow_from, self.slow_until, self.seconds = slow_from, slow_until, seconds
+
+    def setup(self, ctx) -> None:
+        import numpy as np
+
+        from posegraph.scheduler import Client
+
+        super().setup(ctx)
+
+        def model(batch):
+            import time
+
+            index = int(batch[0, 0])
+            slow = self.slow_from <= index < self.slow_until
+            time.sleep(self.seconds if slow else 0.01)
+            return {"same": batch}
+
+        self.client = Client.attach("cpu", "slow-spell", model, (1,), np.full(1, -1.0))
+
+    def process(self, frame: Frame) -> Frame:
+        import numpy as np
+
+        result = self.client.run(
+            np.full((1, 1), float(frame.index)), frame.deadline, frame.stream, frame.captured_at
+        )
+        self.client.finished()
+        frame.meta["served"] = bool(result.done.all())
+        return frame
