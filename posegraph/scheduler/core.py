@@ -14,7 +14,10 @@ one set forward costs at most the frames in flight at that moment.
 The ``edf`` policy, each time the device is free:
 
 1. A request whose items cannot finish by its deadline even in the smallest bucket is not
-   run: its remaining items are *skipped* (counted per stream).
+   run: its remaining items are *skipped* (counted per stream). Unless its model has not
+   run for ``probe_every`` seconds on that estimate's word alone: then it runs, and the
+   model's estimates start again from that run (an estimate thrown out by a stall would
+   otherwise never be measured again).
 2. The model whose oldest request has the earliest deadline runs next. Its batch takes items
    in deadline order up to the largest bucket whose estimated run time still meets that
    oldest deadline, padded to the next bucket (so the model sees a few fixed shapes).
