@@ -240,6 +240,12 @@ class ModelHandle:
         self.probing = False  # its next batch checks an estimate that kept it from running
         self.probe_every = PROBE_S
 
+    def due_for_check(self) -> bool:
+        """Whether it has not run for ``probe_every`` seconds: its next request runs even
+        if its estimate says it will not finish in time (rule 1 of the module's policy).
+        A node that routes work around the model on its estimate asks this first."""
+        return time.monotonic() - self.measured_at > self.probe_every
+
     def bucket_for(self, n: int) -> int:
         """The smallest bucket that holds ``n`` items (n <= the largest bucket)."""
         return next(b for b in self.buckets if b >= n)
