@@ -314,3 +314,20 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def topdown_with_fallback():
+    """``crop.topdown`` and ``pose.topdown`` (HRNet-W16, the shipped weights, ER-Pose-n as
+    the whole-image fallback) set up in this process: (crop, pose)."""
+    from nodes.crop import TopDownCrop
+    from nodes.pose import TopDownPose
+    from posegraph.node import Context
+
+    ctx = Context(name="pose")
+    crop = TopDownCrop(model="hrnet_w16_128x96")
+    pose = TopDownPose(model="hrnet_w16_128x96", weights="builtin", fallback="erpose_n_320")
+    crop.setup(ctx)
+    pose.setup(ctx)
+    yield crop, pose
+    pose.close()

@@ -272,40 +272,32 @@ def test_overload_skips_work_and_exports_the_counts(tmp_path, posegraph):
     assert skipped > 0, summary
 
 
-def test_too_many_people_for_top_down_in_time_go_to_the_whole_image_fallback():
-    from nodes.crop import TopDownCrop
-    from nodes.pose import TopDownPose
-    from posegraph.node import Context
+def test_too_many_people_for_top_down_in_time_go_to_the_whole_image_fallback(
+    topdown_with_fallback,
+):
     from posegraph.packet import Detections, Frame
     from posegraph.scheduler.bench import _boxes, _first_frame
 
-    ctx = Context(name="pose")
-    crop = TopDownCrop(model="hrnet_w16_128x96")
-    pose = TopDownPose(model="hrnet_w16_128x96", weights="builtin", fallback="erpose_n_320")
-    crop.setup(ctx)
-    pose.setup(ctx)
-    try:
-        image = _first_frame()
-        crowd = _boxes(32, np.random.default_rng(0))
-        now = time.time()
+    crop, pose = topdown_with_fallback
+    image = _first_frame()
+    crowd = _boxes(32, np.random.default_rng(0))
+    now = time.time()
 
-        def frame(deadline: float, people: Detections) -> Frame:
-            f = Frame(stream="cam", index=0, pts=0.0, captured_at=now, deadline=deadline)
-            return crop.process(f.replace(image=image, detections=people))
+    def frame(deadline: float, people: Detections) -> Frame:
+        f = Frame(stream="cam", index=0, pts=0.0, captured_at=now, deadline=deadline)
+        return crop.process(f.replace(image=image, detections=people))
 
-        # 32 crops cannot be done in 250 ms on this model; the whole-image model can
-        out = pose.process(frame(now + 0.25, crowd))
-        assert out.meta["pose_fallback"] == "erpose_n_320" and pose.fallbacks == 1
-        assert out.poses.skeleton == "coco17" and "crops" not in out.meta
-        assert out.detections is not None and len(out.detections) == 32
-        # without a deadline, or with few people, top-down serves every crop
-        out = pose.process(frame(math.inf, crowd))
-        assert "pose_fallback" not in out.meta and len(out.poses) == 32
-        out = pose.process(frame(time.time() + 5.0, _boxes(2, np.random.default_rng(1))))
-        assert "pose_fallback" not in out.meta and len(out.poses) == 2
-        assert pose.fallbacks == 1
-    finally:
-        pose.close()
+    # 32 crops cannot be done in 250 ms on this model; the whole-image model can
+    out = pose.process(frame(now + 0.25, crowd))
+    assert out.meta["pose_fallback"] == "erpose_n_320" and pose.fallbacks == 1
+    assert out.poses.skeleton == "coco17" and "crops" not in out.meta
+    assert out.detections is not None and len(out.detections) == 32
+    # without a deadline, or with few people, top-down serves every crop
+    out = pose.process(frame(math.inf, crowd))
+    assert "pose_fallback" not in out.meta and len(out.poses) == 32
+    out = pose.process(frame(time.time() + 5.0, _boxes(2, np.random.default_rng(1))))
+    assert "pose_fallback" not in out.meta and len(out.poses) == 2
+    assert pose.fallbacks == 1
 
 
 def test_people_skipped_in_the_last_frame_are_served_first():

@@ -307,35 +307,27 @@ def test_a_model_that_serves_nothing_for_a_while_is_said_in_the_log(tmp_path, po
 
 
 @pytest.mark.exclusive
-def test_top_down_comes_back_from_the_fallback_once_its_estimate_is_checked():
+def test_top_down_comes_back_from_the_fallback_once_its_estimate_is_checked(
+    topdown_with_fallback,
+):
     # pose.topdown sends a frame to its whole-image fallback when the crops' estimate
     # says they will not be done in time: an estimate thrown far out would keep top-down
     # from ever running (and being timed) again.
-    from nodes.crop import TopDownCrop
-    from nodes.pose import TopDownPose
-    from posegraph.node import Context
     from posegraph.packet import Frame
     from posegraph.scheduler.bench import _boxes, _first_frame
 
-    ctx = Context(name="pose")
-    crop = TopDownCrop(model="hrnet_w16_128x96")
-    pose = TopDownPose(model="hrnet_w16_128x96", weights="builtin", fallback="erpose_n_320")
-    crop.setup(ctx)
-    pose.setup(ctx)
-    try:
-        image, people = _first_frame(), _boxes(2, np.random.default_rng(1))
-        handle = pose.client.handle
-        for bucket in handle.buckets:
-            for _ in range(12):
-                handle.times.add(bucket, 10.0)  # a busy spell, over now
-        routes = []
-        end = time.monotonic() + PROBE_S + 3.0
-        while time.monotonic() < end:
-            now = time.time()
-            f = Frame(stream="cam", index=0, pts=0.0, captured_at=now, deadline=now + 1.0)
-            out = pose.process(crop.process(f.replace(image=image, detections=people)))
-            routes.append(out.meta.get("pose_fallback", "topdown"))
-        assert routes[0] == "erpose_n_320"
-        assert routes[-3:] == ["topdown"] * 3, routes
-    finally:
-        pose.close()
+    crop, pose = topdown_with_fallback
+    image, people = _first_frame(), _boxes(2, np.random.default_rng(1))
+    handle = pose.client.handle
+    for bucket in handle.buckets:
+        for _ in range(12):
+            handle.times.add(bucket, 10.0)  # a busy spell, over now
+    routes = []
+    end = time.monotonic() + PROBE_S + 3.0
+    while time.monotonic() < end:
+        now = time.time()
+        f = Frame(stream="cam", index=0, pts=0.0, captured_at=now, deadline=now + 1.0)
+        out = pose.process(crop.process(f.replace(image=image, detections=people)))
+        routes.append(out.meta.get("pose_fallback", "topdown"))
+    assert routes[0] == "erpose_n_320"
+    assert routes[-3:] == ["topdown"] * 3, routes
