@@ -218,6 +218,15 @@ class Metrics:
                     row[key] += counts[key]
             return out
 
+    def work_by_model(self) -> dict[str, tuple[int, int]]:
+        """Per model (``MODEL on DEVICE``): work items the scheduler took in, and ran."""
+        with self._lock:
+            out: dict[str, tuple[int, int]] = {}
+            for (device, model, _), c in self.scheduled.items():
+                items, done = out.get(f"{model} on {device}", (0, 0))
+                out[f"{model} on {device}"] = (items + c["items"], done + c["done"])
+            return out
+
     def batching(self) -> dict[str, dict[str, Any]]:
         """Per model (``device/model``): batches run per bucket size, and the mean number
         of items (images, crops) a batch held."""
@@ -504,11 +513,7 @@ class ServiceWatch:
         now = time.monotonic() if now is None else now
         if self.history and now - self.history[-1][0] < 1.0:
             return
-        totals: dict[str, tuple[int, int]] = {}
-        with metrics._lock:
-            for (device, model, _), c in metrics.scheduled.items():
-                items, done = totals.get(f"{model} on {device}", (0, 0))
-                totals[f"{model} on {device}"] = (items + c["items"], done + c["done"])
+        totals = metrics.work_by_model()
         self.history.append((now, totals))
         while len(self.history) > 1 and now - self.history[1][0] >= self.window:
             self.history.popleft()
