@@ -13,8 +13,11 @@ another pool, up to the size of those segments, which are measured as the run's 
 memory instead. The resident set and its shared part are reported beside it. Where
 ``/proc`` has no such line (not Linux), the resident set is judged.
 
-After a warm-up (the first ``warmup`` share of the run: models load, buffers and caches
-fill), each process's figures are compared with themselves: the baseline is the mean of
+The run's clock starts when it is set up: the soak listens as systemd would
+(``NOTIFY_SOCKET``, a socket of its own) for the run's ``READY=1``, which comes once every
+process has loaded its models and the sources are let go; samples before it are not
+judged. After a warm-up (the first ``warmup`` share of the run from there: buffers and
+caches fill), each process's figures are compared with themselves: the baseline is the mean of
 the first quarter of its samples after the warm-up, the end the mean of the last quarter
 (a decoder's buffers swing by MBs from one sample to the next), and the slope a
 least-squares line over all of them (MB an hour). A process whose memory grew by more
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -122,6 +126,18 @@ def _shm_mb(run_id: str | None) -> float:
     return total / 2**20
 
 
+def _heard_ready(sock: socket.socket) -> float | None:
+    """The time the run's ``READY=1`` came, if it has come since the last look."""
+    heard = None
+    while True:
+        try:
+            message = sock.recv(4096)
+        except BlockingIOError:
+            return heard
+        if b"READY=1" in message.split(b"\n"):
+            heard = heard or time.monotonic()
+
+
 def _series(
     samples: list[tuple[float, dict[str, dict[str, Any]]]], name: str, start: float, end: float
 ) -> list[tuple[float, dict[str, Any]]]:
@@ -212,24 +228,37 @@ def soak(
     run_id: str | None = None
     samples: list[tuple[float, dict[str, dict[str, Any]]]] = []
     shm: list[tuple[float, float]] = []
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    ready_at: float | None = None
+    with (
+        tempfile.TemporaryDirectory(prefix="pg-soak-") as folder,
+        tempfile.TemporaryFile("w+") as out,
+        tempfile.TemporaryFile("w+") as err,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify,
+    ):
+        # the run says READY=1 here once it is set up, as it would to systemd
+        notify.bind(os.path.join(folder, "notify"))
+        notify.setblocking(False)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
+        env["NOTIFY_SOCKET"] = os.path.join(folder, "notify")
         # files, not pipes: a run of hours writes more than a pipe holds
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
-        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
+        launched = time.monotonic()
         root = psutil.Process(proc.pid)
         try:
             while proc.poll() is None:
-                t = time.monotonic() - t0
-                samples.append((t, _sample(root, proc.pid)))
+                now = time.monotonic()
+                samples.append((now, _sample(root, proc.pid)))
                 run_id = run_id or _run_id(proc.pid)
-                shm.append((t, _shm_mb(run_id)))
+                shm.append((now, _shm_mb(run_id)))
                 deadline = time.monotonic() + every
                 while proc.poll() is None and time.monotonic() < deadline:
+                    ready_at = ready_at or _heard_ready(notify)
                     time.sleep(0.1)
         finally:
             if proc.poll() is None:
                 proc.terminate()
             proc.wait()
+        ready_at = ready_at or _heard_ready(notify)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
@@ -237,6 +266,13 @@ def soak(
         last = (stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"the run ended with status {proc.returncode}: {last}")
     summary = json.loads(stdout.strip().splitlines()[-1])
+    if ready_at is None:
+        raise RuntimeError(
+            "the run never said it was set up (READY=1 on NOTIFY_SOCKET); nothing to judge"
+        )
+    # seconds on the run's own clock, from the moment it was set up
+    samples = [(t - ready_at, s) for t, s in samples]
+    shm = [(t - ready_at, mb) for t, mb in shm]
     start = warmup * seconds
     names = sorted({n for _, s in samples for n in s})
     processes = {}
@@ -260,6 +296,7 @@ def soak(
         "pipeline": file,
         "seconds": seconds,
         "every": every,
+        "setup_s": round(ready_at - launched, 1),
         "warmup_s": round(start, 1),
         "processes": processes,
         "shm_mb": [round(min(shm_after), 1), round(max(shm_after), 1)] if shm_after else None,
@@ -295,7 +332,8 @@ def print_soak(result: dict[str, Any]) -> None:
     shm = result["shm_mb"]
     _print_table(
         f"soak: {result['pipeline']} for {result['seconds']:g} s, sampled every "
-        f"{result['every']:g} s, compared after {result['warmup_s']:g} s",
+        f"{result['every']:g} s from the end of its set-up ({result['setup_s']:g} s), compared "
+        f"after {result['warmup_s']:g} s",
         (
             "process",
             "private MB start",

@@ -441,6 +441,40 @@ def test_soak_flags_the_process_that_grows_and_only_it(tmp_path, posegraph):
     assert result["run"]["delivered"] > 100 and result["run"]["lost"] == 0
 
 
+def test_soak_keeps_time_from_the_end_of_the_set_up(tmp_path, posegraph):
+    """A run that takes 4 s to set up (a model loading), soaked for 4 s with a 1 s warm-up:
+    the samples judged are the run's, after READY=1, not its set-up's: the source's pool
+    is there in all of them and each process was sampled for the whole run."""
+    write_pipeline(
+        tmp_path / "p.yaml",
+        [
+            {
+                "name": "cam",
+                "type": "source.synthetic",
+                "with": {"width": 64, "height": 48, "fps": 20, "realtime": True},
+            },
+            {
+                "name": "slow",
+                "type": "tests.helpers.custom_nodes:SlowSetup",
+                "from": "cam",
+                "with": {"seconds": 4.0},
+            },
+            {"name": "out", "type": "sink.null", "from": "slow"},
+        ],
+    )
+    args = ("bench", "soak", "p.yaml", "--seconds", "4", "--every", "0.25", "--warmup", "0.25")
+    code, stdout, stderr = posegraph(*args, "--json", env={"PYTHONPATH": str(ROOT)}).wait()
+    assert code == 0, stderr
+    result = json.loads(stdout.splitlines()[-1])
+    assert result["setup_s"] >= 4.0, result
+    assert result["warmup_s"] == 1.0
+    assert result["shm_mb"][0] > 0, result
+    slow = result["processes"]["pg:slow"]
+    # from 1 s to 4 s after the set-up, every 0.25 s: about 12 samples, none of the set-up
+    assert 8 <= slow["samples"] <= 13, slow
+    assert slow["series"][0][0] >= 1.0, slow
+
+
 def test_kill_9_of_a_source_resumes_the_stream(tmp_path, posegraph):
     from tests.conftest import write_video
 
