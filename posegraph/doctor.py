@@ -73,6 +73,15 @@ def check_torch() -> list[Finding]:
                 "a CUDA build, but no CUDA device is usable (driver, CUDA_VISIBLE_DEVICES?)",
             )
         )
+    if torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported():
+        isa = "AMX" if torch.cpu._is_amx_tile_supported() else "AVX512-BF16"
+        out.append(
+            Finding(
+                "torch",
+                "ok",
+                f"the CPU computes in bfloat16 ({isa}): training on it, cpu_amp: true is faster",
+            )
+        )
     return out
 
 

@@ -33,6 +33,10 @@ def test_doctor_reports_this_host():
     import torch
 
     assert f"torch {torch.__version__}" in by_area["torch"][0]["what"]
+    from training.trainer import cpu_has_bfloat16
+
+    says_bf16 = [f for f in by_area["torch"] if "cpu_amp: true" in f["what"]]
+    assert len(says_bf16) == int(cpu_has_bfloat16()), by_area["torch"]
     assert "CPUExecutionProvider" in by_area["onnxruntime"][0]["what"]
     shipped = sorted(p.name for p in Path(weights.__file__).parent.glob("*.safetensors"))
     assert [f["what"].split(":")[0] for f in by_area["weights"]] == shipped

@@ -41,7 +41,7 @@ from training.export import export
 from training.export import main as export_main
 from training.losses.topdown import CoordinateMSELoss, JointsMSELoss
 from training.synth import SceneConfig
-from training.trainer import EpochBatches, Trainer
+from training.trainer import EpochBatches, Trainer, cpu_has_bfloat16
 from training.transforms.topdown import (
     Augmentation,
     TopDownAffine,
@@ -443,6 +443,34 @@ def test_bench_training_times_variants_against_the_config(synthetic_set, capsys)
     with pytest.raises(SystemExit):
         posegraph_main([*argv, "--variant", "x=no_such_key=1"])
     assert "variant 'x'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not cpu_has_bfloat16(), reason="this CPU has no bfloat16 in hardware")
+def test_cpu_amp_runs_the_forward_pass_in_bfloat16_and_keeps_float32_weights(
+    synthetic_set, tmp_path
+):
+    """cpu_amp: the convolutions compute in bfloat16, the loss and the weights stay float32,
+    and the first steps' losses stay near float32's (same seed, same crops)."""
+    settings = [*TINY, *_data_overrides(synthetic_set, "all", None), "batch_size=2"]
+    settings += ["schedule.steps_per_epoch=3", "schedule.epochs=1", "ema.enabled=false"]
+    config_path = CONFIGS / "hrnet_w32_synth_tiny.yaml"
+    losses = {}
+    for amp in (False, True):
+        trainer = Trainer(
+            load_config(config_path, [*settings, f"cpu_amp={amp}"]), tmp_path / f"{amp}"
+        )
+        seen: list[torch.dtype] = []
+        conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+        hook = conv.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
+        loss = trainer.train_epoch()
+        hook.remove()
+        trainer.close()
+        assert seen == [torch.bfloat16 if amp else torch.float32] * 3
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+        losses[amp] = loss
+    assert math.isfinite(losses[True])
+    assert losses[True] == pytest.approx(losses[False], rel=0.05)
+    assert losses[True] != losses[False]
 
 
 def test_load_from_starts_a_run_from_another_runs_weights(tmp_path, caplog):

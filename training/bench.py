@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 #: The variants measured when none is named: on CUDA, what can make a small model's step
-#: faster there; on a CPU, the memory layout.
+#: faster there; on a CPU, the memory layout and, where the CPU has it in hardware,
+#: bfloat16 (``cpu_amp``).
 CUDA_VARIANTS = {
     "config": [],
     "bf16": ["amp_dtype=bfloat16"],
@@ -133,7 +134,14 @@ def _trainer(config_path: Path, overrides: list[str], steps: int) -> Iterator[An
 def _variants(named: list[str] | None, cuda: bool) -> dict[str, list[str]]:
     """``NAME=KEY=VALUE,KEY=VALUE`` strings as a dict; the defaults when none are named."""
     if not named:
-        return dict(CUDA_VARIANTS if cuda else CPU_VARIANTS)
+        if cuda:
+            return dict(CUDA_VARIANTS)
+        from training.trainer import cpu_has_bfloat16
+
+        variants = dict(CPU_VARIANTS)
+        if cpu_has_bfloat16():
+            variants["bf16"] = ["cpu_amp=true"]
+        return variants
     variants: dict[str, list[str]] = {"config": []}
     for text in named:
         name, _, settings = text.partition("=")

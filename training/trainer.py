@@ -85,6 +85,22 @@ HEATMAP_CODECS = ("msra_heatmap", "udp_heatmap")
 COORDINATE_CODECS = ("regression_label",)
 
 
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 in hardware (AMX tiles or AVX512-BF16)."""
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def as_float32(outputs: Any) -> Any:
+    """A model's outputs (a tensor, or lists, tuples and dicts of them) in float32."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float() if outputs.is_floating_point() else outputs
+    if isinstance(outputs, dict):
+        return {k: as_float32(v) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(as_float32(v) for v in outputs)
+    return outputs
+
+
 class ModelEMA:
     """Exponential moving average of a model's weights and buffers (the YOLO ``ModelEMA``).
 
@@ -328,6 +344,12 @@ class Trainer:
         )
         self.optimizer = self._make_optimizer()
         self.amp = config.amp and self.device.type == "cuda"
+        self.cpu_amp = config.cpu_amp and self.device.type == "cpu"
+        if self.cpu_amp and not cpu_has_bfloat16():
+            raise ValueError(
+                "cpu_amp: this CPU has no bfloat16 in hardware (AMX or AVX512-BF16), and "
+                "emulated it is slower than float32; set cpu_amp: false"
+            )
         self.amp_dtype = getattr(torch, config.amp_dtype)
         # bfloat16 keeps float32's exponent range: gradients need no scaling
         self.scaler = torch.amp.GradScaler(
@@ -560,9 +582,12 @@ class Trainer:
         self.net.train()
         total, count, started = 0.0, 0, time.perf_counter()
         pending: list[torch.Tensor] = []
-        autocast = (
-            torch.autocast("cuda", dtype=self.amp_dtype) if self.amp else contextlib.nullcontext()
-        )
+        if self.amp:
+            autocast: Any = torch.autocast("cuda", dtype=self.amp_dtype)
+        elif self.cpu_amp:
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+        else:
+            autocast = contextlib.nullcontext()
         for batch in self.epoch_data(epoch):
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(epoch, self.step)
@@ -613,6 +638,14 @@ class Trainer:
         """
         x = to_tensor(batch["image"].to(self.device, non_blocking=True), self.spec)
         outputs = self.net(x.contiguous(memory_format=self.memory_format))
+        if self.cpu_amp:
+            # the loss in float32: squared errors of heatmap values near 0 and the sums over
+            # a batch lose too much in bfloat16's 8 bits
+            with torch.autocast("cpu", enabled=False):
+                return self._loss_of(as_float32(outputs), batch)
+        return self._loss_of(outputs, batch)
+
+    def _loss_of(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
         if self.paradigm == "topdown":
             targets = batch[self.target_key].to(self.device, non_blocking=True)
             weights = batch["keypoint_weights"].to(self.device, non_blocking=True)
