@@ -157,6 +157,7 @@ def surveillance_graph(
     flip_test: bool = True,
     name: str = "bench",
     device: str = "cpu",
+    bf16: bool = False,
 ):
     """The graph of pipelines/surveillance.yaml without its drawing and video sinks: the
     clip, unpaced, through detect.synthetic, crop, the shipped HRNet and the tracker.
@@ -186,6 +187,7 @@ def surveillance_graph(
         weights="builtin",
         flip_test=flip_test,
         device=device,
+        bf16=bf16,
     )
     track = g.add(  # as in surveillance.yaml, for the shipped HRNet's low scores
         "track",
@@ -201,11 +203,16 @@ def surveillance_graph(
 
 
 def pipeline(
-    people: tuple[int, ...] = (1, 4, 16), seconds: float = 4.0, flip_test: bool = True
+    people: tuple[int, ...] = (1, 4, 16),
+    seconds: float = 4.0,
+    flip_test: bool = True,
+    bf16: bool = False,
 ) -> dict:
     """The surveillance pipeline on synthetic clips of 1, 4 and 16 people, in one process
     (inproc) and one process per node (procs): frames/s, end-to-end latency, and the mean
-    OKS of its poses against the clip's ground truth."""
+    OKS of its poses against the clip's ground truth. With ``bf16`` each cell runs again
+    with the pose node in bfloat16, its frames/s as a ratio to float32's (the detector
+    stays in float32: HPRNet's deformable convolutions run slower in bfloat16 on a CPU)."""
     from posegraph import scoring
     from training.synth.video import VideoConfig, write_video
 
@@ -216,23 +223,32 @@ def pipeline(
             made = write_video(config, Path(tmp) / f"people{n}")
             truth = scoring.Truth(made["json"])
             for executor in ("inproc", "procs"):
-                out = Path(tmp) / f"people{n}-{executor}.jsonl"
-                g = surveillance_graph(made["mp4"], out, flip_test, f"bench-{n}-{executor}")
-                summary = g.run(executor=executor)
-                scored = scoring.score(scoring.read_jsonl(out), truth)
-                result["cells"].append(
-                    {
-                        "people": n,
-                        "executor": executor,
-                        "frames": summary["delivered"],
-                        "fps": round(summary["delivered"] / summary["delivery_s"], 2),
-                        "p50_ms": round(summary["e2e_ms"]["p50"], 1),
-                        "p99_ms": round(summary["e2e_ms"]["p99"], 1),
-                        "lost": summary["lost"] + summary["dropped"],
-                        "mean_oks": round(scored["mean_oks"], 3),
-                        "AP": round(scored["AP"], 3),
-                    }
-                )
+                baseline = None
+                for precision in ("fp32", "bf16") if bf16 else ("fp32",):
+                    out = Path(tmp) / f"people{n}-{executor}-{precision}.jsonl"
+                    name = f"bench-{n}-{executor}-{precision}"
+                    g = surveillance_graph(
+                        made["mp4"], out, flip_test, name, bf16=precision == "bf16"
+                    )
+                    summary = g.run(executor=executor)
+                    scored = scoring.score(scoring.read_jsonl(out), truth)
+                    fps = summary["delivered"] / summary["delivery_s"]
+                    baseline = baseline or fps
+                    result["cells"].append(
+                        {
+                            "people": n,
+                            "executor": executor,
+                            "precision": precision,
+                            "frames": summary["delivered"],
+                            "fps": round(fps, 2),
+                            "fps_ratio": round(fps / baseline, 3),
+                            "p50_ms": round(summary["e2e_ms"]["p50"], 1),
+                            "p99_ms": round(summary["e2e_ms"]["p99"], 1),
+                            "lost": summary["lost"] + summary["dropped"],
+                            "mean_oks": round(scored["mean_oks"], 3),
+                            "AP": round(scored["AP"], 3),
+                        }
+                    )
     return result
 
 
@@ -440,8 +456,10 @@ def _print_pipeline(result: dict) -> None:
         (
             "people",
             "executor",
+            "precision",
             "frames",
             "fps",
+            "vs fp32",
             "e2e p50 ms",
             "e2e p99 ms",
             "lost",
@@ -452,8 +470,10 @@ def _print_pipeline(result: dict) -> None:
             [
                 str(c["people"]),
                 c["executor"],
+                c["precision"],
                 str(c["frames"]),
                 f"{c['fps']:.2f}",
+                f"{c['fps_ratio']:.3f}",
                 f"{c['p50_ms']:.1f}",
                 f"{c['p99_ms']:.1f}",
                 str(c["lost"]),
@@ -529,7 +549,7 @@ def main(args) -> int:
         )
         show = bench.print_table
     elif args.bench == "pipeline":
-        result = pipeline(_numbers(args.people), args.seconds, not args.no_flip)
+        result = pipeline(_numbers(args.people), args.seconds, not args.no_flip, args.bf16)
         show = _print_pipeline
     elif args.bench == "streams":
         result = streams(

@@ -289,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--people", default="1,4,16", help="people per clip, comma-separated")
     pl.add_argument("--seconds", type=float, default=4.0, help="length of each clip")
     pl.add_argument("--no-flip", action="store_true", help="pose without the flip test")
+    pl.add_argument(
+        "--bf16",
+        action="store_true",
+        help="each cell again with the pose node in bfloat16 (bf16: true), against float32",
+    )
     pl.add_argument("--json", action="store_true")
     st = bsub.add_parser(
         "streams", help="S clips through shared model nodes: one frame per stream in flight"

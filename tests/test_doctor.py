@@ -33,7 +33,7 @@ def test_doctor_reports_this_host():
     import torch
 
     assert f"torch {torch.__version__}" in by_area["torch"][0]["what"]
-    from training.trainer import cpu_has_bfloat16
+    from posegraph.models import cpu_has_bfloat16
 
     says_bf16 = [f for f in by_area["torch"] if "cpu_amp: true" in f["what"]]
     assert len(says_bf16) == int(cpu_has_bfloat16()), by_area["torch"]

@@ -5,6 +5,7 @@ peaks), a real inproc pipeline, and the errors that must stop a node before fram
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -23,7 +24,7 @@ from nodes.crop import (
 from nodes.pose import BottomUpPose, Normalise, OneStagePose, TopDownPose
 from posegraph import Graph, codecs, skeletons
 from posegraph.codecs.common import PoseInstances, gaussian_heatmaps
-from posegraph.models import build, save_checkpoint
+from posegraph.models import build, cpu_has_bfloat16, save_checkpoint
 from posegraph.models.export import export_onnx
 from posegraph.node import Context, Node, NodeError
 from posegraph.packet import Detections, Frame
@@ -138,6 +139,30 @@ def test_torch_and_onnxruntime_agree_on_the_same_weights(hrnet):
     apart = started(decoders.HeatmapDecoder()).process(raw).poses
     np.testing.assert_array_equal(apart.keypoints, in_place.keypoints)
     np.testing.assert_array_equal(apart.instance_scores, in_place.instance_scores)
+
+
+@pytest.mark.skipif(not cpu_has_bfloat16(), reason="this CPU has no bfloat16 in hardware")
+@pytest.mark.parametrize("cls", [TopDownPose, OneStagePose])
+def test_bf16_on_the_cpu_runs_its_own_model_near_float32s(hrnet, cls):
+    """bf16: the model runs in bfloat16 (a model of its own on the scheduler, not the float32
+    one of the same weights), and its outputs, float32 again, stay near float32's."""
+    frame = cropped_frame()
+    if cls is TopDownPose:
+        args: dict = {"weights": hrnet["weights"], **ZOO}
+    else:
+        torch.manual_seed(0)
+        model, _ = build("erpose_n")
+        args = {"model": "erpose_n", "input_size": [128, 128], "weights": None}
+        folder = Path(hrnet["weights"]).parent
+        save_checkpoint(model, folder / "erpose.safetensors")
+        args["weights"] = str(folder / "erpose.safetensors")
+    fp32 = started(cls(decode=False, **args)).process(frame).meta["pose_outputs"]["outputs"]
+    bf16 = started(cls(decode=False, bf16=True, **args)).process(frame).meta["pose_outputs"]
+    key = next(iter(fp32))
+    a, b = fp32[key], bf16["outputs"][key]
+    assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
+    scale = np.abs(a).max()
+    assert 0 < np.abs(a - b).max() < 0.05 * scale, (np.abs(a - b).max(), scale)
 
 
 def test_simcc_onnx_decodes_known_peaks_to_image_pixels(tmp_path):
@@ -513,6 +538,8 @@ def test_bad_setup_is_a_clear_error(params, message):
         ({"backend": "onnxruntime"}, "needs an onnx model file"),
         ({"onnx": "m.onnx", "weights": "w.pth"}, "carries its weights"),
         ({"fp16": True}, "fp16 runs with backend torch on a cuda device"),
+        ({"fp16": True, "bf16": True, "device": "cuda"}, "fp16 and bf16: choose one"),
+        ({"onnx": "m.onnx", "codec": "simcc", "bf16": True}, "bf16 runs with backend torch"),
         ({"codec": "hprnet", "onnx": "m.onnx"}, "pose.topdown decodes"),
         ({"device": "gpu"}, "use cpu, cuda or cuda:N"),
         ({"crop_on": "gpu"}, "crop_on 'gpu': use auto, cpu or device"),

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from posegraph import codecs, skeletons
 from posegraph.cli import main as posegraph_main
-from posegraph.models import build, checkpoint_metadata, save_checkpoint
+from posegraph.models import build, checkpoint_metadata, cpu_has_bfloat16, save_checkpoint
 from training.cli import main as train_main
 from training.config import ConfigError, load_config
 from training.datasets.coco import CocoPersons, PersonInstance, TopDownDataset
@@ -41,7 +41,7 @@ from training.export import export
 from training.export import main as export_main
 from training.losses.topdown import CoordinateMSELoss, JointsMSELoss
 from training.synth import SceneConfig
-from training.trainer import EpochBatches, Trainer, cpu_has_bfloat16
+from training.trainer import EpochBatches, Trainer
 from training.transforms.topdown import (
     Augmentation,
     TopDownAffine,
@@ -655,6 +655,14 @@ def test_tiny_training_run_lowers_loss_and_reaches_ap(synthetic_set, tmp_path, c
     assert both["fp16"].keys() == metrics.keys()
     assert both["AP_change"] == pytest.approx(both["fp16"]["AP"] - metrics["AP"])
     assert abs(both["AP_change"]) < 0.05, both
+    # bfloat16 (what a pose node runs with bf16: true), against float32 in the same object
+    assert eval_main([*eval_argv, "--precision", "fp32,bf16"]) == 0
+    bf16 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert bf16["fp32"] == metrics and bf16["bf16"].keys() == metrics.keys()
+    assert bf16["AP_change"] == pytest.approx(bf16["bf16"]["AP"] - metrics["AP"])
+    assert abs(bf16["AP_change"]) < 0.05, bf16
+    assert eval_main([*eval_argv, "--precision", "fp8"]) == 2
+    assert "--precision fp8: fp8 unknown" in capsys.readouterr().err
     # --analyze: the AP with each keypoint group exact, in the JSON object and as a table
     assert eval_main([*eval_argv, "--analyze"]) == 0
     analysed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -136,7 +136,7 @@ def _variants(named: list[str] | None, cuda: bool) -> dict[str, list[str]]:
     if not named:
         if cuda:
             return dict(CUDA_VARIANTS)
-        from training.trainer import cpu_has_bfloat16
+        from posegraph.models import cpu_has_bfloat16
 
         variants = dict(CPU_VARIANTS)
         if cpu_has_bfloat16():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -103,18 +104,24 @@ class PosePrediction:
     index: int
 
 
-class HalfPrecision(nn.Module):
-    """A model run in float16: takes and gives float32, as the evaluation expects."""
+class LowPrecision(nn.Module):
+    """A model run in float16 or bfloat16 (``dtype``), as the pose nodes run it with
+    ``fp16`` or ``bf16``: takes and gives float32, as the evaluation expects."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float16):
         super().__init__()
-        self.model = model.half()
+        self.dtype = dtype
+        self.model = copy.deepcopy(model).to(dtype)
 
     def forward(self, x: torch.Tensor) -> Any:
-        out = self.model(x.half())
+        out = self.model(x.to(self.dtype))
         if isinstance(out, dict):
             return {k: v.float() for k, v in out.items()}
         return out.float()
+
+
+#: ``--precision``: the names, and the dtype each runs the model in
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def to_tensor(images: np.ndarray | torch.Tensor, spec: ModelSpec) -> torch.Tensor:
@@ -776,9 +783,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--precision",
-        choices=("fp32", "fp16", "both"),
         default="fp32",
-        help="run the model in float32, float16, or both (fp16's accuracy against fp32)",
+        help="fp32, fp16, bf16 or several, comma-separated (fp32,bf16): each one's metrics, "
+        "and with fp32 and one other the other's change against it; both: fp32,fp16",
     )
     parser.add_argument(
         "--analyze",
@@ -806,6 +813,18 @@ def _analysis_table(analysis: dict[str, dict[str, float]], ap: float, precision:
     return table
 
 
+def _precisions(text: str) -> list[str]:
+    """``--precision``: the names in order, without repeats."""
+    names = ["fp32", "fp16"] if text == "both" else [p.strip() for p in text.split(",")]
+    unknown = [p for p in names if p not in PRECISIONS]
+    if unknown or not names:
+        raise ValueError(
+            f"--precision {text}: {', '.join(unknown) or 'none'} unknown; give fp32, fp16, "
+            "bf16 or several of them, comma-separated (both: fp32,fp16)"
+        )
+    return list(dict.fromkeys(names))
+
+
 def main(argv: list[str]) -> int:
     """``posegraph eval``; returns the exit status."""
     from rich.console import Console
@@ -818,6 +837,7 @@ def main(argv: list[str]) -> int:
         is_mpii = isinstance(doc, list)
         skeleton = "mpii16" if is_mpii else args.skeleton or guess_skeleton(doc)
         overrides = _parse_overrides(args.set)
+        precisions = _precisions(args.precision)
         whole_image = spec_of(args.model).paradigm in WHOLE_IMAGE_PARADIGMS
         if args.analyze and (is_mpii or (not whole_image and args.boxes != "gt")):
             raise ValueError(
@@ -870,18 +890,16 @@ def main(argv: list[str]) -> int:
 
     headline = "PCKh" if is_mpii else "AP"
     runs: dict[str, dict[str, float]] = {}
-    if args.precision in ("fp32", "both"):
-        runs["fp32"] = evaluate(model)
-    if args.precision in ("fp16", "both"):
-        runs["fp16"] = evaluate(HalfPrecision(model))
-    if args.precision == "both":
-        # the accuracy check of half precision: one object with both runs and the change
-        metrics: dict[str, Any] = {
-            **runs,
-            f"{headline}_change": runs["fp16"][headline] - runs["fp32"][headline],
-        }
+    for name in precisions:
+        runs[name] = evaluate(model if name == "fp32" else LowPrecision(model, PRECISIONS[name]))
+    if len(runs) == 1:
+        metrics: dict[str, Any] = runs[precisions[0]]
     else:
-        metrics = runs[args.precision]
+        # the accuracy check of lower precision: one object with every run, and the change
+        metrics = dict(runs)
+        others = [p for p in precisions if p != "fp32"]
+        if "fp32" in runs and len(others) == 1:
+            metrics[f"{headline}_change"] = runs[others[0]][headline] - runs["fp32"][headline]
     if args.json:
         Console(highlight=False, soft_wrap=True).print(json.dumps(metrics), markup=False)
         return 0

@@ -47,6 +47,7 @@ from posegraph.models import (
     ModelSpec,
     build,
     checkpoint_metadata,
+    cpu_has_bfloat16,
     load_checkpoint,
     save_checkpoint,
     spec_of,
@@ -83,11 +84,6 @@ logger = logging.getLogger(__name__)
 #: Top-down codecs whose targets are heatmaps (JointsMSE) or coordinates (MSE).
 HEATMAP_CODECS = ("msra_heatmap", "udp_heatmap")
 COORDINATE_CODECS = ("regression_label",)
-
-
-def cpu_has_bfloat16() -> bool:
-    """Whether this CPU computes in bfloat16 in hardware (AMX tiles or AVX512-BF16)."""
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
 def as_float32(outputs: Any) -> Any:

@@ -37,6 +37,7 @@ __all__ = [
     "build",
     "checkpoint_metadata",
     "count_params",
+    "cpu_has_bfloat16",
     "describe",
     "load_checkpoint",
     "names",
@@ -51,6 +52,12 @@ _FAMILIES: tuple[ModuleType, ...] = (hrnet, de_hrnet, simplebaseline, regression
 
 
 @functools.cache
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 in hardware (AMX tiles or AVX512-BF16): where
+    it does not, bfloat16 is emulated and slower than float32."""
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
 def _registry() -> dict[str, ModuleType]:
     table: dict[str, ModuleType] = {}
     for family in _FAMILIES:

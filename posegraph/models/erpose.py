@@ -252,6 +252,8 @@ def decode(raw: list[torch.Tensor], num_keypoints: int) -> torch.Tensor:
     """Raw per-level maps -> ``(N, A, 1 + 3K)`` poses in input pixels (see module doc)."""
     poses = []
     for maps, stride in zip(raw, STRIDES, strict=True):
+        # in float32 whatever the model ran in: bfloat16 holds 300 px only to 2 px
+        maps = maps.float()
         n, _, h, w = maps.shape
         flat = maps.flatten(2).transpose(1, 2)  # (N, h*w, 1 + 3K)
         cols = torch.arange(w, dtype=maps.dtype, device=maps.device).repeat(h)
