@@ -252,13 +252,17 @@ def soak(
                 shm.append((now, _shm_mb(run_id)))
                 deadline = time.monotonic() + every
                 while proc.poll() is None and time.monotonic() < deadline:
-                    ready_at = ready_at or _heard_ready(notify)
+                    # read every notification, not only up to READY: the run's STATUS lines
+                    # would fill the socket's queue
+                    heard = _heard_ready(notify)
+                    ready_at = ready_at or heard
                     time.sleep(0.1)
         finally:
             if proc.poll() is None:
                 proc.terminate()
             proc.wait()
-        ready_at = ready_at or _heard_ready(notify)
+        heard = _heard_ready(notify)
+        ready_at = ready_at or heard
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()

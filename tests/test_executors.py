@@ -1016,6 +1016,28 @@ def test_notifier_speaks_to_abstract_sockets_and_gives_up_on_a_missing_one(tmp_p
     assert len(warnings) == 1 and not gone.enabled
 
 
+def test_a_listener_that_stops_reading_never_blocks_the_notifier(tmp_path, caplog):
+    """A listener that reads nothing: its queue fills (a few datagrams on Linux), and the
+    notifier drops what does not fit instead of waiting, saying so once."""
+    import socket
+
+    from posegraph.runtime.notify import Notifier
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(tmp_path / "notify"))
+        n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")})
+        started = time.monotonic()
+        for i in range(2000):
+            n.send(f"STATUS=line {i}")
+        assert time.monotonic() - started < 5
+        assert n.enabled and n.dropped > 0
+        assert _datagrams(sock)[0] == "STATUS=line 0"
+        n.send("STATUS=read again")  # room once the listener reads
+        assert _datagrams(sock) == ["STATUS=read again"]
+    full = [r for r in caplog.records if "reads no notifications" in r.message]
+    assert len(full) == 1
+
+
 SCRIPT = """
 from posegraph import Frame, Graph, Node
 

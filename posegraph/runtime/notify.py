@@ -11,7 +11,9 @@ also ``WATCHDOG_USEC`` (and ``WATCHDOG_PID``). A run then says:
 - ``STOPPING=1`` when it starts to drain.
 
 Without ``NOTIFY_SOCKET`` every call does nothing. A socket that cannot be reached is
-logged once and then left alone: notifications never stop a pipeline.
+logged once and then left alone, and a message that does not fit in the listener's queue
+(a listener that stopped reading) is dropped, not waited for: notifications never stop a
+pipeline.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Notifier:
             if not pid or pid == str(os.getpid()):
                 self.watchdog_s = int(usec) / 1e6
         self._sock: socket.socket | None = None
+        self.dropped = 0  # messages the listener's full queue had no room for
         self._ready = self._stopping = False
         self._next_ping = 0.0
         self._next_status = 0.0
@@ -59,7 +62,16 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto("\n".join(fields).encode(), self.address)
+            # never wait: a listener that stops reading must not stop the supervising loop
+            self._sock.sendto("\n".join(fields).encode(), socket.MSG_DONTWAIT, self.address)
+        except BlockingIOError:
+            self.dropped += 1
+            if self.dropped == 1:
+                log.warning(
+                    "the listener on %s reads no notifications (its queue is full): dropping "
+                    "them until it does",
+                    os.environ.get("NOTIFY_SOCKET", self.address),
+                )
         except OSError as exc:
             log.warning(
                 "cannot notify systemd on %s: %s; no more notifications from this run",
