@@ -276,6 +276,12 @@ def own_segments(names: set[str], supervisors: Iterable[int] = ()) -> set[str]:
         pid = supervisor_pid(rundir_of(name.split("-")[1]))
         if pid is not None and pid not in mine and psutil.pid_exists(pid):
             continue
+        # pg-RUN-OWNER-PID-SERIAL: with no run folder here (a run under another TMPDIR),
+        # a writer still alive is another test's (this test's processes are gone by now)
+        writer = name.rsplit("-", 2)[-2]
+        if pid is None and writer.isdigit() and psutil.pid_exists(int(writer)):
+            if int(writer) != os.getpid():
+                continue
         if os.path.exists(f"/dev/shm/{name}"):
             out.add(name)
     return out
