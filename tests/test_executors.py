@@ -404,6 +404,7 @@ def test_liveness_fails_when_the_supervising_loop_stops_turning():
     assert m.health(ready=True)[0] == 503
 
 
+@pytest.mark.exclusive  # reads the machine's /dev/shm and process tree as a whole
 def test_soak_flags_the_process_that_grows_and_only_it(tmp_path, posegraph):
     """bench soak over 10 s of a pipeline with a node that keeps 1 MB of every frame: its
     process is flagged, the others (source, sink, supervisor) are steady; so is one whose
@@ -441,6 +442,7 @@ def test_soak_flags_the_process_that_grows_and_only_it(tmp_path, posegraph):
     assert result["run"]["delivered"] > 100 and result["run"]["lost"] == 0
 
 
+@pytest.mark.exclusive  # reads the machine's /dev/shm and process tree as a whole
 def test_soak_keeps_time_from_the_end_of_the_set_up(tmp_path, posegraph):
     """A run that takes 4 s to set up (a model loading), soaked for 4 s with a 1 s warm-up:
     the samples judged are the run's, after READY=1, not its set-up's: the source's pool
