@@ -176,6 +176,27 @@ def test_error_analysis_finds_what_costs_ap_and_collapsed_pairs():
     )
     # every person has a prediction (ground-truth boxes): all exact is AP 1
     assert analysis["all"] == {"exact_AP": 1.0, "found": 1.0}
+    assert analysis["visible"]["exact_AP"] > base + 0.05
+
+
+@needs_data
+def test_error_analysis_tells_hidden_keypoints_from_visible_ones():
+    # coco-mini labels 17 keypoints hidden (flag 1) and 164 visible (flag 2); with only the
+    # hidden ones 20 pixels off, making them exact recovers all the AP and making the visible
+    # ones exact recovers none of it.
+    path = DATA / "coco-mini" / "test_coco.json"
+    people = CocoPersons(path, DATA / "coco-mini", "coco17", (192, 256)).instances
+    assert sum(int((p.flags == 1).sum()) for p in people) == 17
+    predictions = []
+    for i, person in enumerate(people):
+        points = person.keypoints[:, :2].copy()
+        points[person.flags == 1] += 20
+        predictions.append(PosePrediction(person.image_id, points, np.ones(17), 1.0, 1.0, i))
+    analysis = error_analysis(predictions, people, path, "coco17")
+    base = keypoint_ap(predictions, path, "coco17")["AP"]
+    assert base < 0.95
+    assert analysis["occluded"]["exact_AP"] == 1.0
+    assert analysis["visible"]["exact_AP"] == pytest.approx(base)
 
 
 @needs_data
@@ -667,7 +688,7 @@ def test_tiny_training_run_lowers_loss_and_reaches_ap(synthetic_set, tmp_path, c
     assert eval_main([*eval_argv, "--analyze"]) == 0
     analysed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     groups = keypoint_groups(skeletons.get("coco17"))
-    assert list(analysed.pop("analysis")) == [*groups, "all"]
+    assert list(analysed.pop("analysis")) == [*groups, "visible", "occluded", "all"]
     assert analysed == metrics
     assert eval_main([*eval_argv[:-1], "--analyze"]) == 0
     assert "ankle" in capsys.readouterr().out

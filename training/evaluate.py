@@ -43,6 +43,7 @@ from training.datasets.coco import (
     CocoPersons,
     PersonInstance,
     TopDownDataset,
+    annotation_flags,
     annotation_keypoints,
     guess_skeleton,
 )
@@ -457,10 +458,12 @@ def error_analysis(
     is). ``exact_AP``: the AP of the same protocol (``ap``; default the top-down one of
     :func:`keypoint_ap`) with that group's predicted keypoints moved onto their labelled
     truth, so ``exact_AP - AP`` is what the group's errors cost. ``mirrored`` (pairs only):
-    :func:`mirrored_share`. The last entry, ``all``, has every keypoint of every prediction
-    of someone exact (what is left below 1 is people missed, predictions of no one and their
-    order by score) and ``found``, the share of the file's labelled people some prediction is
-    of.
+    :func:`mirrored_share`. Then, where the file tells them apart, ``visible`` and
+    ``occluded``: every keypoint labelled visible (flag 2), or labelled but hidden (flag 1),
+    exact, whatever its group: what the model loses on what it can see and on what it must
+    infer. The last entry, ``all``, has every keypoint of every prediction of someone exact
+    (what is left below 1 is people missed, predictions of no one and their order by score)
+    and ``found``, the share of the file's labelled people some prediction is of.
     """
 
     def top_down_ap(chosen: list[PosePrediction]) -> float:
@@ -469,16 +472,23 @@ def error_analysis(
     score = ap or top_down_ap
     skeleton = skeletons.get(skeleton_name)
     groups = keypoint_groups(skeleton)
-    groups_and_all = [*groups.items(), ("all", list(range(skeleton.num_keypoints)))]
+    every = list(range(skeleton.num_keypoints))
+    # (name, keypoint indices, the flags as written that count); visible and occluded only
+    # where the file says which labelled points are hidden
+    selections = [(group, indices, (1, 2)) for group, indices in groups.items()]
+    if any(person is not None and person.flags is not None for person in instances):
+        selections += [("visible", every, (2,)), ("occluded", every, (1,))]
+    selections.append(("all", every, (1, 2)))
     analysis: dict[str, dict[str, float]] = {}
-    for group, indices in groups_and_all:
+    for group, indices, flags in selections:
         exact = []
         for pred in predictions:
             person = instances[pred.index]
             points = pred.keypoints.copy()
             if person is not None:
-                labelled = [k for k in indices if person.keypoints[k, 2] > 0]
-                points[labelled] = person.keypoints[labelled, :2]
+                written = person.flags if person.flags is not None else 2 * person.keypoints[:, 2]
+                chosen = [k for k in indices if written[k] in flags]
+                points[chosen] = person.keypoints[chosen, :2]
             exact.append(replace(pred, keypoints=points))
         entry = {"exact_AP": score(exact)}
         if group in groups and len(indices) == 2:
@@ -532,6 +542,7 @@ def match_people(
             center=np.array([x + w / 2, y + h / 2], np.float32),
             scale=np.array([w, h], np.float32) / PIXEL_STD,
             box=np.array([x, y, w, h], np.float32),
+            flags=annotation_flags(ann, skeleton_name),
         )
         people[ann["image_id"]].append((person, float(ann["area"])))
     matched: list[PersonInstance | None] = [None] * (
@@ -809,6 +820,8 @@ def _analysis_table(analysis: dict[str, dict[str, float]], ap: float, precision:
         gain = f"{entry['exact_AP'] - ap:+.4f}"
         if group == "all":
             group = f"all, of the {entry['found']:.1%} of people found"
+        elif group in ("visible", "occluded"):
+            group = f"every {group} one (flag {2 if group == 'visible' else 1})"
         table.add_row(group, f"{entry['exact_AP']:.4f}", gain, mirrored)
     return table
 

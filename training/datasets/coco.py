@@ -55,6 +55,8 @@ class PersonInstance:
         score: the box score (1 for ground truth).
         box: (4,) float32 x, y, w, h of the (clipped) box.
         head_size: MPII's normalising head size in pixels, or 0 where not used.
+        flags: (K,) the annotation's flags as written (0 unlabelled, 1 labelled but hidden,
+            2 visible), or None where the source has no such distinction.
     """
 
     image_path: Path
@@ -65,6 +67,7 @@ class PersonInstance:
     score: float = 1.0
     box: np.ndarray | None = None
     head_size: float = 0.0
+    flags: np.ndarray | None = None
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -81,6 +84,19 @@ def annotation_keypoints(ann: dict[str, Any], skeleton: str) -> np.ndarray:
     For ``wholebody133`` the body, foot, face and hand fields are concatenated; a missing
     field (a person without hand annotations) gives unlabelled points.
     """
+    keypoints = _written_keypoints(ann, skeleton)
+    keypoints[:, 2] = np.minimum(keypoints[:, 2], 1.0)
+    return keypoints
+
+
+def annotation_flags(ann: dict[str, Any], skeleton: str) -> np.ndarray:
+    """(K,) int8 visibility flags of one annotation as written: 0 unlabelled, 1 labelled but
+    hidden, 2 visible (:func:`annotation_keypoints` keeps only labelled or not)."""
+    return np.clip(_written_keypoints(ann, skeleton)[:, 2], 0, 2).astype(np.int8)
+
+
+def _written_keypoints(ann: dict[str, Any], skeleton: str) -> np.ndarray:
+    """(K, 3) float32 keypoints of one annotation, flags as written."""
     if skeleton == "wholebody133":
         parts = []
         for field, count in WHOLEBODY_FIELDS:
@@ -95,7 +111,6 @@ def annotation_keypoints(ann: dict[str, Any], skeleton: str) -> np.ndarray:
             f"annotation {ann.get('id')}: {keypoints.shape[0]} keypoints, skeleton {skeleton!r} "
             f"has {expected}; pick the skeleton that matches the file"
         )
-    keypoints[:, 2] = np.minimum(keypoints[:, 2], 1.0)
     return keypoints
 
 
@@ -194,6 +209,7 @@ class CocoPersons:
                     center,
                     scale,
                     box=box,
+                    flags=annotation_flags(ann, self.skeleton),
                 )
             )
         if not instances:
