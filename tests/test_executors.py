@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -534,6 +535,22 @@ def test_a_stuck_node_is_killed_and_restarted(tmp_path, posegraph, spin):
     assert "died: killed as stuck (" + why in stderr
     check_resumed_after_a_gap(out)
     assert json.loads(stdout.splitlines()[-1])["restarts"] == 1
+
+
+def test_a_stuck_node_stops_an_inproc_run_with_one_line(tmp_path, posegraph):
+    """In one process a stuck thread cannot be killed: past hang_timeout_s the run stops
+    with an error naming the node, what it has delivered kept, and no process left."""
+    out = tmp_path / "out.jsonl"
+    write_pipeline(tmp_path / "p.yaml", stuck_nodes(tmp_path, out), runtime={"hang_timeout_s": 2})
+    code, _, stderr = posegraph("run", "p.yaml", "--inproc", env={"PYTHONPATH": str(ROOT)}).wait(60)
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1, stderr
+    assert re.search(
+        r"node stuck has been in one call for \d+ s \(runtime hang_timeout_s: 2\)", lines[0]
+    )
+    assert "run without --inproc" in lines[0]
+    frames, _ = frames_and_events(read_jsonl(out))
+    assert [f["index"] for f in frames] == list(range(10))
 
 
 def test_an_unforeseen_set_up_error_stops_the_run_with_one_line(tmp_path, posegraph):

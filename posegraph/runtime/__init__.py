@@ -192,7 +192,10 @@ def _run_inproc(
                         )
                         break
                 if now >= next_tick:
-                    metrics.update(worker.metrics())
+                    snapshot = worker.metrics()
+                    metrics.update(snapshot)
+                    if not worker.stop.is_set():
+                        _stop_if_stuck(snapshot, plan.options.hang_timeout_s)
                     worker.set_tails(metrics.tails(last_models))
                     if tick is not None:
                         tick()
@@ -203,3 +206,19 @@ def _run_inproc(
         worker.join(2.0)
         worker.close()
         shutil.rmtree(plan.rundir, ignore_errors=True)
+
+
+def _stop_if_stuck(snapshot: dict[str, Any], limit: float) -> None:
+    """Stop an ``inproc`` run with a node that has been in one call for ``limit`` seconds:
+    a thread cannot be killed or restarted, so the run ends with an error saying which (a
+    service manager restarts the process; the ``procs`` executor restarts the node)."""
+    if not limit:
+        return
+    for node, snap in snapshot.items():
+        busy = 0.0 if node.startswith("_") else snap.get("busy_s", 0.0)
+        if busy > limit:
+            raise PipelineError(
+                f"node {node} has been in one call for {busy:.0f} s (runtime hang_timeout_s: "
+                f"{limit:g}); the inproc executor cannot restart a thread, so the run stops: "
+                "run without --inproc to have the node's process killed and restarted"
+            )
