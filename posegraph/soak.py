@@ -96,8 +96,10 @@ def _sample(root, root_pid: int) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _run_id(pid: int) -> str | None:
-    """The run id of the supervisor ``pid`` (its folder holds ``supervisor.pid``)."""
+def _run_id(pid: int, pids: set[int]) -> str | None:
+    """The run id of the supervisor ``pid``: from its folder (which holds
+    ``supervisor.pid``) or, where that is gone (cleaned out of /tmp by age), from a segment
+    that one of the run's processes ``pids`` made (``pg-RUN-OWNER-PID-SERIAL``)."""
     from posegraph.runtime.plan import rundir_of
     from posegraph.runtime.shm import supervisor_pid
 
@@ -105,10 +107,18 @@ def _run_id(pid: int) -> str | None:
     try:
         folders = [f for f in os.listdir(parent) if f.startswith(prefix)]
     except OSError:
-        return None
+        folders = []
     for folder in folders:
         if supervisor_pid(os.path.join(parent, folder)) == pid:
             return folder[len(prefix) :]
+    try:
+        names = os.listdir("/dev/shm")
+    except OSError:
+        return None
+    for name in names:
+        writer = name.rsplit("-", 2)[-2] if name.startswith("pg-") else ""
+        if writer.isdigit() and int(writer) in pids:
+            return name.split("-")[1]
     return None
 
 
@@ -248,7 +258,7 @@ def soak(
             while proc.poll() is None:
                 now = time.monotonic()
                 samples.append((now, _sample(root, proc.pid)))
-                run_id = run_id or _run_id(proc.pid)
+                run_id = run_id or _run_id(proc.pid, {p["pid"] for p in samples[-1][1].values()})
                 shm.append((now, _shm_mb(run_id)))
                 deadline = time.monotonic() + every
                 while proc.poll() is None and time.monotonic() < deadline:

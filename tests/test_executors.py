@@ -405,7 +405,6 @@ def test_liveness_fails_when_the_supervising_loop_stops_turning():
     assert m.health(ready=True)[0] == 503
 
 
-@pytest.mark.exclusive  # reads the machine's /dev/shm and process tree as a whole
 def test_soak_flags_the_process_that_grows_and_only_it(tmp_path, posegraph):
     """bench soak over 10 s of a pipeline with a node that keeps 1 MB of every frame: its
     process is flagged, the others (source, sink, supervisor) are steady; so is one whose
@@ -443,7 +442,6 @@ def test_soak_flags_the_process_that_grows_and_only_it(tmp_path, posegraph):
     assert result["run"]["delivered"] > 100 and result["run"]["lost"] == 0
 
 
-@pytest.mark.exclusive  # reads the machine's /dev/shm and process tree as a whole
 def test_soak_keeps_time_from_the_end_of_the_set_up(tmp_path, posegraph):
     """A run that takes 4 s to set up (a model loading), soaked for 4 s with a 1 s warm-up:
     the samples judged are the run's, after READY=1, not its set-up's: the source's pool
@@ -476,6 +474,47 @@ def test_soak_keeps_time_from_the_end_of_the_set_up(tmp_path, posegraph):
     # from 1 s to 4 s after the set-up, every 0.25 s: about 12 samples, none of the set-up
     assert 8 <= slow["samples"] <= 13, slow
     assert slow["series"][0][0] >= 1.0, slow
+
+
+def test_soak_finds_the_runs_pool_when_its_folder_was_cleaned(tmp_path):
+    """The soak knows its run's segments by the run's folder; where an age-based cleaning
+    of /tmp took the pid file from it, by the processes that made them."""
+    import glob
+    import threading
+
+    import psutil
+
+    from posegraph.runtime.plan import rundir_of
+    from posegraph.soak import _run_id
+
+    pattern = rundir_of("*")
+    before = set(glob.glob(pattern))
+    g = Graph("cleaned")
+    cam = g.add("cam", "source.synthetic", width=32, height=32, fps=25, realtime=True)
+    g.add("out", "sink.null", cam)
+    stop = threading.Event()
+    run = threading.Thread(target=lambda: g.run(executor="procs", duration=30, stop=stop))
+    run.start()
+    try:
+
+        def mine() -> str | None:
+            for folder in set(glob.glob(pattern)) - before:
+                pid = os.path.join(folder, "supervisor.pid")
+                if os.path.exists(pid) and open(pid).read() == str(os.getpid()):
+                    return folder
+            return None
+
+        folder = wait_for(mine, 20, "this run's folder")
+        run_id = folder[len(rundir_of("")) :]
+        wait_for(lambda: glob.glob(f"/dev/shm/pg-{run_id}-*"), 20, "the source's pool")
+        pids = {os.getpid(), *(c.pid for c in psutil.Process().children(recursive=True))}
+        assert _run_id(os.getpid(), pids) == run_id
+        os.remove(os.path.join(folder, "supervisor.pid"))
+        assert _run_id(os.getpid(), pids) == run_id
+        assert _run_id(os.getpid(), {os.getpid()}) is None  # the pool is the source's
+    finally:
+        stop.set()
+        run.join(30)
 
 
 def test_kill_9_of_a_source_resumes_the_stream(tmp_path, posegraph):
@@ -1108,7 +1147,8 @@ def test_a_long_run_keeps_its_folder_from_age_based_tmp_cleaning(tmp_path, monke
     """systemd-tmpfiles removes what in /tmp has not changed for its age (10 days on
     Fedora and RHEL); the run's pid file gone, another run would take this run's shared
     memory for a dead run's. The supervisor touches its folder: here every 0.5 s against
-    an age of 4 s."""
+    an age of 4 s. The cleaning is given this run's folder alone: a pattern would clean the
+    folders of the runs of the tests beside this one, which do not touch theirs that often."""
     import glob
     import shutil
     import threading
@@ -1123,7 +1163,6 @@ def test_a_long_run_keeps_its_folder_from_age_based_tmp_cleaning(tmp_path, monke
     from posegraph.runtime.plan import rundir_of
 
     pattern = rundir_of("*")
-    conf.write_text(f"e {pattern} - - - 4s\n")
     before = set(glob.glob(pattern))
     g = Graph("fresh")
     cam = g.add("cam", "source.synthetic", width=32, height=32, fps=25, realtime=True)
@@ -1145,6 +1184,7 @@ def test_a_long_run_keeps_its_folder_from_age_based_tmp_cleaning(tmp_path, monke
             20,
             "this run's folder",
         )[0]
+        conf.write_text(f"e {mine} - - - 4s\n")
         time.sleep(6.5)  # older than the age, but for the touching
         subprocess.run([tmpfiles, "--clean", str(conf)], check=True, capture_output=True)
         assert os.path.exists(f"{mine}/supervisor.pid"), os.listdir(mine)
