@@ -173,17 +173,23 @@ def _judge(rows: list[tuple[float, dict[str, Any]]]) -> dict[str, Any] | None:
         values = np.array([r[1][key] for r in rows])
         return float(values[:k].mean()), float(values[-k:].mean())
 
+    half = len(rows) // 2
+
     def more_at_the_end(key: str) -> bool:
-        """Even the fewest in the last quarter above the most in the first: held for good,
-        not a file or thread that comes and goes."""
+        """Even the fewest in the last quarter above the most in the first (held for good,
+        not a file or thread that comes and goes) and above the count half-way: still
+        rising in the second half. A leak rises all along; a pool or a library's
+        thread made once, the first time it is needed, is a step that stays flat after it
+        (one in the first half is not flagged; one in the second cannot be told from a
+        leak that starts late, and is)."""
         values = [r[1][key] for r in rows]
-        return min(values[-k:]) > max(values[:k])
+        fewest_late = min(values[-k:])
+        return fewest_late > max(values[:k]) and fewest_late > values[half - 1]
 
     first, last = ends("private_mb")
     slope = float(np.polyfit(t / 3600.0, mem, 1)[0]) if np.ptp(t) > 0 else 0.0
     # the slope over the second half alone: a buffer that fills and stays full (a bounded
     # queue, a window of samples) grows early and then not, a leak grows all along
-    half = len(rows) // 2
     late = float(np.polyfit(t[half:] / 3600.0, mem[half:], 1)[0]) if np.ptp(t[half:]) > 0 else 0.0
     late_growth = late * float(np.ptp(t[half:])) / 3600.0
     fds = (rows[0][1]["fds"], rows[-1][1]["fds"])

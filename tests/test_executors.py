@@ -476,6 +476,42 @@ def test_soak_keeps_time_from_the_end_of_the_set_up(tmp_path, posegraph):
     assert slow["series"][0][0] >= 1.0, slow
 
 
+@pytest.mark.parametrize(
+    "threads, flagged",
+    [
+        ([7] * 40, False),  # steady
+        ([7] * 12 + [10] * 28, False),  # a library's threads, started once at 30%
+        ([7 + i // 4 for i in range(40)], True),  # one more every fourth sample: a leak
+        ([7] * 30 + [10] * 10, True),  # a step at 75%: cannot be told from a late leak
+    ],
+    ids=["steady", "early-step", "leak", "late-step"],
+)
+def test_soak_tells_a_one_time_step_in_threads_from_a_leak(threads, flagged):
+    """Threads and descriptors held for good are judged by the second half of the run: a
+    thread pool that a library starts the first time it is needed (pyzmq's for zero-copy
+    sends) is a step that stays flat after it, a leak rises all along."""
+    from posegraph.soak import _judge
+
+    rows = [
+        (
+            30.0 * i,
+            {
+                "pid": 1,
+                "private_mb": 100.0,
+                "rss_mb": 120.0,
+                "shared_mb": 20.0,
+                "fds": 25,
+                "threads": n,
+            },
+        )
+        for i, n in enumerate(threads)
+    ]
+    assert _judge(rows)["flag"] is flagged
+    # descriptors alike
+    rows = [(t, {**r, "fds": r["threads"] + 18, "threads": 7}) for t, r in rows]
+    assert _judge(rows)["flag"] is flagged
+
+
 def test_soak_finds_the_runs_pool_when_its_folder_was_cleaned(tmp_path):
     """The soak knows its run's segments by the run's folder; where an age-based cleaning
     of /tmp took the pid file from it, by the processes that made them."""
