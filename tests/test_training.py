@@ -694,3 +694,36 @@ def test_tiny_training_run_lowers_loss_and_reaches_ap(synthetic_set, tmp_path, c
     assert "ankle" in capsys.readouterr().out
     assert eval_main([*eval_argv, "--analyze", "--boxes", "detections.json"]) == 2
     assert "--analyze needs a COCO-format file and, for a top-down model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, said",
+    [
+        (None, "--data {path}: no such file or directory; give a COCO-format json"),
+        ("nonsense{", "--data {path}: not JSON (Expecting value: line 1 column 1"),
+        ("3", "--data {path}: neither a COCO-format json nor an MPII list"),
+    ],
+    ids=["missing", "not-json", "not-a-file-of-people"],
+)
+def test_eval_says_what_is_wrong_with_its_data_file(tmp_path, capsys, content, said):
+    path = tmp_path / "val.json"
+    if content is not None:
+        path.write_text(content)
+    weights = REPO / "posegraph" / "weights" / "hrnet_w16_128x96.safetensors"
+    argv = ["hrnet_w16_128x96", "--weights", str(weights), "--data", str(path)]
+    assert eval_main(argv) == 2
+    err = "".join(capsys.readouterr().err.split())  # rich wraps long lines anywhere
+    assert "".join(said.format(path=path).split()) in err, err
+
+
+@pytest.mark.parametrize("config", ["hrnet_w16_128x96_synth", "erpose_n_320_synth"])
+def test_train_names_an_annotation_file_that_is_not_json(tmp_path, capsys, config):
+    # top-down and whole-image loaders alike: one line with the file, before any training
+    path = tmp_path / "person_keypoints.json"
+    path.write_text('{"images": [')
+    argv = [str(CONFIGS / f"{config}.yaml"), "--out", str(tmp_path / "run")]
+    argv += ["--set", f"data.train.annotations={path}", "--set", "data.val=null"]
+    assert train_main(argv) == 2
+    err = "".join(capsys.readouterr().err.split())  # rich wraps long lines anywhere
+    assert f"error:annotationfile{path}isnotJSON:Expectingvalue" in err, err
+    assert not (tmp_path / "run" / "last.safetensors").exists()

@@ -846,7 +846,17 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=args.json)
     try:
-        doc = json.loads(args.data.read_text())
+        try:
+            doc = json.loads(args.data.read_text())
+        except OSError as exc:
+            raise ValueError(
+                f"--data {args.data}: {exc.strerror.lower()}; give a COCO-format json or an "
+                "MPII list"
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--data {args.data}: not JSON ({exc})") from None
+        if not isinstance(doc, list | dict):
+            raise ValueError(f"--data {args.data}: neither a COCO-format json nor an MPII list")
         is_mpii = isinstance(doc, list)
         skeleton = "mpii16" if is_mpii else args.skeleton or guess_skeleton(doc)
         overrides = _parse_overrides(args.set)

@@ -18,7 +18,6 @@ them) or :func:`collate_erpose` (a list of per-image targets, as ``ERPoseLoss`` 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,13 @@ import torch
 
 from posegraph.codecs.erpose import ERPoseCodec
 from posegraph.codecs.hprnet import HPRNetCodec
-from training.datasets.coco import annotation_keypoints, clean_box, guess_skeleton, read_image
+from training.datasets.coco import (
+    annotation_keypoints,
+    clean_box,
+    guess_skeleton,
+    read_image,
+    read_json,
+)
 from training.datasets.draws import Draw, as_draw, draw_rng
 from training.losses.hprnet import stack_targets
 from training.synth import SceneConfig, SyntheticPeople
@@ -134,10 +139,8 @@ class CocoImages:
 
     def __post_init__(self) -> None:
         self.annotations = Path(self.annotations)
-        if not self.annotations.is_file():
-            raise FileNotFoundError(f"annotation file {self.annotations} does not exist")
+        doc = read_json(self.annotations, "annotation file")
         self.images = Path(self.images) if self.images else self.annotations.parent
-        doc = json.loads(self.annotations.read_text())
         self.skeleton = guess_skeleton(doc)
         by_image: dict[int, list[dict[str, Any]]] = {image["id"]: [] for image in doc["images"]}
         for ann in doc["annotations"]:

@@ -70,6 +70,19 @@ class PersonInstance:
     flags: np.ndarray | None = None
 
 
+def read_json(path: Path, what: str) -> Any:
+    """The JSON document in ``path`` (``what``: how errors name the file, e.g. "annotation
+    file"); raises with the path when it is missing or not JSON."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} {path} is not JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path} is not JSON: not text") from None
+
+
 def read_image(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 BGR; raises with the path when the file cannot be read."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -163,10 +176,8 @@ class CocoPersons:
 
     def __post_init__(self) -> None:
         self.annotations = Path(self.annotations)
-        if not self.annotations.is_file():
-            raise FileNotFoundError(f"annotation file {self.annotations} does not exist")
+        self.doc = read_json(self.annotations, "annotation file")
         self.images = Path(self.images) if self.images else self.annotations.parent
-        self.doc = json.loads(self.annotations.read_text())
         self.skeleton = self.skeleton or guess_skeleton(self.doc)
         self.image_info = {image["id"]: image for image in self.doc["images"]}
         if self.detections is None:
@@ -217,9 +228,7 @@ class CocoPersons:
         return instances
 
     def _from_detections(self, path: Path) -> list[PersonInstance]:
-        if not path.is_file():
-            raise FileNotFoundError(f"detection results file {path} does not exist")
-        results = json.loads(path.read_text())
+        results = read_json(path, "detection results file")
         if not isinstance(results, list):
             raise ValueError(f"{path}: expected a COCO results list of boxes, got a json object")
         num_keypoints = skeletons.get(self.skeleton).num_keypoints

@@ -9,14 +9,13 @@ pixels and the scale grows 1.25 times so that limbs are not cut, and all coordin
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from posegraph import skeletons
-from training.datasets.coco import PersonInstance
+from training.datasets.coco import PersonInstance, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +46,7 @@ def load_mpii(annotations: Path, images: Path | None = None) -> list[PersonInsta
         one :class:`PersonInstance` per entry, ``image_id`` being the entry's position.
     """
     annotations = Path(annotations)
-    if not annotations.is_file():
-        raise FileNotFoundError(f"MPII annotation file {annotations} does not exist")
-    entries = json.loads(annotations.read_text())
+    entries = read_json(annotations, "MPII annotation file")
     if not isinstance(entries, list):
         raise ValueError(
             f"{annotations}: expected MMPose's MPII json list (center, scale, joints, "
