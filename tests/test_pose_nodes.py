@@ -551,6 +551,17 @@ def test_bad_parameters_are_a_clear_error(params, message):
         TopDownPose(**params)
 
 
+@pytest.mark.skipif(not cpu_has_bfloat16(), reason="bf16 on a CPU needs AMX or AVX512-BF16")
+@pytest.mark.parametrize("node", ["BottomUpPose", "SyntheticDetector"])
+def test_bf16_is_refused_for_hprnet(node):
+    # HPRNet's pixel offsets and box sizes in bfloat16 lost half its held-out AP
+    import nodes.pose
+
+    cls = getattr(nodes.pose, node)
+    with pytest.raises(NodeError, match="HPRNet's offset and size heads lose too much"):
+        started(cls(model="hprnet_dla34_half_256", weights="builtin", bf16=True))
+
+
 @pytest.mark.skipif(
     torch.cuda.is_available(), reason="checks the message on a machine without CUDA"
 )
