@@ -251,8 +251,8 @@ class _ModelNode(Node):
             raise NodeError(f"{self.ctx.name}: {exc}") from None
         if self.bf16 and spec.codec == "hprnet":
             # measured on the held-out synthetic set with the shipped file
-            # (posegraph eval ... --precision fp32,bf16): its outputs are pixel offsets and
-            # box sizes, which bfloat16's 8 bits of precision place a pixel or more off
+            # (posegraph eval ... --precision fp32,bf16): its outputs are offsets and
+            # box sizes in pixels, which bfloat16's 8 significant bits hold only coarsely
             raise NodeError(
                 f"{self.ctx.name}: bf16 with {self.model_name}: HPRNet's offset and size "
                 "heads lose too much in bfloat16 (held-out body AP 0.074 -> 0.041, person "
