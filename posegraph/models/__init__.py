@@ -58,6 +58,7 @@ def cpu_has_bfloat16() -> bool:
     return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
+@functools.cache
 def _registry() -> dict[str, ModuleType]:
     table: dict[str, ModuleType] = {}
     for family in _FAMILIES:
