@@ -101,7 +101,7 @@ def _run_id(pid: int, pids: set[int]) -> str | None:
     ``supervisor.pid``) or, where that is gone (cleaned out of /tmp by age), from a segment
     that one of the run's processes ``pids`` made (``pg-RUN-OWNER-PID-SERIAL``)."""
     from posegraph.runtime.plan import rundir_of
-    from posegraph.runtime.shm import supervisor_pid
+    from posegraph.runtime.shm import segment_writer, supervisor_pid
 
     parent, prefix = os.path.split(rundir_of(""))
     try:
@@ -116,8 +116,7 @@ def _run_id(pid: int, pids: set[int]) -> str | None:
     except OSError:
         return None
     for name in names:
-        writer = name.rsplit("-", 2)[-2] if name.startswith("pg-") else ""
-        if writer.isdigit() and int(writer) in pids:
+        if segment_writer(name) in pids:
             return name.split("-")[1]
     return None
 

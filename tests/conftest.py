@@ -268,7 +268,7 @@ def own_segments(names: set[str], supervisors: Iterable[int] = ()) -> set[str]:
     way. A supervisor writes its pid before any segment is made, and removes the segments
     before its folder."""
     from posegraph.runtime.plan import rundir_of
-    from posegraph.runtime.shm import supervisor_pid
+    from posegraph.runtime.shm import segment_writer, supervisor_pid
 
     mine = {os.getpid(), *supervisors}
     out = set()
@@ -278,10 +278,9 @@ def own_segments(names: set[str], supervisors: Iterable[int] = ()) -> set[str]:
             continue
         # pg-RUN-OWNER-PID-SERIAL: with no run folder here (a run under another TMPDIR),
         # a writer still alive is another test's (this test's processes are gone by now)
-        writer = name.rsplit("-", 2)[-2]
-        if pid is None and writer.isdigit() and psutil.pid_exists(int(writer)):
-            if int(writer) != os.getpid():
-                continue
+        writer = segment_writer(name)
+        if pid is None and writer and writer != os.getpid() and psutil.pid_exists(writer):
+            continue
         if os.path.exists(f"/dev/shm/{name}"):
             out.add(name)
     return out

@@ -406,6 +406,13 @@ class FramePlane:
             self._own.clear()
 
 
+def segment_writer(name: str) -> int:
+    """The pid of the process that made the segment ``name`` (``pg-RUN-OWNER-PID-SERIAL``;
+    OWNER may hold '-'); 0 where the name does not say."""
+    pid = name.rsplit("-", 2)[-2] if name.startswith("pg-") else ""
+    return int(pid) if pid.isdigit() else 0
+
+
 def reap_stale(rundir_of) -> int:
     """Remove segments left by runs whose supervisor is gone (killed with SIGKILL, say),
     and those runs' folders.
@@ -420,8 +427,7 @@ def reap_stale(rundir_of) -> int:
     owners: dict[str, list[int]] = {}
     for name in names:
         if name.startswith("pg-"):
-            pid = name.rsplit("-", 2)[-2]  # pg-RUN-OWNER-PID-SERIAL; OWNER may hold '-'
-            owners.setdefault(name.split("-")[1], []).append(int(pid) if pid.isdigit() else 0)
+            owners.setdefault(name.split("-")[1], []).append(segment_writer(name))
     for run_id, pids in owners.items():
         # a run is left over when its supervisor is gone and so are the processes that
         # made its segments (its pid file may have been cleaned out of /tmp)
