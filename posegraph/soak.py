@@ -16,7 +16,9 @@ memory instead. The resident set and its shared part are reported beside it. Whe
 The run's clock starts when it is set up: the soak listens as systemd would
 (``NOTIFY_SOCKET``, a socket of its own) for the run's ``READY=1``, which comes once every
 process has loaded its models and the sources are let go; samples before it are not
-judged. After a warm-up (the first ``warmup`` share of the run from there: buffers and
+judged, nor those that may have been taken once it said ``STOPPING=1`` (its drain, which
+also begins when ``--duration`` ends: processes close sockets and end threads, the run's
+segments are removed). After a warm-up (the first ``warmup`` share of the run from there: buffers and
 caches fill), each process's figures are compared with themselves: the baseline is the mean of
 the first quarter of its samples after the warm-up, the end the mean of the last quarter
 (a decoder's buffers swing by MBs from one sample to the next), and the slope a
@@ -135,16 +137,15 @@ def _shm_mb(run_id: str | None) -> float:
     return total / 2**20
 
 
-def _heard_ready(sock: socket.socket) -> float | None:
-    """The time the run's ``READY=1`` came, if it has come since the last look."""
-    heard = None
+def _heard(sock: socket.socket) -> set[bytes]:
+    """The notification fields (``READY=1``, ``STOPPING=1``...) the run has sent since the
+    last look."""
+    fields: set[bytes] = set()
     while True:
         try:
-            message = sock.recv(4096)
+            fields.update(sock.recv(4096).split(b"\n"))
         except BlockingIOError:
-            return heard
-        if b"READY=1" in message.split(b"\n"):
-            heard = heard or time.monotonic()
+            return fields
 
 
 def _series(
@@ -241,9 +242,25 @@ def soak(
     for s in sets or []:
         cmd += ["--set", s]
     run_id: str | None = None
-    samples: list[tuple[float, dict[str, dict[str, Any]]]] = []
-    shm: list[tuple[float, float]] = []
+    # (taken at, done at, figures): a sample of many processes takes a while on a busy host
+    samples: list[tuple[float, float, dict[str, dict[str, Any]]]] = []
+    shm: list[tuple[float, float, float]] = []
     ready_at: float | None = None
+    # the last look at the socket that heard no STOPPING=1: the drain began after it
+    quiet_until = float("inf")
+    stopping = False
+
+    def listen() -> None:
+        nonlocal ready_at, quiet_until, stopping
+        now = time.monotonic()
+        heard = _heard(notify)
+        if b"READY=1" in heard and ready_at is None:
+            ready_at = now
+        if b"STOPPING=1" in heard:
+            stopping = True
+        elif not stopping:
+            quiet_until = now
+
     with (
         tempfile.TemporaryDirectory(prefix="pg-soak-") as folder,
         tempfile.TemporaryFile("w+") as out,
@@ -262,22 +279,23 @@ def soak(
         try:
             while proc.poll() is None:
                 now = time.monotonic()
-                samples.append((now, _sample(root, proc.pid)))
-                run_id = run_id or _run_id(proc.pid, {p["pid"] for p in samples[-1][1].values()})
-                shm.append((now, _shm_mb(run_id)))
+                sample = _sample(root, proc.pid)
+                samples.append((now, time.monotonic(), sample))
+                run_id = run_id or _run_id(proc.pid, {p["pid"] for p in sample.values()})
+                shm.append((now, time.monotonic(), _shm_mb(run_id)))
                 deadline = time.monotonic() + every
-                while proc.poll() is None and time.monotonic() < deadline:
+                while True:
                     # read every notification, not only up to READY: the run's STATUS lines
                     # would fill the socket's queue
-                    heard = _heard_ready(notify)
-                    ready_at = ready_at or heard
+                    listen()
+                    if proc.poll() is not None or time.monotonic() >= deadline:
+                        break
                     time.sleep(0.1)
         finally:
             if proc.poll() is None:
                 proc.terminate()
             proc.wait()
-        heard = _heard_ready(notify)
-        ready_at = ready_at or heard
+        listen()
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
@@ -289,9 +307,11 @@ def soak(
         raise RuntimeError(
             "the run never said it was set up (READY=1 on NOTIFY_SOCKET); nothing to judge"
         )
-    # seconds on the run's own clock, from the moment it was set up
-    samples = [(t - ready_at, s) for t, s in samples]
-    shm = [(t - ready_at, mb) for t, mb in shm]
+    # seconds on the run's own clock, from the moment it was set up; none that may have
+    # been taken in the drain: a soak on a busy host hears READY=1 late by up to a sample,
+    # so the drain can begin before the run's clock here ends
+    samples = [(t - ready_at, s) for t, done, s in samples if done < quiet_until]
+    shm = [(t - ready_at, mb) for t, done, mb in shm if done < quiet_until]
     start = warmup * seconds
     names = sorted({n for _, s in samples for n in s})
     processes = {}
@@ -303,7 +323,8 @@ def soak(
             pids = {s[name]["pid"] for _, s in samples if name in s}
             judged["starts"] = len(pids)
             processes[name] = judged
-    shm_after = [mb for t, mb in shm if start <= t < seconds]
+    shm_window = [(t, mb) for t, mb in shm if start <= t < seconds]
+    shm_after = [mb for _, mb in shm_window]
     # segments are whole files, made when a process first writes an image of a size: one
     # that appears in the second half of the run (a source that starts late makes its
     # pool after the warm-up) is a new one for an old size
@@ -320,6 +341,10 @@ def soak(
         "processes": processes,
         "shm_mb": [round(min(shm_after), 1), round(max(shm_after), 1)] if shm_after else None,
         "shm_grew": shm_grew,
+        # (seconds from the start, MB), at most about 100 of them
+        "shm_series": [[round(t, 1), round(mb, 1)] for t, mb in shm_window][
+            :: max(1, len(shm_window) // 100)
+        ],
         "flagged": flagged,
         "run": {
             k: summary.get(k)

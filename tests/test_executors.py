@@ -438,7 +438,7 @@ def test_soak_flags_the_process_that_grows_and_only_it(tmp_path, posegraph):
     assert touch["shared_mb"][1] - touch["shared_mb"][0] > 50, touch
     assert abs(touch["mb_end"] - touch["mb_start"]) < 2, touch
     # the run's own frame-plane pool, not the segments of runs beside it
-    assert result["shm_mb"][0] > 0 and not result["shm_grew"]
+    assert result["shm_mb"][0] > 0 and not result["shm_grew"], result["shm_series"]
     assert result["run"]["delivered"] > 100 and result["run"]["lost"] == 0
 
 
@@ -469,7 +469,7 @@ def test_soak_keeps_time_from_the_end_of_the_set_up(tmp_path, posegraph):
     result = json.loads(stdout.splitlines()[-1])
     assert result["setup_s"] >= 4.0, result
     assert result["warmup_s"] == 1.0
-    assert result["shm_mb"][0] > 0, result
+    assert result["shm_mb"][0] > 0, result["shm_series"]
     slow = result["processes"]["pg:slow"]
     # from 1 s to 4 s after the set-up, every 0.25 s: about 12 samples, none of the set-up
     assert 8 <= slow["samples"] <= 13, slow
@@ -1086,6 +1086,46 @@ def test_systemd_hears_ready_watchdog_status_and_stopping(tmp_path, posegraph, e
     if executor == "procs":
         assert "STATUS=draining" in got[stopping[0]], got
         assert delivered < frames
+
+
+@pytest.mark.parametrize("executor", ["procs", "inproc"])
+def test_a_run_says_stopping_when_its_duration_ends_not_after_the_drain(
+    tmp_path, posegraph, executor
+):
+    """--duration: STOPPING=1 comes as the drain begins, as on a signal, not once the run
+    has drained (here a node that takes 2 s to close): a listener (systemd, the soak) knows
+    what it sees after it is the drain."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        path = tmp_path / "notify"
+        sock.bind(str(path))
+        cam = {"width": 32, "height": 32, "fps": 25, "realtime": True}
+        write_pipeline(
+            tmp_path / "p.yaml",
+            [
+                {"name": "cam", "type": "source.synthetic", "with": cam},
+                {"name": "slow", "type": "tests.helpers.custom_nodes:SlowClose", "from": "cam"},
+                {"name": "out", "type": "sink.null", "from": "slow"},
+            ],
+        )
+        args = ("run", "p.yaml", "--json", "--duration", "1")
+        args += ("--inproc",) if executor == "inproc" else ()
+        run = posegraph(*args, env={"NOTIFY_SOCKET": str(path), "PYTHONPATH": str(ROOT)})
+        got: list[str] = []
+
+        def stopping() -> bool:
+            got.extend(_datagrams(sock))
+            return any("STOPPING=1" in m for m in got)
+
+        wait_for(stopping, 60, "STOPPING=1")
+        heard = time.monotonic()
+        code, _, stderr = run.wait()
+        assert code == 0, stderr
+        assert time.monotonic() - heard > 1.5, "STOPPING=1 came after the drain"
+        got.extend(_datagrams(sock))
+    assert sum("STOPPING=1" in m for m in got) == 1, got
+    assert "STATUS=ended: " in got[-1], got
 
 
 def test_notifier_speaks_to_abstract_sockets_and_gives_up_on_a_missing_one(tmp_path, caplog):

@@ -118,7 +118,7 @@ def run(
 
             asked.append(on_signal)
             with _signals(on_signal):
-                sup.run(duration, tick)
+                sup.run(duration, tick, begin_stop)
         else:
             _run_inproc(plan, metrics, duration, tick, begin_stop, asked)
     finally:
@@ -181,6 +181,8 @@ def _run_inproc(
                     metrics.update(worker.metrics())
                     raise PipelineError(errors)
                 if duration is not None and now - started >= duration:
+                    if not worker.stop.is_set():
+                        on_stop()
                     worker.stop.set()
                 if worker.stop.is_set():
                     if stop_at is None:

@@ -274,7 +274,14 @@ class Supervisor:
         p.killed = False
         p.started.append(time.monotonic())
 
-    def run(self, duration: float | None = None, on_tick: Callable[[], None] | None = None) -> None:
+    def run(
+        self,
+        duration: float | None = None,
+        on_tick: Callable[[], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
+        """Run until the sources end, a stop, or ``duration`` seconds from the moment every
+        process was set up (``on_stop`` is called then, as the drain begins)."""
         plan = self.plan
         claim_rundir(plan)
         # tcp runs get a context of their own: its ZAP handler, which lets in only the
@@ -289,7 +296,7 @@ class Supervisor:
         try:
             for p in self.procs.values():
                 self._spawn(p)
-            self._loop(control, duration, on_tick)
+            self._loop(control, duration, on_tick, on_stop)
         finally:
             self._terminate_all()
             control.close(0)
@@ -315,7 +322,11 @@ class Supervisor:
                 self._send(control, group, "tails", tails=tails)
 
     def _loop(
-        self, control: zmq.Socket, duration: float | None, on_tick: Callable[[], None] | None
+        self,
+        control: zmq.Socket,
+        duration: float | None,
+        on_tick: Callable[[], None] | None,
+        on_stop: Callable[[], None] | None,
     ) -> None:
         opts = self.plan.options
         running = False
@@ -335,7 +346,7 @@ class Supervisor:
                     self.procs[g].state = "running"
                     self.procs[g].last_report = now
                 running = True
-                started_at = now
+                started_at = next_tick = now  # READY=1 on this turn: the run's clock starts
                 self.metrics.started = now
                 self.metrics.running = True
             if not running:
@@ -349,6 +360,8 @@ class Supervisor:
                     self._send(control, g, "exit")
                 return
             if running and duration is not None and now - started_at >= duration:
+                if not self.stop_requested.is_set() and on_stop is not None:
+                    on_stop()
                 self.stop_requested.set()
             if self.stop_requested.is_set() and not running:
                 # no frame has flowed, so there is nothing to drain: a stop while models

@@ -223,6 +223,22 @@ class Leak(Node):
         return frame
 
 
+class SlowClose(Node):
+    """Takes ``seconds`` to close (a recorder finishing its file): a run's drain lasts that
+    long."""
+
+    def __init__(self, seconds: float = 2.0):
+        self.seconds = seconds
+
+    def process(self, frame: Frame) -> Frame:
+        return frame
+
+    def close(self) -> None:
+        import time
+
+        time.sleep(self.seconds)
+
+
 class TouchShared(Node):
     """Maps a shared segment of ``size_mb`` and touches ``mb`` more of it with every frame:
     its resident set grows as a frame-plane reader's does, its private memory does not."""
