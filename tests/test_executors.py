@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -512,35 +513,17 @@ def test_soak_tells_a_one_time_step_in_threads_from_a_leak(threads, flagged):
     assert _judge(rows)["flag"] is flagged
 
 
-def test_soak_finds_the_runs_pool_when_its_folder_was_cleaned(tmp_path):
+def test_soak_finds_the_runs_pool_when_its_folder_was_cleaned():
     """The soak knows its run's segments by the run's folder; where an age-based cleaning
     of /tmp took the pid file from it, by the processes that made them."""
     import glob
-    import threading
 
     import psutil
 
     from posegraph.runtime.plan import rundir_of
     from posegraph.soak import _run_id
 
-    pattern = rundir_of("*")
-    before = set(glob.glob(pattern))
-    g = Graph("cleaned")
-    cam = g.add("cam", "source.synthetic", width=32, height=32, fps=25, realtime=True)
-    g.add("out", "sink.null", cam)
-    stop = threading.Event()
-    run = threading.Thread(target=lambda: g.run(executor="procs", duration=30, stop=stop))
-    run.start()
-    try:
-
-        def mine() -> str | None:
-            for folder in set(glob.glob(pattern)) - before:
-                pid = os.path.join(folder, "supervisor.pid")
-                if os.path.exists(pid) and open(pid).read() == str(os.getpid()):
-                    return folder
-            return None
-
-        folder = wait_for(mine, 20, "this run's folder")
+    with _run_in_this_process("procs", "cleaned") as (folder, _):
         run_id = folder[len(rundir_of("")) :]
         wait_for(lambda: glob.glob(f"/dev/shm/pg-{run_id}-*"), 20, "the source's pool")
         pids = {os.getpid(), *(c.pid for c in psutil.Process().children(recursive=True))}
@@ -548,9 +531,6 @@ def test_soak_finds_the_runs_pool_when_its_folder_was_cleaned(tmp_path):
         os.remove(os.path.join(folder, "supervisor.pid"))
         assert _run_id(os.getpid(), pids) == run_id
         assert _run_id(os.getpid(), {os.getpid()}) is None  # the pool is the source's
-    finally:
-        stop.set()
-        run.join(30)
 
 
 def test_kill_9_of_a_source_resumes_the_stream(tmp_path, posegraph):
@@ -1219,15 +1199,48 @@ def test_a_node_class_defined_in_a_function_is_refused_with_why():
         Graph("g").add("n", Local)
 
 
+@contextlib.contextmanager
+def _run_in_this_process(executor: str, name: str = "fresh"):
+    """A synthetic camera into a null sink, run by this process (its supervisor) in a
+    thread for up to 30 s; yields the run's folder and the dict its summary goes into."""
+    import glob
+    import threading
+
+    from posegraph.runtime.plan import rundir_of
+
+    pattern = rundir_of("*")
+    before = set(glob.glob(pattern))
+    g = Graph(name)
+    cam = g.add("cam", "source.synthetic", width=32, height=32, fps=25, realtime=True)
+    g.add("out", "sink.null", cam)
+    result: dict = {}
+    stop = threading.Event()
+    run = threading.Thread(
+        target=lambda: result.update(g.run(executor=executor, duration=30, stop=stop))
+    )
+    run.start()
+
+    def mine() -> str | None:
+        for folder in set(glob.glob(pattern)) - before:
+            pid = os.path.join(folder, "supervisor.pid")
+            if os.path.exists(pid) and open(pid).read() == str(os.getpid()):
+                return folder
+        return None
+
+    try:
+        yield wait_for(mine, 20, "this run's folder"), result
+    finally:
+        stop.set()
+        run.join(30)
+
+
 def test_a_long_run_keeps_its_folder_from_age_based_tmp_cleaning(tmp_path, monkeypatch):
     """systemd-tmpfiles removes what in /tmp has not changed for its age (10 days on
     Fedora and RHEL); the run's pid file gone, another run would take this run's shared
     memory for a dead run's. The supervisor touches its folder: here every 0.5 s against
     an age of 4 s. The cleaning is given this run's folder alone: a pattern would clean the
     folders of the runs of the tests beside this one, which do not touch theirs that often."""
-    import glob
     import shutil
-    import threading
 
     import posegraph.runtime.supervisor as supervisor
 
@@ -1236,38 +1249,28 @@ def test_a_long_run_keeps_its_folder_from_age_based_tmp_cleaning(tmp_path, monke
         pytest.skip("systemd-tmpfiles is not installed")
     monkeypatch.setattr(supervisor, "FRESH_EVERY_S", 0.5)
     conf = tmp_path / "posegraph.conf"
-    from posegraph.runtime.plan import rundir_of
-
-    pattern = rundir_of("*")
-    before = set(glob.glob(pattern))
-    g = Graph("fresh")
-    cam = g.add("cam", "source.synthetic", width=32, height=32, fps=25, realtime=True)
-    g.add("out", "sink.null", cam)
-    result = {}
-    stop = threading.Event()
-    run = threading.Thread(
-        target=lambda: result.update(g.run(executor="procs", duration=30, stop=stop))
-    )
-    run.start()
-    try:
-        mine = wait_for(
-            lambda: [
-                d
-                for d in set(glob.glob(pattern)) - before
-                if os.path.exists(f"{d}/supervisor.pid")
-                and open(f"{d}/supervisor.pid").read() == str(os.getpid())
-            ],
-            20,
-            "this run's folder",
-        )[0]
+    with _run_in_this_process("procs") as (mine, result):
         conf.write_text(f"e {mine} - - - 4s\n")
         time.sleep(6.5)  # older than the age, but for the touching
         subprocess.run([tmpfiles, "--clean", str(conf)], check=True, capture_output=True)
         assert os.path.exists(f"{mine}/supervisor.pid"), os.listdir(mine)
-    finally:
-        stop.set()
-        run.join(30)
     assert result["delivered"] > 0 and result["restarts"] == 0, result
+
+
+def test_an_inproc_run_keeps_its_folder_fresh_and_writes_its_pid_again(monkeypatch):
+    """An inproc run touches its folder as a procs run's supervisor does, and writes its
+    pid file again where an age-based cleaning took it away (here every 0.5 s)."""
+    import posegraph.runtime.supervisor as supervisor
+
+    monkeypatch.setattr(supervisor, "FRESH_EVERY_S", 0.5)
+    with _run_in_this_process("inproc") as (folder, result):
+        os.remove(f"{folder}/supervisor.pid")
+        stamp = time.time() - 60  # well short of a day: no run beside this one reaps it
+        os.utime(folder, (stamp, stamp))
+        wait_for(lambda: os.path.exists(f"{folder}/supervisor.pid"), 5, "the pid file again")
+        assert open(f"{folder}/supervisor.pid").read() == str(os.getpid())
+        assert time.time() - os.stat(folder).st_mtime < 5
+    assert result["delivered"] > 0, result
 
 
 def test_json_logs_from_every_process_and_the_error_line(tmp_path, posegraph):

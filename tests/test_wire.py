@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -247,3 +248,24 @@ def test_segments_whose_maker_lives_are_not_reaped_without_a_pid_file():
         plane.close()
         unlink_run(run)
     assert name not in os.listdir("/dev/shm")
+
+
+def test_a_run_folder_without_a_pid_is_reaped_once_untouched_for_a_day():
+    """A folder without supervisor.pid is a run being set up, or a dead run's whose pid
+    file was cleaned away: the next run removes it once it has not been touched for a day
+    (a running supervisor touches its folder every hour)."""
+    from posegraph.runtime.plan import rundir_of
+    from posegraph.runtime.shm import UNCLAIMED_S, reap_stale
+
+    old, new = rundir_of("0dead0pid0"), rundir_of("0new00pid0")
+    for folder in (old, new):
+        os.makedirs(folder)
+    try:
+        stamp = time.time() - UNCLAIMED_S - 60
+        os.utime(old, (stamp, stamp))
+        reap_stale(rundir_of)
+        assert not os.path.exists(old)
+        assert os.path.exists(new)
+    finally:
+        for folder in (old, new):
+            shutil.rmtree(folder, ignore_errors=True)

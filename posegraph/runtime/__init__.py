@@ -14,9 +14,10 @@ from typing import Any
 
 from posegraph.graph import Graph
 from posegraph.metrics import Metrics, ServiceWatch
+from posegraph.runtime import supervisor
 from posegraph.runtime.notify import Notifier
 from posegraph.runtime.plan import Plan, build_plan
-from posegraph.runtime.supervisor import PipelineError, Supervisor, claim_rundir
+from posegraph.runtime.supervisor import PipelineError, Supervisor, claim_rundir, keep_fresh
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def _run_inproc(
             started = time.monotonic()
             metrics.started = started
             metrics.running = True
-            next_tick = started
+            next_tick = next_fresh = started
             stop_at: float | None = None
             while not worker.done:
                 time.sleep(0.05)
@@ -193,6 +194,9 @@ def _run_inproc(
                             plan.options.drain_timeout_s,
                         )
                         break
+                if now >= next_fresh:
+                    keep_fresh(plan.rundir)
+                    next_fresh = now + supervisor.FRESH_EVERY_S
                 if now >= next_tick:
                     snapshot = worker.metrics()
                     metrics.update(snapshot)

@@ -47,6 +47,8 @@ _ALIGN = 64
 SHM_DIR = "/dev/shm"
 #: the fewest slots a pool is made with when /dev/shm is short of room
 MIN_SLOTS = 4
+#: a run's folder without a pid file, untouched for this long, is a dead run's
+UNCLAIMED_S = 86400.0
 #: how long a process whose pool found no room sends images inline before trying again
 NO_ROOM_RETRY_S = 30.0
 
@@ -436,8 +438,7 @@ def reap_stale(rundir_of) -> int:
         n += unlink_run(run_id)
     if n:
         log.warning("removed %d shared-memory segments left by runs that were killed", n)
-    # folders of killed runs that had no segment left (a folder without a pid is a run
-    # being set up: its supervisor writes the pid first thing)
+    # folders of killed runs that had no segment left
     parent, prefix = os.path.split(rundir_of(""))
     try:
         folders = [f for f in os.listdir(parent) if f.startswith(prefix)]
@@ -445,7 +446,17 @@ def reap_stale(rundir_of) -> int:
         folders = []
     for folder in folders:
         rundir = os.path.join(parent, folder)
-        if os.path.exists(os.path.join(rundir, "supervisor.pid")) and not _supervisor_alive(rundir):
+        if os.path.exists(os.path.join(rundir, "supervisor.pid")):
+            stale = not _supervisor_alive(rundir)
+        else:
+            # a run being set up: its supervisor writes the pid first thing, and a running
+            # one touches its folder (writing the pid again if it was cleaned away) every
+            # hour; a folder without one, untouched for a day, is a dead run's
+            try:
+                stale = time.time() - os.stat(rundir).st_mtime > UNCLAIMED_S
+            except OSError:
+                stale = False
+        if stale:
             shutil.rmtree(rundir, ignore_errors=True)
     return n
 

@@ -200,7 +200,8 @@ FRESH_EVERY_S = 3600.0
 
 
 def keep_fresh(rundir: str) -> None:
-    """Touch the run's folder and its files (ipc sockets, the supervisor's pid).
+    """Touch the run's folder and its files (ipc sockets, the supervisor's pid), and write
+    the pid again where it is gone; called by the run's supervisor.
 
     Hosts that clean /tmp by age (systemd-tmpfiles: 10 days on Fedora and RHEL) would
     otherwise remove them from a run of months: a restarted process could then not bind
@@ -210,6 +211,9 @@ def keep_fresh(rundir: str) -> None:
         names = os.listdir(rundir)
     except OSError:
         return
+    if "supervisor.pid" not in names:
+        with contextlib.suppress(OSError), open(os.path.join(rundir, "supervisor.pid"), "w") as f:
+            f.write(str(os.getpid()))
     for name in [*names, ""]:
         with contextlib.suppress(OSError):
             os.utime(os.path.join(rundir, name))
