@@ -18,9 +18,9 @@ The run's clock starts when it is set up: the soak listens as systemd would
 process has loaded its models and the sources are let go; samples before it are not
 judged, nor those that may have been taken once it said ``STOPPING=1`` (its drain, which
 also begins when ``--duration`` ends: processes close sockets and end threads, the run's
-segments are removed). After a warm-up (the first ``warmup`` share of the run from there: buffers and
-caches fill), each process's figures are compared with themselves: the baseline is the mean of
-the first quarter of its samples after the warm-up, the end the mean of the last quarter
+segments are removed). After a warm-up (the first ``warmup`` share of the run from there:
+buffers and caches fill), each process's figures are compared with themselves: the
+baseline is the mean of the first quarter of its samples after the warm-up, the end the mean of the last quarter
 (a decoder's buffers swing by MBs from one sample to the next), and the slope a
 least-squares line over all of them (MB an hour). A process whose memory grew by more
 than 2% (and at least 1 MB) and was still growing in the second half of the samples (by
@@ -246,8 +246,9 @@ def soak(
     samples: list[tuple[float, float, dict[str, dict[str, Any]]]] = []
     shm: list[tuple[float, float, float]] = []
     ready_at: float | None = None
-    # the last look at the socket that heard no STOPPING=1: the drain began after it
-    quiet_until = float("inf")
+    # the last look at the socket that heard no STOPPING=1 (none yet): the drain began
+    # after it; every sample is followed by a look
+    quiet_until = 0.0
     stopping = False
 
     def listen() -> None:
