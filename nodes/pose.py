@@ -249,15 +249,6 @@ class _ModelNode(Node):
             spec = spec_of(self.model_name, **self.overrides)
         except ValueError as exc:
             raise NodeError(f"{self.ctx.name}: {exc}") from None
-        if self.bf16 and spec.codec == "hprnet":
-            # measured on the held-out synthetic set with the shipped file
-            # (posegraph eval ... --precision fp32,bf16): its outputs are offsets and
-            # box sizes in pixels, which bfloat16's 8 significant bits hold only coarsely
-            raise NodeError(
-                f"{self.ctx.name}: bf16 with {self.model_name}: HPRNet's offset and size "
-                "heads lose too much in bfloat16 (held-out body AP 0.074 -> 0.041, person "
-                "boxes 0.478 -> 0.410): leave bf16 off for HPRNet models"
-            )
         return spec
 
     def _open_onnx(self) -> None:
@@ -970,8 +961,7 @@ _WHOLE_DOC = """
         batch: most images per model call when several streams or replicas share the
             model on the device scheduler; calls are padded to bucket sizes (1, 2, 4...).
             Default: the frames the node keeps in flight, one per stream it serves.
-        backend, device, fp16, bf16, decode, threads: as for ``pose.topdown``; ``bf16`` is
-            refused for HPRNet models (half their held-out AP lost in bfloat16).
+        backend, device, fp16, bf16, decode, threads: as for ``pose.topdown``.
 """
 
 

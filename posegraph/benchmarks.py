@@ -212,7 +212,7 @@ def pipeline(
     (inproc) and one process per node (procs): frames/s, end-to-end latency, and the mean
     OKS of its poses against the clip's ground truth. With ``bf16`` each cell runs again
     with the pose node in bfloat16, its frames/s as a ratio to float32's (the detector
-    stays in float32: HPRNet models refuse bf16, see ``pose.bottomup``)."""
+    stays in float32)."""
     from posegraph import scoring
     from training.synth.video import VideoConfig, write_video
 

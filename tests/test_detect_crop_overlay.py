@@ -14,6 +14,7 @@ from nodes.crop import TopDownCrop
 from nodes.detectors import OnnxDetector, letterbox, read_mmdeploy_pipeline
 from nodes.overlay import SIDE_COLORS, SkeletonOverlay, track_color
 from posegraph import Graph
+from posegraph.models import cpu_has_bfloat16
 from posegraph.node import Context, NodeError, Sink
 from posegraph.packet import Detections, Frame, Poses, decode, encode
 from posegraph.skeletons import coco17
@@ -403,13 +404,25 @@ def street_frames(count: int) -> list[np.ndarray]:
         return [next(decoded).to_ndarray(format="bgr24") for _ in range(count)]
 
 
-def test_synthetic_detector_finds_the_sample_clips_people():
+@pytest.mark.parametrize(
+    "bf16",
+    [
+        False,
+        pytest.param(
+            True,
+            marks=pytest.mark.skipif(
+                not cpu_has_bfloat16(), reason="this CPU has no bfloat16 in hardware"
+            ),
+        ),
+    ],
+)
+def test_synthetic_detector_finds_the_sample_clips_people(bf16):
     from nodes.pose import SyntheticDetector
     from nodes.trackers import box_iou
     from training.tracking import load_truth
 
     truths = load_truth(STREET.with_suffix(".json"))
-    node = SyntheticDetector()  # the shipped HPRNet, threshold 0.3
+    node = SyntheticDetector(bf16=bf16)  # the shipped HPRNet, threshold 0.3
     node.setup(Context("people"))
     found = total = 0
     try:

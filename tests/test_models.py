@@ -389,6 +389,25 @@ def test_deformable_conv_against_plain_conv() -> None:
         assert torch.allclose(dcn(x)[..., 1:], shifted[..., 1:], atol=1e-5)
 
 
+def test_deformable_conv_in_bfloat16_on_a_channels_last_map_matches_float32() -> None:
+    # HPRNet's up-path gives its deformable convs channels-last bfloat16 maps of this size,
+    # which torch's CPU grid_sample reads garbage from (values of 1e38, NaN).
+    torch.manual_seed(0)
+    dcn = ModulatedDeformConv2d(64, 32).eval()
+    with torch.no_grad():
+        dcn.conv_offset_mask.weight.normal_(0.0, 0.05)  # offsets of a few pixels
+    x = torch.randn(1, 64, 32, 32).contiguous(memory_format=torch.channels_last)
+    low = ModulatedDeformConv2d(64, 32).eval()
+    low.load_state_dict(dcn.state_dict())
+    low.bfloat16()
+    with torch.inference_mode():
+        want = dcn(x)
+        got = low(x.bfloat16()).float()
+    assert torch.isfinite(got).all()
+    error = (got - want).abs().mean() / want.abs().mean()
+    assert error < 0.02, f"bfloat16 off float32 by {error:.3g} of its mean magnitude"
+
+
 # ---------------------------------------------------------------- command line
 
 
