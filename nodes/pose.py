@@ -1069,11 +1069,10 @@ class SyntheticDetector(_WholeImagePose):
 
     By default the shipped HPRNet (``hprnet_dla34_half_256``): its centre heatmap and box
     size heads give the boxes. The shipped ER-Pose-n (``model: erpose_n_320``) also runs;
-    its boxes are the extent of its confident keypoints, and while its keypoints are as
-    weak as now it finds almost nobody (box AP50 0.000005 on the 500 held-out synthetic
-    images of the earlier generator, ``posegraph eval``; HPRNet's 0.561 there, 0.588 on
-    this generator's). Both were trained on rendered people:
-    on real video use ``detect.onnx`` with a real detector.
+    its boxes are the extent of its confident keypoints and score far lower (box AP50 0.308
+    at 320 on the 500 held-out synthetic images, HPRNet's 0.863; ``posegraph eval``, figures in
+    the model cards). Both were trained on rendered people: on real video use
+    ``detect.onnx`` with a real detector.
 
     Parameters:
         score_threshold: minimum person score.

@@ -157,8 +157,11 @@ VARIANTS: dict[str, ERPoseConfig] = {
     "erpose_s": ERPoseConfig(0.33, 0.50, 1024),
     "erpose_m": ERPoseConfig(0.67, 0.75, 768),
     "erpose_l": ERPoseConfig(1.00, 1.00, 512),
-    # Ours: the default weights' size (trained on synthetic people, posegraph/weights/).
+    # Ours: the shipped weights (trained on synthetic people, posegraph/weights/) are
+    # erpose_n_320's, last trained at 416; erpose_n_416 is the same network at that size
+    # (1.7x the arithmetic), for export and eval with those weights.
     "erpose_n_320": ERPoseConfig(0.33, 0.25, 1024, input_size=(320, 320)),
+    "erpose_n_416": ERPoseConfig(0.33, 0.25, 1024, input_size=(416, 416)),
 }
 
 
