@@ -105,6 +105,15 @@ def test_names_and_describe() -> None:
     assert models.describe("hprnet_dla34")["skeleton"] == "wholebody133"
 
 
+@pytest.mark.parametrize("name", ["hrnet_w16_128x96", "de_hrnet_w32"])
+def test_hrnet_input_off_its_lowest_stride_is_refused_before_building(name) -> None:
+    # 120 is not a multiple of 32: the branches' maps would be a pixel apart in the fuse
+    # layers (a broadcast error deep in the forward pass before this check)
+    with pytest.raises(ValueError, match=rf"model '{name}': input_size 120x160 .*128x160"):
+        models.build(name, input_size=(120, 160))
+    assert models.spec_of(name, input_size=(128, 160)).size_divisor == 32
+
+
 def test_unknown_name_names_the_nearest() -> None:
     with pytest.raises(ValueError, match=r"unknown model 'hrnet_w33'.*hrnet_w32"):
         models.build("hrnet_w33")

@@ -94,7 +94,10 @@ def _config(name: str, overrides: dict[str, Any]) -> Any:
         )
     if "input_size" in overrides:
         overrides = {**overrides, "input_size": tuple(overrides["input_size"])}
-    return dataclasses.replace(base, **overrides)
+    try:
+        return dataclasses.replace(base, **overrides)
+    except ValueError as error:  # a config that checks its own fields
+        raise ValueError(f"model {name!r}: {error}") from None
 
 
 def _cache_path() -> Path:

@@ -215,6 +215,10 @@ class HighResolutionModule(nn.Module):
         return fused + xs[len(fused) :]
 
 
+#: Input width and height must be multiples of this: the stride of the lowest branch.
+SIZE_DIVISOR = 32
+
+
 @dataclass(frozen=True)
 class HRNetConfig:
     """One row of the variant table.
@@ -240,6 +244,19 @@ class HRNetConfig:
     unbiased: bool = False
     refine: str = "dark"
     context_head: bool = False
+
+    def __post_init__(self) -> None:
+        # The lowest branch is at 1/32 of the input: any other size leaves the branches'
+        # maps a pixel apart where the fuse layers add them.
+        w, h = self.input_size
+        if w % SIZE_DIVISOR or h % SIZE_DIVISOR:
+            fit = "x".join(
+                str(max(SIZE_DIVISOR, round(v / SIZE_DIVISOR) * SIZE_DIVISOR)) for v in (w, h)
+            )
+            raise ValueError(
+                f"input_size {w}x{h} (width x height): both must be multiples of "
+                f"{SIZE_DIVISOR}, the stride of HRNet's lowest branch; {fit} is the nearest"
+            )
 
 
 VARIANTS: dict[str, HRNetConfig] = {
@@ -386,6 +403,7 @@ def heatmap_spec(name: str, config: HRNetConfig) -> ModelSpec:
             "refine": config.refine,
         },
         num_keypoints=config.num_keypoints,
+        size_divisor=SIZE_DIVISOR,
     )
 
 
