@@ -159,7 +159,7 @@ VARIANTS: dict[str, ERPoseConfig] = {
     "erpose_l": ERPoseConfig(1.00, 1.00, 512),
     # Ours: the shipped weights (trained on synthetic people, posegraph/weights/) are
     # erpose_n_320's, last trained at 416; erpose_n_416 is the same network at that size
-    # (1.7x the arithmetic), for export and eval with those weights.
+    # (1.7x the arithmetic) and runs the same file (``weights: builtin``).
     "erpose_n_320": ERPoseConfig(0.33, 0.25, 1024, input_size=(320, 320)),
     "erpose_n_416": ERPoseConfig(0.33, 0.25, 1024, input_size=(416, 416)),
 }

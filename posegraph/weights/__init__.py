@@ -19,9 +19,16 @@ DIR = Path(__file__).parent
 BUILTIN = "builtin"
 
 
+#: Zoo names that run the shipped file of another: the same network at another input size.
+#: ER-Pose-n's weights are ``erpose_n_320``'s; their last stage trained them at 416.
+SHARED: dict[str, str] = {"erpose_n_416": "erpose_n_320"}
+
+
 def available() -> dict[str, Path]:
-    """Zoo name -> shipped weights file, for every model that has one."""
-    return {p.stem: p for p in sorted(DIR.glob("*.safetensors"))}
+    """Zoo name -> shipped weights file, for every model that has one (a file named for one
+    model may serve another, see :data:`SHARED`)."""
+    files = {p.stem: p for p in sorted(DIR.glob("*.safetensors"))}
+    return {**files, **{name: files[stem] for name, stem in SHARED.items() if stem in files}}
 
 
 def path(model: str) -> Path:
