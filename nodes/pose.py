@@ -1069,9 +1069,9 @@ class SyntheticDetector(_WholeImagePose):
 
     By default the shipped HPRNet (``hprnet_dla34_half_256``): its centre heatmap and box
     size heads give the boxes. The shipped ER-Pose-n (``model: erpose_n_320``) also runs;
-    its boxes are the extent of its confident keypoints and score far lower (box AP50 0.308
-    at 320 on the 500 held-out synthetic images, HPRNet's 0.863; ``posegraph eval``, figures in
-    the model cards). Both were trained on rendered people: on real video use
+    its boxes are the extent of its confident keypoints and score far lower (box AP50 0.300
+    at 320, 0.339 at 512, on the 500 held-out synthetic images, HPRNet's 0.863; ``posegraph
+    eval``, figures in the model cards). Both were trained on rendered people: on real video use
     ``detect.onnx`` with a real detector.
 
     Parameters:

@@ -158,10 +158,11 @@ VARIANTS: dict[str, ERPoseConfig] = {
     "erpose_m": ERPoseConfig(0.67, 0.75, 768),
     "erpose_l": ERPoseConfig(1.00, 1.00, 512),
     # Ours: the shipped weights (trained on synthetic people, posegraph/weights/) are
-    # erpose_n_320's, last trained at 416; erpose_n_416 is the same network at that size
-    # (1.7x the arithmetic) and runs the same file (``weights: builtin``).
+    # erpose_n_320's, last trained at 512; erpose_n_416 and erpose_n_512 are the same network
+    # at those sizes (1.7x and 2.5x the arithmetic) and run the same file (``weights: builtin``).
     "erpose_n_320": ERPoseConfig(0.33, 0.25, 1024, input_size=(320, 320)),
     "erpose_n_416": ERPoseConfig(0.33, 0.25, 1024, input_size=(416, 416)),
+    "erpose_n_512": ERPoseConfig(0.33, 0.25, 1024, input_size=(512, 512)),
 }
 
 

@@ -20,8 +20,8 @@ BUILTIN = "builtin"
 
 
 #: Zoo names that run the shipped file of another: the same network at another input size.
-#: ER-Pose-n's weights are ``erpose_n_320``'s; their last stage trained them at 416.
-SHARED: dict[str, str] = {"erpose_n_416": "erpose_n_320"}
+#: ER-Pose-n's weights are ``erpose_n_320``'s; their last stage trained them at 512.
+SHARED: dict[str, str] = {"erpose_n_416": "erpose_n_320", "erpose_n_512": "erpose_n_320"}
 
 
 def available() -> dict[str, Path]:
