@@ -2,8 +2,9 @@
 
 Each model with shipped weights has ``MODEL.safetensors`` (fp16) and ``MODEL.md``, its model
 card: the training config, data, steps, time, the command that was run and the AP measured
-on a held-out synthetic set. A zoo name in :data:`SHARED` takes another's file and card. A pose node takes them with ``weights: builtin``; from Python,
-:func:`path` gives the file for :func:`posegraph.models.load_checkpoint`.
+on a held-out synthetic set. A zoo name in :data:`SHARED` takes another's file and card. A
+pose node takes them with ``weights: builtin``; from Python, :func:`path` gives the file for
+:func:`posegraph.models.load_checkpoint`.
 
 They were trained on rendered people only. On real video expect far less than the
 synthetic AP: plug in real weights (an official HRNet ``.pth``, an RTMPose ONNX) for that.
